@@ -1,0 +1,30 @@
+# Every target that runs code depends on the venv stamp, so `make test` and
+# `make nightly` each work as one command on a fresh machine.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+MANIFEST ?= jobs/nightly.toml
+
+.PHONY: install test lint nightly plan budget limits demo bench clean
+
+$(STAMP): setup.cfg pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check runner ledger jobs tests benchmarks
+	$(BIN)/ruff format --check runner ledger jobs tests benchmarks
+
+nightly: $(STAMP)
+	$(BIN)/review-runner run $(MANIFEST)
+
+clean:
+	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache

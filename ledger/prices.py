@@ -1,0 +1,119 @@
+"""Prices per model, from a data table, and the cost of one request's usage.
+
+Prices are USD per million tokens, which is the same number as micro-dollars per
+token, so costs come out in integer micro-dollars without float drift.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from decimal import ROUND_HALF_UP, Decimal
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from ledger.errors import LedgerInputError, UnknownModel
+
+__all__ = ["Price", "cost_micros", "load_prices", "price_for", "usd", "worst_case_micros"]
+
+PRICE_FIELDS = ("input", "output", "cache_write_5m", "cache_write_1h", "cache_read")
+
+
+@dataclass(frozen=True)
+class Price:
+    """One model's prices in USD per million tokens (= micro-dollars per token)."""
+
+    input: Decimal
+    output: Decimal
+    cache_write_5m: Decimal
+    cache_write_1h: Decimal
+    cache_read: Decimal
+    batch_discount: Decimal = Decimal("0.5")
+
+
+def _parse_table(data: Any, where: str) -> dict[str, Price]:
+    models = data.get("models") if isinstance(data, dict) else None
+    if not isinstance(models, dict):
+        raise LedgerInputError(f"{where}: expected an object with a 'models' table")
+    table: dict[str, Price] = {}
+    for model, row in models.items():
+        if not isinstance(row, dict):
+            raise LedgerInputError(f"{where}: models.{model}: expected a table of prices")
+        values: dict[str, Decimal] = {}
+        for field in (*PRICE_FIELDS, "batch_discount"):
+            raw = row.get(field, "0.5" if field == "batch_discount" else None)
+            try:
+                value = Decimal(str(raw))
+            except ArithmeticError:
+                value = Decimal(-1)
+            if raw is None or isinstance(raw, bool) or not value.is_finite() or value < 0:
+                raise LedgerInputError(
+                    f"{where}: models.{model}.{field}: expected a non-negative number, got {raw!r}"
+                )
+            values[field] = value
+        table[model] = Price(**values)
+    return table
+
+
+def load_prices(override: Path | None = None) -> dict[str, Price]:
+    """The shipped price table, with the models of `override` (if it exists) replacing them."""
+    shipped = resources.files("ledger").joinpath("prices.json").read_text(encoding="utf-8")
+    table = _parse_table(json.loads(shipped), "ledger/prices.json")
+    if override is not None and override.exists():
+        try:
+            data = json.loads(override.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise LedgerInputError(f"{override}: not a readable JSON price table ({exc})") from exc
+        table.update(_parse_table(data, str(override)))
+    return table
+
+
+def price_for(table: Mapping[str, Price], model: str) -> Price:
+    """The price of `model`, or UnknownModel naming the models that have one."""
+    try:
+        return table[model]
+    except KeyError:
+        known = ", ".join(sorted(table))
+        raise UnknownModel(
+            f"no price for model {model!r}; known models: {known} "
+            "(add it to prices.json in the state directory)"
+        ) from None
+
+
+def cost_micros(price: Price, usage: Mapping[str, Any], *, batch: bool = False) -> int:
+    """Cost of one response's `usage` (the API's usage object as a dict), in micro-dollars.
+
+    Cache writes are split into 5-minute and 1-hour parts by `usage["cache_creation"]` when
+    present; otherwise all cache writes are priced as 5-minute writes, the API's default TTL.
+    """
+    cache_creation = usage.get("cache_creation") or {}
+    writes = int(usage.get("cache_creation_input_tokens") or 0)
+    w1h = int(cache_creation.get("ephemeral_1h_input_tokens") or 0)
+    w5m = int(cache_creation.get("ephemeral_5m_input_tokens") or (writes - w1h))
+    total = (
+        int(usage.get("input_tokens") or 0) * price.input
+        + int(usage.get("output_tokens") or 0) * price.output
+        + w5m * price.cache_write_5m
+        + w1h * price.cache_write_1h
+        + int(usage.get("cache_read_input_tokens") or 0) * price.cache_read
+    )
+    if batch:
+        total *= 1 - price.batch_discount
+    return int(total.quantize(Decimal(1), rounding=ROUND_HALF_UP))
+
+
+def worst_case_micros(
+    price: Price, input_tokens: int, max_output: int, *, cache_ttl: str = "5m"
+) -> int:
+    """The most a request can cost: every input token written to the cache, full output."""
+    write = price.cache_write_1h if cache_ttl == "1h" else price.cache_write_5m
+    worst_input = max(price.input, write)
+    total = input_tokens * worst_input + max_output * price.output
+    return int(total.quantize(Decimal(1), rounding=ROUND_HALF_UP))
+
+
+def usd(micros: int) -> float:
+    """Micro-dollars as a USD number for output (JSON, messages)."""
+    return micros / 1_000_000

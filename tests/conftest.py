@@ -1,0 +1,18 @@
+"""Every test gets its own state directory and no route to the real API."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(autouse=True)
+def isolated_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Point REVIEW_RUNNER_HOME at a fresh folder and remove every way to reach the real API."""
+    home = tmp_path / "state"
+    monkeypatch.setenv("REVIEW_RUNNER_HOME", str(home))
+    for var in ("ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN", "ANTHROPIC_BASE_URL", "REVIEW_RUNNER_DEBUG"):
+        monkeypatch.delenv(var, raising=False)
+    return home
