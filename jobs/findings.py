@@ -1,0 +1,493 @@
+"""Findings: the model's JSON reply parsed tolerantly, each finding validated, and findings merged across agents.
+
+A reply is never read as "no findings" unless it parsed as a complete findings object: a reply that does not
+parse is ``unparsed`` (raw text kept), a refusal ``refused``, a reply cut at ``max_tokens`` ``truncated`` (with
+whatever complete findings could be salvaged from it). Only ``ok`` means the agent's list is complete.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import re
+import unicodedata
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, replace
+from typing import TYPE_CHECKING, Any
+
+from jobs.errors import JobsInputError
+
+if TYPE_CHECKING:
+    from jobs.pack import Pack
+
+__all__ = [
+    "CATEGORIES",
+    "SEVERITIES",
+    "STATUSES",
+    "AgentResult",
+    "Finding",
+    "fingerprint",
+    "merge",
+    "parse",
+]
+
+SEVERITIES = ("critical", "high", "medium", "low", "info")
+CATEGORIES = ("security", "correctness", "architecture", "performance", "maintainability", "testing", "other")  # fmt: skip
+STATUSES = ("ok", "unparsed", "refused", "truncated")
+_AGENT_ORDER = ("code_review", "architecture", "security", "multi_perspective", "combined")
+
+# Words models use for the same levels; anything else is not a severity and the finding is dropped.
+_SEVERITY_ALIASES = {
+    "crit": "critical", "blocker": "critical",
+    "major": "high", "error": "high", "severe": "high",
+    "moderate": "medium", "med": "medium", "warning": "medium", "warn": "medium",
+    "minor": "low", "trivial": "low",
+    "informational": "info", "information": "info", "note": "info", "nit": "info",
+}  # fmt: skip
+_CATEGORY_ALIASES = {
+    "bug": "correctness", "bugs": "correctness", "logic": "correctness", "reliability": "correctness",
+    "error-handling": "correctness", "error handling": "correctness",
+    "design": "architecture", "structure": "architecture",
+    "perf": "performance", "efficiency": "performance",
+    "readability": "maintainability", "style": "maintainability", "documentation": "maintainability",
+    "docs": "maintainability", "code quality": "maintainability", "code-quality": "maintainability",
+    "test": "testing", "tests": "testing",
+    "vulnerability": "security", "secrets": "security",
+}  # fmt: skip
+_MAX_TITLE = 200
+_MAX_TEXT = 8000
+_FENCE = re.compile(r"```[A-Za-z0-9_-]*[ \t]*\n(.*?)(?:\n```|\Z)", re.S)
+_SUMMARY = re.compile(r'"summary"\s*:\s*("(?:[^"\\]|\\.)*")', re.S)
+_WINDOWS_DRIVE = re.compile(r"^[A-Za-z]:")
+# How many "{" positions to try when looking for the JSON object in prose; replies are bounded by max_tokens.
+_MAX_STARTS = 500
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One validated finding, possibly reported by several agents."""
+
+    severity: str
+    category: str
+    title: str
+    file: str | None
+    line: int | None
+    end_line: int | None
+    detail: str
+    suggestion: str
+    confidence: float | None
+    agents: tuple[str, ...]
+    fingerprint: str
+
+    def to_dict(self) -> dict:
+        """Return a JSON-able dict."""
+        data = asdict(self)
+        data["agents"] = list(self.agents)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> Finding:
+        """Rebuild from ``to_dict``; JobsInputError when a field is missing or of the wrong type."""
+        try:
+            opt = {k: data.get(k) for k in ("file", "line", "end_line", "confidence")}
+            return cls(
+                **{k: str(data[k]) for k in ("severity", "category", "title", "fingerprint")},
+                file=None if opt["file"] is None else str(opt["file"]),
+                line=None if opt["line"] is None else int(opt["line"]),
+                end_line=None if opt["end_line"] is None else int(opt["end_line"]),
+                detail=str(data.get("detail") or ""),
+                suggestion=str(data.get("suggestion") or ""),
+                confidence=None if opt["confidence"] is None else float(opt["confidence"]),
+                agents=tuple(str(a) for a in data.get("agents") or ()),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise JobsInputError(f"malformed finding record: {exc!r}") from exc
+
+
+@dataclass(frozen=True)
+class AgentResult:
+    """What one agent's reply gave: its status, summary and the findings that passed validation."""
+
+    agent: str
+    status: str
+    summary: str
+    findings: tuple[Finding, ...]
+    dropped: int
+    raw: str | None
+    # Why the status is not ok, in words a report can show; empty when ok.
+    note: str = ""
+
+    def to_dict(self) -> dict:
+        """Return a JSON-able dict."""
+        return {**asdict(self), "findings": [f.to_dict() for f in self.findings]}
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> AgentResult:
+        """Rebuild from ``to_dict``; JobsInputError when the record is malformed."""
+        try:
+            status = str(data["status"])
+            if status not in STATUSES:
+                raise ValueError(f"unknown status {status!r}")
+            raw = data.get("raw")
+            return cls(
+                agent=str(data["agent"]),
+                status=status,
+                summary=str(data.get("summary") or ""),
+                findings=tuple(Finding.from_dict(f) for f in data.get("findings") or ()),
+                dropped=int(data.get("dropped") or 0),
+                raw=None if raw is None else str(raw),
+                note=str(data.get("note") or ""),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise JobsInputError(f"malformed agent result record: {exc}") from exc
+
+
+def fingerprint(file: str | None, title: str, category: str) -> str:
+    """Return a stable id from the file, the normalised title and the category (never lines, which drift)."""
+    key = "\x1f".join((file or "", _norm_title(title), category))
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()[:32]
+
+
+def parse(
+    reply_text: str, stop_reason: str | None, *, agent: str, pack: Pack | None = None
+) -> AgentResult:
+    """Parse one reply into an AgentResult; never raises on a bad reply, only records how bad it was.
+
+    ``stop_reason`` "refusal" gives ``refused``; "max_tokens" gives ``truncated`` even when the JSON happens to
+    parse (the model may have had more to say), with the complete findings salvaged. With ``pack``, a finding
+    must cite a file in the pack and a line inside it (inside the shown part of a truncated file).
+    """
+    text = reply_text or ""
+    if stop_reason == "refusal":
+        return AgentResult(
+            agent, "refused", "", (), 0, text, "the model refused to review this repository"
+        )
+    data = _extract(text)
+    if _finding_list(data):
+        data = {"summary": "", "findings": data}
+    if stop_reason == "max_tokens":
+        if data is None:
+            data = _salvage(text)
+        items = data.get("findings") if isinstance(data, dict) else None
+        findings, dropped = _validate_all(items if isinstance(items, list) else [], agent, pack)
+        summary = _text(data.get("summary")) if isinstance(data, dict) else ""
+        note = (
+            "the reply was cut off at max_output_tokens: the review is incomplete "
+            f"({len(findings)} complete finding(s) salvaged)"
+        )
+        return AgentResult(agent, "truncated", summary, findings, dropped, text, note)
+    if not isinstance(data, dict) or not isinstance(data.get("findings"), list):
+        why = (
+            "no findings JSON object found in the reply"
+            if data is None
+            else "the JSON has no findings list"
+        )
+        return AgentResult(agent, "unparsed", "", (), 0, text, why)
+    findings, dropped = _validate_all(data["findings"], agent, pack)
+    return AgentResult(agent, "ok", _text(data.get("summary")), findings, dropped, None, "")
+
+
+def merge(results: Sequence[AgentResult]) -> tuple[Finding, ...]:
+    """Merge the findings of several agents: duplicates folded into one that names every agent, most severe first.
+
+    Two findings are the same when they have the same fingerprint, or cite the same file with overlapping lines
+    (or both no lines) and similar titles. Findings of one agent are folded only on equal fingerprints: one
+    reviewer listing two problems on the same lines meant two problems.
+    """
+    ordered = sorted((f for r in results for f in r.findings), key=_merge_key)
+    clusters: list[Finding] = []
+    for finding in ordered:
+        for i, kept in enumerate(clusters):
+            if _same(kept, finding):
+                clusters[i] = _fold(kept, finding)
+                break
+        else:
+            clusters.append(finding)
+    return tuple(sorted(clusters, key=_sort_key))
+
+
+# --- extraction ---------------------------------------------------------------------------------------------
+
+
+def _extract(text: str) -> Any:
+    """Return the findings object (or a bare list) found in ``text``, or None."""
+    candidates = [m.group(1) for m in _FENCE.finditer(text)] + [text]
+    fallback = None
+    for candidate in candidates:
+        stripped = candidate.strip()
+        try:
+            value = json.loads(stripped)
+        except ValueError:
+            value = _scan(stripped)
+        if isinstance(value, dict) and "findings" in value:
+            return value
+        if fallback is None and value is not None:
+            fallback = value
+    return fallback
+
+
+def _scan(text: str) -> Any:
+    """Find the first decodable JSON object with a findings key in prose; else the first list of objects."""
+    decoder = json.JSONDecoder()
+    first_list = None
+    starts = [m.start() for m in re.finditer(r"[{\[]", text)][:_MAX_STARTS]
+    for start in starts:
+        try:
+            value, _ = decoder.raw_decode(text, start)
+        except ValueError:
+            continue
+        if isinstance(value, dict) and "findings" in value:
+            return value
+        if first_list is None and _finding_list(value):
+            first_list = value
+    return first_list
+
+
+def _finding_list(value: Any) -> bool:
+    """A bare JSON list is taken for the findings only if it looks like them, not any list in prose."""
+    return (
+        isinstance(value, list)
+        and bool(value)
+        and all(isinstance(v, dict) for v in value)
+        and any("title" in v or "severity" in v for v in value)
+    )
+
+
+def _salvage(text: str) -> dict | None:
+    """From a reply cut mid-JSON, keep the summary and every finding object that was closed before the cut."""
+    match = re.search(r'"findings"\s*:\s*\[', text)
+    summary_match = _SUMMARY.search(text)
+    summary = ""
+    if summary_match:
+        try:
+            summary = json.loads(summary_match.group(1))
+        except ValueError:
+            summary = ""
+    if match is None:
+        return {"summary": summary, "findings": []} if summary_match else None
+    decoder = json.JSONDecoder()
+    items: list[Any] = []
+    pos = match.end()
+    while True:
+        while pos < len(text) and text[pos] in " \t\r\n,":
+            pos += 1
+        if pos >= len(text) or text[pos] != "{":
+            break
+        try:
+            item, pos = decoder.raw_decode(text, pos)
+        except ValueError:
+            break
+        items.append(item)
+    return {"summary": summary, "findings": items}
+
+
+# --- validation ---------------------------------------------------------------------------------------------
+
+
+def _validate_all(items: list, agent: str, pack: Pack | None) -> tuple[tuple[Finding, ...], int]:
+    findings: list[Finding] = []
+    seen: set[tuple] = set()
+    dropped = 0
+    for item in items:
+        finding = _validate(item, agent, pack)
+        if finding is None:
+            dropped += 1
+        elif (key := (finding.fingerprint, finding.line, finding.end_line)) not in seen:
+            # The same finding repeated in one reply is one finding, not an invalid one.
+            seen.add(key)
+            findings.append(finding)
+    return tuple(findings), dropped
+
+
+def _validate(item: Any, agent: str, pack: Pack | None) -> Finding | None:
+    """Return the normalised finding, or None when it cannot be trusted."""
+    if not isinstance(item, dict):
+        return None
+    severity = _enum(item.get("severity"), SEVERITIES, _SEVERITY_ALIASES)
+    if severity is None:
+        return None
+    raw_category = item.get("category")
+    if raw_category is not None and not isinstance(raw_category, str):
+        return None
+    # A category we do not know is still a finding: "other" exists for it.
+    category = _enum(raw_category, CATEGORIES, _CATEGORY_ALIASES) or "other"
+    title = item.get("title")
+    if not isinstance(title, str) or not title.strip():
+        return None
+    title = " ".join(title.split())[:_MAX_TITLE]
+    detail, suggestion = item.get("detail"), item.get("suggestion")
+    if any(v is not None and not isinstance(v, str) for v in (detail, suggestion)):
+        return None
+    file = item.get("file", item.get("path"))
+    if file is not None and not isinstance(file, str):
+        return None
+    file = _norm_path(file, pack) if file else None
+    if file == "":
+        return None
+    line, end_line = _int(item.get("line")), _int(item.get("end_line"))
+    if line is False or end_line is False:
+        return None
+    if file is None:
+        line = end_line = None
+    elif line is None:
+        end_line = None
+    elif pack is not None:
+        low, high = _shown(pack, file)
+        if not low <= line <= high:
+            return None
+        if end_line is not None:
+            end_line = min(end_line, high)
+    if end_line is not None and line is not None and end_line < line:
+        end_line = None
+    return Finding(
+        severity=severity,
+        category=category,
+        title=title,
+        file=file,
+        line=line,
+        end_line=end_line,
+        detail=(detail or "").strip()[:_MAX_TEXT],
+        suggestion=(suggestion or "").strip()[:_MAX_TEXT],
+        confidence=_confidence(item.get("confidence")),
+        agents=(agent,),
+        fingerprint=fingerprint(file, title, category),
+    )
+
+
+def _enum(value: Any, allowed: tuple[str, ...], aliases: Mapping[str, str]) -> str | None:
+    if not isinstance(value, str):
+        return None
+    key = value.strip().lower()
+    if key in allowed:
+        return key
+    return aliases.get(key)
+
+
+def _int(value: Any) -> int | bool | None:
+    """Return a positive int, None when absent, or False when present but not a line number."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value.strip())
+    if isinstance(value, int) and value >= 1:
+        return value
+    return False
+
+
+def _confidence(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    value = float(value)
+    if 1.0 < value <= 100.0:  # a percentage
+        value /= 100.0
+    return round(value, 3) if 0.0 <= value <= 1.0 else None
+
+
+def _norm_path(path: str, pack: Pack | None) -> str:
+    """Return the path relative to the repo root, or "" when it points outside the repo or the pack."""
+    p = path.strip().replace("\\", "/")
+    if p.startswith(("/", "~")) or _WINDOWS_DRIVE.match(p) or "://" in p:
+        return ""
+    while p.startswith("./"):
+        p = p[2:]
+    parts = [part for part in p.split("/") if part not in ("", ".")]
+    if not parts or ".." in parts:
+        return ""
+    p = "/".join(parts)
+    if pack is None:
+        return p
+    if pack.line_count(p) is not None:
+        return p
+    # Models often prefix the repository name; accept it only when the rest names a packed file.
+    if (
+        len(parts) > 1
+        and parts[0] == pack.slug
+        and pack.line_count("/".join(parts[1:])) is not None
+    ):
+        return "/".join(parts[1:])
+    return ""
+
+
+def _shown(pack: Pack, path: str) -> tuple[int, int]:
+    """The lines of ``path`` the model could see: all of them, or the shown part of a truncated file."""
+    total = pack.line_count(path) or 0
+    for packed in pack.files:
+        if packed.path == path and packed.status == "truncated" and packed.shown:
+            return max(1, packed.shown[0]), min(total, packed.shown[1])
+    return 1, total
+
+
+def _text(value: Any) -> str:
+    return value.strip() if isinstance(value, str) else ""
+
+
+# --- merging ------------------------------------------------------------------------------------------------
+
+
+def _norm_title(title: str) -> str:
+    title = unicodedata.normalize("NFKC", title).lower()
+    return " ".join(re.sub(r"[^\w]+", " ", title).split())
+
+
+def _severity_rank(severity: str) -> int:
+    return SEVERITIES.index(severity) if severity in SEVERITIES else len(SEVERITIES)
+
+
+def _agent_rank(agents: tuple[str, ...]) -> int:
+    return min((_agent_rank_one(a)[0] for a in agents), default=len(_AGENT_ORDER))
+
+
+def _merge_key(f: Finding) -> tuple:
+    return (_severity_rank(f.severity), _agent_rank(f.agents), f.file or "", f.line or 0, f.title)
+
+
+def _sort_key(f: Finding) -> tuple:
+    return (_severity_rank(f.severity), f.file is None, f.file or "", f.line or 0, f.title, f.fingerprint)  # fmt: skip
+
+
+def _similar(a: str, b: str) -> bool:
+    na, nb = _norm_title(a), _norm_title(b)
+    if na == nb:
+        return True
+    words_a, words_b = set(na.split()), set(nb.split())
+    jaccard = len(words_a & words_b) / max(1, len(words_a | words_b))
+    return jaccard >= 0.5 or difflib.SequenceMatcher(None, na, nb).ratio() >= 0.75
+
+
+def _overlap(a: Finding, b: Finding) -> bool:
+    if a.line is None or b.line is None:
+        return a.line is None and b.line is None
+    return a.line <= (b.end_line or b.line) and b.line <= (a.end_line or a.line)
+
+
+def _same(a: Finding, b: Finding) -> bool:
+    shared_agent = bool(set(a.agents) & set(b.agents))
+    if a.fingerprint == b.fingerprint:
+        # Within one run every agent saw the same lines, so two agents naming the same problem in the same
+        # file are one finding; one agent naming it twice at different places meant two places.
+        return not shared_agent or _overlap(a, b)
+    if shared_agent or a.file != b.file:
+        return False
+    return _overlap(a, b) and _similar(a.title, b.title)
+
+
+def _fold(kept: Finding, other: Finding) -> Finding:
+    """Keep the first (most severe) finding's words and location; add the other's agents and confidence."""
+    agents = tuple(sorted(set(kept.agents) | set(other.agents), key=_agent_rank_one))
+    confidences = [c for c in (kept.confidence, other.confidence) if c is not None]
+    return replace(
+        kept,
+        agents=agents,
+        confidence=max(confidences) if confidences else None,
+        detail=kept.detail or other.detail,
+        suggestion=kept.suggestion or other.suggestion,
+    )
+
+
+def _agent_rank_one(agent: str) -> tuple[int, str]:
+    return (_AGENT_ORDER.index(agent) if agent in _AGENT_ORDER else len(_AGENT_ORDER), agent)
