@@ -1,0 +1,332 @@
+"""Which files of a repository are candidates for a pack, and in what priority.
+
+Selection follows git: in a work tree, `git ls-files --cached --others --exclude-standard`; in a plain
+folder, the same .gitignore rules (nested files included) through pathspec's GitIgnoreSpec, which
+replicates git's matching (last matching pattern wins, `!` re-includes, a deeper .gitignore overrides a
+shallower one, nothing is re-included below an ignored folder). Then the default exclusions apply to
+both: vendored and generated folders, lock files, minified files and binary extensions (by name here;
+content checks happen where the file is read, in jobs/pack.py).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from pathlib import Path
+
+from pathspec import GitIgnoreSpec
+
+__all__ = [
+    "BINARY_SUFFIXES",
+    "EXCLUDED_DIRS",
+    "LOCK_FILES",
+    "PRIORITY_NAMES",
+    "exclusion_reason",
+    "list_candidates",
+    "priority",
+]
+
+EXCLUDED_DIRS = frozenset(
+    {
+        "node_modules",
+        "bower_components",
+        "jspm_packages",
+        "vendor",
+        "third_party",
+        "dist",
+        "build",
+        ".venv",
+        "venv",
+        "__pycache__",
+        ".git",
+        ".hg",
+        ".svn",
+        ".tox",
+        ".nox",
+        ".mypy_cache",
+        ".pytest_cache",
+        ".ruff_cache",
+        ".next",
+        ".nuxt",
+        ".gradle",
+        ".terraform",
+        "site-packages",
+    }
+)
+LOCK_FILES = frozenset(
+    {
+        "package-lock.json",
+        "npm-shrinkwrap.json",
+        "yarn.lock",
+        "pnpm-lock.yaml",
+        "bun.lockb",
+        "poetry.lock",
+        "pipfile.lock",
+        "pdm.lock",
+        "uv.lock",
+        "cargo.lock",
+        "gemfile.lock",
+        "composer.lock",
+        "go.sum",
+        "mix.lock",
+        "flake.lock",
+        "packages.lock.json",
+        "podfile.lock",
+        "pubspec.lock",
+    }
+)
+BINARY_SUFFIXES = frozenset(
+    {
+        ".png",
+        ".jpg",
+        ".jpeg",
+        ".gif",
+        ".bmp",
+        ".ico",
+        ".icns",
+        ".webp",
+        ".tif",
+        ".tiff",
+        ".psd",
+        ".heic",
+        ".avif",
+        ".pdf",
+        ".doc",
+        ".docx",
+        ".xls",
+        ".xlsx",
+        ".ppt",
+        ".pptx",
+        ".odt",
+        ".ods",
+        ".odp",
+        ".key",
+        ".numbers",
+        ".pages",
+        ".zip",
+        ".gz",
+        ".tgz",
+        ".bz2",
+        ".xz",
+        ".zst",
+        ".7z",
+        ".rar",
+        ".tar",
+        ".jar",
+        ".war",
+        ".ear",
+        ".apk",
+        ".aab",
+        ".ipa",
+        ".deb",
+        ".rpm",
+        ".dmg",
+        ".iso",
+        ".msi",
+        ".exe",
+        ".dll",
+        ".so",
+        ".dylib",
+        ".a",
+        ".lib",
+        ".o",
+        ".obj",
+        ".class",
+        ".pyc",
+        ".pyo",
+        ".pyd",
+        ".whl",
+        ".egg",
+        ".wasm",
+        ".bin",
+        ".dat",
+        ".woff",
+        ".woff2",
+        ".ttf",
+        ".otf",
+        ".eot",
+        ".mp3",
+        ".mp4",
+        ".m4a",
+        ".wav",
+        ".ogg",
+        ".oga",
+        ".flac",
+        ".aac",
+        ".avi",
+        ".mov",
+        ".mkv",
+        ".webm",
+        ".wmv",
+        ".flv",
+        ".mid",
+        ".midi",
+        ".sqlite",
+        ".sqlite3",
+        ".db",
+        ".mdb",
+        ".npy",
+        ".npz",
+        ".pkl",
+        ".pickle",
+        ".parquet",
+        ".feather",
+        ".h5",
+        ".hdf5",
+        ".onnx",
+        ".pt",
+        ".pth",
+        ".ckpt",
+        ".safetensors",
+        ".tflite",
+        ".pb",
+        ".swf",
+        ".fla",
+        ".blend",
+        ".fbx",
+        ".glb",
+        ".3ds",
+        ".max",
+        ".DS_Store",
+    }
+)
+_MINIFIED = re.compile(r"[.-]min\.(?:js|mjs|cjs|css)$|\.(?:js|css)\.map$|\.bundle\.js$")
+
+PRIORITY_NAMES = ("source", "tests", "docs")
+_TEST_DIRS = frozenset(
+    {"tests", "test", "__tests__", "spec", "specs", "testing", "testdata", "e2e"}
+)
+_TEST_FILE = re.compile(
+    r"^(?:test_.*\.py|.*_test\.(?:py|go|rb|rs|exs?)|conftest\.py|.*\.(?:test|spec)\.[cm]?[jt]sx?|.*Tests?\.(?:java|kt|cs|swift)|.*_spec\.rb)$"
+)
+_DOC_DIRS = frozenset({"docs", "doc", "documentation", "man"})
+_DOC_SUFFIXES = frozenset(
+    {".md", ".markdown", ".rst", ".txt", ".adoc", ".asciidoc", ".org", ".tex"}
+)
+_DOC_NAMES = frozenset(
+    {"license", "licence", "copying", "changelog", "changes", "authors", "notice", "contributing"}
+)
+
+
+def exclusion_reason(path: str) -> str | None:
+    """Why `path` (relative, posix) is excluded by name, or None if it is a candidate."""
+    parts = path.split("/")
+    for part in parts[:-1]:
+        if part in EXCLUDED_DIRS:
+            return f"vendored or generated folder ({part}/)"
+    name = parts[-1]
+    lower = name.lower()
+    if lower in LOCK_FILES or lower.endswith(".lock"):
+        return "lock file"
+    if _MINIFIED.search(lower):
+        return "minified or generated"
+    dot = name.rfind(".")
+    if dot > 0 and (name[dot:].lower() in BINARY_SUFFIXES or name[dot:] in BINARY_SUFFIXES):
+        return "binary (extension)"
+    if name == ".DS_Store":
+        return "binary (extension)"
+    return None
+
+
+def priority(path: str) -> int:
+    """0 source (code and config), 1 tests, 2 docs: the order in which files claim the token budget."""
+    parts = path.split("/")
+    name = parts[-1]
+    if any(p in _TEST_DIRS for p in parts[:-1]) or _TEST_FILE.match(name):
+        return 1
+    lower = name.lower()
+    stem, dot, suffix = lower.rpartition(".")
+    if any(p in _DOC_DIRS for p in parts[:-1]) or (dot and "." + suffix in _DOC_SUFFIXES):
+        return 2
+    if (stem if dot else lower) in _DOC_NAMES:
+        return 2
+    return 0
+
+
+def _git(root: Path, *args: str) -> subprocess.CompletedProcess[bytes]:
+    env = {**os.environ, "GIT_TERMINAL_PROMPT": "0", "GIT_OPTIONAL_LOCKS": "0"}
+    for var in ("GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE"):
+        env.pop(var, None)
+    return subprocess.run(
+        ["git", "-C", str(root), *args], capture_output=True, env=env, timeout=300, check=False
+    )
+
+
+def _git_listing(root: Path) -> list[str] | None:
+    """The paths git would consider for `root`, or None when `root` is not (usefully) in a work tree."""
+    try:
+        res = _git(root, "ls-files", "-z", "--cached", "--others", "--exclude-standard")
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if res.returncode != 0:
+        return None
+    paths = [p for p in res.stdout.decode("utf-8", "surrogateescape").split("\0") if p]
+    if not paths:
+        # An ignored folder inside some enclosing repo lists nothing: review it as a plain folder.
+        check = _git(root.parent, "check-ignore", "-q", "--", root.name)
+        if check.returncode == 0:
+            return None
+    return paths
+
+
+def _ignored(rel: str, is_dir: bool, specs: list[tuple[str, GitIgnoreSpec]]) -> bool:
+    for base, spec in reversed(specs):  # deepest .gitignore first: it overrides the ones above
+        sub = rel[len(base) + 1 :] if base else rel
+        res = spec.check_file(sub + "/" if is_dir else sub)
+        if res.include is not None:
+            return bool(res.include)
+    return False
+
+
+def _walk_plain(root: Path) -> list[str]:
+    out: list[str] = []
+    stack: list[tuple[str, list[tuple[str, GitIgnoreSpec]]]] = [("", [])]
+    while stack:
+        rel_dir, specs = stack.pop()
+        folder = os.path.join(root, rel_dir) if rel_dir else str(root)
+        try:
+            with os.scandir(folder) as it:
+                entries = list(it)
+        except OSError:
+            continue  # an unreadable folder: its files cannot be listed, let alone read
+        for entry in entries:
+            if entry.name == ".gitignore" and entry.is_file(follow_symlinks=False):
+                try:
+                    with open(entry.path, encoding="utf-8", errors="replace") as fh:
+                        specs = [
+                            *specs,
+                            (rel_dir, GitIgnoreSpec.from_lines(fh.read().splitlines())),
+                        ]
+                except OSError:
+                    pass
+                break
+        for entry in entries:
+            if entry.name == ".git":
+                continue
+            rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
+            try:
+                is_dir = entry.is_dir(
+                    follow_symlinks=False
+                )  # a symlink to a folder is a file, as in git
+            except OSError:
+                is_dir = False
+            if specs and _ignored(rel, is_dir, specs):
+                continue
+            if is_dir:
+                stack.append((rel, specs))
+            else:
+                out.append(rel)
+    return out
+
+
+def list_candidates(root: Path) -> tuple[list[str], str]:
+    """Sorted relative posix paths under `root` that git (or the .gitignore rules) selects, and how.
+
+    The second item is "git" or "gitignore". Paths are not yet filtered by `exclusion_reason`.
+    """
+    paths = _git_listing(root)
+    method = "git"
+    if paths is None:
+        paths, method = _walk_plain(root), "gitignore"
+    return sorted(set(paths)), method
