@@ -7,12 +7,36 @@ from pathlib import Path
 
 import pytest
 
+from runner.simulator import Simulator
+
 
 @pytest.fixture(autouse=True)
 def isolated_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Point REVIEW_RUNNER_HOME at a fresh folder and remove every way to reach the real API."""
     home = tmp_path / "state"
     monkeypatch.setenv("REVIEW_RUNNER_HOME", str(home))
-    for var in ("ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN", "ANTHROPIC_BASE_URL", "REVIEW_RUNNER_DEBUG"):
+    for var in (
+        "ANTHROPIC_API_KEY",
+        "ANTHROPIC_AUTH_TOKEN",
+        "ANTHROPIC_BASE_URL",
+        "REVIEW_RUNNER_DEBUG",
+    ):
         monkeypatch.delenv(var, raising=False)
     return home
+
+
+@pytest.fixture
+def simulator() -> Iterator[Simulator]:
+    """A default Simulator serving on an ephemeral loopback port, stopped after the test."""
+    sim = Simulator()
+    sim.start()
+    try:
+        yield sim
+    finally:
+        sim.stop()
+
+
+@pytest.fixture
+def simulator_url(simulator: Simulator) -> Iterator[str]:
+    """The base URL of the `simulator` fixture (for ANTHROPIC_BASE_URL or base_url=)."""
+    yield simulator.base_url

@@ -1,0 +1,489 @@
+"""The simulator's state and lifecycle: config, admission, billing, the request log and counters.
+
+One lock guards everything shared (buckets, cache, batches, counters, the fault generator), so
+a check-and-debit is atomic and a fixed seed gives reproducible fault counts for a fixed order
+of requests. The HTTP side lives in runner/simulator/http.py.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import threading
+import time
+from dataclasses import dataclass, fields, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from ledger.errors import UnknownModel
+from ledger.prices import Price, cost_micros, load_prices, price_for, usd
+from runner.errors import RunnerError, RunnerInputError
+from runner.simulator.batches import BatchStore, new_id
+from runner.simulator.buckets import RateLimits
+from runner.simulator.cache import CachePlan, PromptCache
+from runner.simulator.prompt import ApiError, Prompt, validate_message_request
+from runner.simulator.replies import Reply, make_reply, request_digest
+
+__all__ = ["Admitted", "SimConfig", "Simulator"]
+
+COUNTERS = (
+    "requests", "messages", "ok", "rate_limited", "spend_capped", "overloaded", "server_errors",
+    "dropped", "bad_requests", "auth_errors", "not_found", "max_in_flight", "input_tokens",
+    "output_tokens", "cache_creation_input_tokens", "cache_read_input_tokens", "billed_micros",
+)  # fmt: skip
+LIMIT_KEYS = ("requests", "input_tokens", "output_tokens", "concurrency")
+
+
+@dataclass(frozen=True)
+class SimConfig:
+    """How the simulated account behaves. Rates are probabilities per /v1/messages request."""
+
+    rpm: int | None = None  # None = no limit
+    itpm: int | None = None  # uncached input + cache writes
+    otpm: int | None = None  # actual output tokens
+    max_concurrent: int | None = None  # in-flight cap -> 429 rate_limit_error when exceeded
+    latency: float = 0.0  # seconds to first byte
+    per_token: float = 0.0  # seconds per output token
+    output_mean: int = 400  # output length: uniform in mean*(1±spread), capped by max_tokens
+    output_spread: float = 0.5
+    overloaded_rate: float = 0.0  # 529 overloaded_error
+    server_error_rate: float = 0.0  # 500 api_error
+    drop_rate: float = 0.0  # connection closed with no response after processing and billing
+    spend_cap_usd: float | None = None  # then 429 enforced_spend_limit_reached, no retry-after
+    seed: int = 0
+    min_cacheable_tokens: int = 1024
+    api_key: str | None = None  # if set, only this key is accepted; else any non-empty key
+    log_path: Path | None = None  # JSONL request log
+    batch_delay: float = 0.0  # seconds before a batch ends
+    prices_path: Path | None = None  # a prices.json overriding the shipped table
+
+    def __post_init__(self) -> None:
+        for name in ("rpm", "itpm", "otpm", "max_concurrent"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise RunnerInputError(
+                    f"simulator {name} must be at least 1 (or unset), got {value}"
+                )
+        rates = (self.overloaded_rate, self.server_error_rate, self.drop_rate)
+        if any(r < 0 for r in rates) or sum(rates) > 1:
+            raise RunnerInputError("simulator fault rates must be >= 0 and sum to at most 1")
+        if self.latency < 0 or self.per_token < 0 or self.output_mean < 1 or self.output_spread < 0:
+            raise RunnerInputError("simulator latency/per_token must be >= 0, output_mean >= 1")
+
+
+@dataclass
+class Admitted:
+    """A /v1/messages request that passed admission and is being served."""
+
+    record: dict[str, Any]
+    body: dict[str, Any]
+    prompt: Prompt
+    plan: CachePlan
+    price: Price
+    drop: bool
+    headers: dict[str, str]
+    reply: Reply | None = None
+
+
+def _now_iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class Simulator:
+    """An Anthropic-compatible API server on 127.0.0.1, for tests, the embedded default and planning."""
+
+    def __init__(self, config: SimConfig | None = None, **overrides: Any) -> None:
+        config = config or SimConfig()
+        known = {f.name for f in fields(SimConfig)}
+        unknown = set(overrides) - known
+        if unknown:
+            raise RunnerInputError(f"unknown simulator option(s): {', '.join(sorted(unknown))}")
+        self.config = replace(config, **overrides) if overrides else config
+        self.base_url = ""
+        self._lock = threading.Lock()
+        self._rng = random.Random(self.config.seed)
+        self._prices = load_prices(self.config.prices_path)
+        now = time.time()
+        self._limits = RateLimits(self.config.rpm, self.config.itpm, self.config.otpm, now)
+        self._cache = PromptCache(self.config.min_cacheable_tokens)
+        self._batches = BatchStore(lambda: self.base_url, self.config.batch_delay)
+        self._log: list[dict[str, Any]] = []
+        self._log_file: Any = None
+        self._in_flight = 0
+        self._stats = self._zero_stats()
+        self._server: Any = None
+        self._thread: threading.Thread | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def start(self, port: int = 0) -> str:
+        """Bind 127.0.0.1:`port` (0 = any free port), serve in a daemon thread, return the base URL."""
+        from runner.simulator.http import SimHTTPServer  # the HTTP side imports this module
+
+        if self._server is not None:
+            raise RunnerError(f"simulator already running at {self.base_url}")
+        if self.config.log_path is not None:
+            try:
+                self._log_file = open(self.config.log_path, "a", encoding="utf-8")  # noqa: SIM115
+            except OSError as exc:
+                raise RunnerInputError(f"simulator log {self.config.log_path}: {exc}") from exc
+        try:
+            self._server = SimHTTPServer(("127.0.0.1", port), self)
+        except OSError as exc:
+            if self._log_file is not None:
+                self._log_file.close()
+                self._log_file = None
+            raise RunnerInputError(f"simulator cannot listen on 127.0.0.1:{port}: {exc}") from exc
+        self.base_url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        self._thread = threading.Thread(
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name="simulator",
+            daemon=True,
+        )
+        self._thread.start()
+        return self.base_url
+
+    def stop(self) -> None:
+        """Stop serving, close every connection and the log file; safe to call twice."""
+        server, self._server = self._server, None
+        if server is not None:
+            server.shutdown()
+            server.close_all()
+            server.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+        with self._lock:
+            if self._log_file is not None:
+                self._log_file.close()
+                self._log_file = None
+
+    def __enter__(self) -> Simulator:
+        if self._server is None:
+            self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- inspection --------------------------------------------------------------------------
+
+    def log(self) -> list[dict[str, Any]]:
+        """One record per request, in completion order (copies).
+
+        Times (`arrival`, `start`, `end`) are epoch seconds; `start` is None for a request that
+        was refused. Each processed Message Batches request adds a record of its own (method
+        "BATCH", `batch: True`), so the sum of `cost_micros` is always `stats()["billed_micros"]`.
+        """
+        with self._lock:
+            return [dict(r) for r in self._log]
+
+    def stats(self) -> dict[str, Any]:
+        """Counters since start: requests, outcomes, 429s by limit, tokens, cost.
+
+        `requests` counts every HTTP request, `messages` only POST /v1/messages; `rate_limited`
+        excludes the spend-cap 429s (`spend_capped`); tokens and cost include batches.
+        """
+        with self._lock:
+            out = dict(self._stats)
+            out["rate_limited_by"] = dict(self._stats["rate_limited_by"])
+            out["in_flight"] = self._in_flight
+        out["cost_usd"] = usd(out["billed_micros"])
+        return out
+
+    @staticmethod
+    def _zero_stats() -> dict[str, Any]:
+        stats: dict[str, Any] = dict.fromkeys(COUNTERS, 0)
+        stats["rate_limited_by"] = dict.fromkeys(LIMIT_KEYS, 0)
+        return stats
+
+    # -- request handling (called by the HTTP handler) ---------------------------------------
+
+    def new_record(self, method: str, path: str, job: str | None) -> dict[str, Any]:
+        """A fresh log record for a request that just arrived."""
+        now = time.time()
+        return {
+            "id": new_id("req_"),
+            "arrival": now,
+            "arrival_at": _now_iso(now),
+            "start": None,
+            "end": None,
+            "method": method,
+            "path": path,
+            "status": None,
+            "error_type": None,
+            "limit": None,
+            "model": None,
+            "stream": False,
+            "usage": None,
+            "cost_micros": 0,
+            "billed": False,
+            "dropped": False,
+            "job": job,
+        }
+
+    def check_key(self, key: str | None) -> None:
+        """401 unless the key is acceptable."""
+        if not key or (self.config.api_key is not None and key != self.config.api_key):
+            raise ApiError(401, "authentication_error", "invalid x-api-key")
+
+    def _price(self, model: str) -> Price:
+        try:
+            return price_for(self._prices, model)
+        except UnknownModel:
+            raise ApiError(404, "not_found_error", f"model: {model}") from None
+
+    def _spend_capped(self) -> bool:
+        cap = self.config.spend_cap_usd
+        return cap is not None and self._stats["billed_micros"] >= round(cap * 1_000_000)
+
+    def _spend_cap_error(self) -> ApiError:
+        return ApiError(
+            429,
+            "rate_limit_error",
+            "You have reached your specified API usage limits. You will regain access once "
+            "the limit is raised or the period resets.",
+            details={"error_code": "enforced_spend_limit_reached"},
+            limit="spend",
+        )
+
+    def count_tokens(self, body: Any) -> dict[str, int]:
+        """POST /v1/messages/count_tokens: the total input tokens, as messages would bill them."""
+        if isinstance(body, dict) and "max_tokens" not in body:
+            body = {**body, "max_tokens": 1}  # count_tokens does not take max_tokens
+        prompt = validate_message_request(body)
+        self._price(prompt.model)
+        return {"input_tokens": prompt.total_tokens}
+
+    def admit(self, record: dict[str, Any], body: Any) -> Admitted:
+        """Validate, then atomically: spend cap, concurrency, faults, rate limits, cache plan."""
+        prompt = validate_message_request(body)
+        record["model"] = prompt.model
+        record["stream"] = bool(body.get("stream"))
+        price = self._price(prompt.model)
+        cfg = self.config
+        with self._lock:
+            now = time.time()
+            if self._spend_capped():
+                raise self._spend_cap_error()
+            if cfg.max_concurrent is not None and self._in_flight >= cfg.max_concurrent:
+                raise ApiError(
+                    429,
+                    "rate_limit_error",
+                    f"Number of concurrent requests exceeds the limit of {cfg.max_concurrent}.",
+                    # A slot frees when any response ends: the shortest whole-second wait.
+                    headers={"retry-after": "1", **self._limits.headers(now)},
+                    limit="concurrency",
+                )
+            draw = self._rng.random()
+            if draw < cfg.overloaded_rate:
+                raise ApiError(529, "overloaded_error", "Overloaded")
+            if draw < cfg.overloaded_rate + cfg.server_error_rate:
+                raise ApiError(500, "api_error", "Internal server error (simulated)")
+            drop = draw < cfg.overloaded_rate + cfg.server_error_rate + cfg.drop_rate
+            plan = self._cache.plan(prompt, now)
+            admission = self._limits.admit(plan.input_tokens + plan.write_tokens, now)
+            headers = self._limits.headers(now)
+            if admission.limit is not None:
+                what = admission.limit.replace("_", " ")
+                raise ApiError(
+                    429,
+                    "rate_limit_error",
+                    f"This request would exceed the rate limit for your organization of "
+                    f"{self._limits.buckets[admission.limit].limit} {what} per minute.",
+                    headers={"retry-after": str(admission.retry_after), **headers},
+                    limit=admission.limit,
+                )
+            self._cache.commit(plan, now, ready_at=now + cfg.latency)
+            self._in_flight += 1
+            self._stats["max_in_flight"] = max(self._stats["max_in_flight"], self._in_flight)
+        record["start"] = now
+        return Admitted(record, body, prompt, plan, price, drop, headers)
+
+    def reply_for(self, adm: Admitted) -> Reply:
+        """The reply text for an admitted request (deterministic in its content and the seed)."""
+        cfg = self.config
+        digest = request_digest(adm.body)
+        adm.reply = make_reply(
+            adm.prompt.text,
+            adm.prompt.system_text,
+            digest,
+            cfg.seed,
+            cfg.output_mean,
+            cfg.output_spread,
+            adm.body["max_tokens"],
+        )
+        return adm.reply
+
+    def produce(self, tokens: int) -> None:
+        """Debit output tokens from the OTPM bucket as they are generated."""
+        with self._lock:
+            self._limits.debit_output(tokens, time.time())
+
+    def usage_of(self, adm: Admitted, *, tier: str = "standard") -> dict[str, Any]:
+        """The platform's usage object for an admitted request."""
+        usage = adm.plan.usage()
+        usage["output_tokens"] = adm.reply.output_tokens if adm.reply else 0
+        usage["service_tier"] = tier
+        return usage
+
+    def bill(
+        self, record: dict[str, Any], usage: dict[str, Any], price: Price, *, batch: bool = False
+    ) -> None:
+        """Add a processed request's usage and cost to the record and the counters."""
+        micros = cost_micros(price, usage, batch=batch)
+        record.update(usage=usage, cost_micros=micros, billed=True)
+        with self._lock:
+            st = self._stats
+            for key in (
+                "input_tokens",
+                "output_tokens",
+                "cache_creation_input_tokens",
+                "cache_read_input_tokens",
+            ):
+                st[key] += int(usage.get(key) or 0)
+            st["billed_micros"] += micros
+
+    def release(self) -> None:
+        """A served /v1/messages request is no longer in flight."""
+        with self._lock:
+            self._in_flight -= 1
+
+    def message_of(self, adm: Admitted, message_id: str) -> dict[str, Any]:
+        """The complete Message object."""
+        reply = adm.reply
+        assert reply is not None
+        content = [{"type": "text", "text": reply.text}] if reply.text else []
+        return {
+            "id": message_id,
+            "type": "message",
+            "role": "assistant",
+            "model": adm.prompt.model,
+            "content": content,
+            "stop_reason": reply.stop_reason,
+            "stop_sequence": None,
+            "usage": self.usage_of(adm),
+        }
+
+    def finish(
+        self, record: dict[str, Any], status: int | None, error: ApiError | None = None
+    ) -> None:
+        """Close a request's record: counters, the in-memory log and the JSONL file."""
+        record["end"] = time.time()
+        record["status"] = status
+        if error is not None:
+            record["error_type"] = error.error_type
+            record["limit"] = error.limit
+        with self._lock:
+            st = self._stats
+            st["requests"] += 1
+            if record["path"] == "/v1/messages":
+                st["messages"] += 1
+            if record["dropped"]:
+                st["dropped"] += 1
+            elif status == 200:
+                st["ok"] += 1
+            elif error is not None and error.limit == "spend":
+                st["spend_capped"] += 1
+            elif status == 429:
+                st["rate_limited"] += 1
+                st["rate_limited_by"][error.limit if error and error.limit else "requests"] += 1
+            elif status == 529:
+                st["overloaded"] += 1
+            elif status == 500:
+                st["server_errors"] += 1
+            elif status == 400:
+                st["bad_requests"] += 1
+            elif status == 401:
+                st["auth_errors"] += 1
+            elif status == 404:
+                st["not_found"] += 1
+            self._write_record(record)
+
+    def _write_record(self, record: dict[str, Any]) -> None:
+        self._log.append(record)
+        if self._log_file is not None:
+            self._log_file.write(json.dumps(record) + "\n")
+            self._log_file.flush()
+
+    # -- batches -----------------------------------------------------------------------------
+
+    def _process_batch_item(
+        self, batch_id: str, custom_id: str, params: dict[str, Any]
+    ) -> dict[str, Any]:
+        # Called under the lock (from BatchStore.advance): no rate limits or faults for batches.
+        record = self.new_record("BATCH", f"/v1/messages/batches/{batch_id}#{custom_id}", None)
+        try:
+            if "stream" in params:
+                raise ApiError(400, "invalid_request_error", "stream: not supported in batches")
+            prompt = validate_message_request(params)
+            price = self._price(prompt.model)
+        except ApiError as exc:
+            record.update(status=exc.status, error_type=exc.error_type, end=record["arrival"])
+            self._write_record(record)
+            return {
+                "type": "errored",
+                "error": {
+                    "type": "error",
+                    "request_id": record["id"],
+                    "error": {"type": exc.error_type, "message": exc.message},
+                },
+            }
+        now = time.time()
+        plan = self._cache.plan(prompt, now)
+        self._cache.commit(plan, now, ready_at=now)
+        adm = Admitted(record, params, prompt, plan, price, False, {})
+        self.reply_for(adm)
+        message = self.message_of(adm, new_id("msg_"))
+        message["usage"]["service_tier"] = "batch"
+        micros = cost_micros(price, message["usage"], batch=True)
+        record.update(
+            usage=message["usage"],
+            cost_micros=micros,
+            billed=True,
+            status=200,
+            model=prompt.model,
+            start=now,
+            end=now,
+            batch=True,
+        )
+        st = self._stats
+        for key in (
+            "input_tokens",
+            "output_tokens",
+            "cache_creation_input_tokens",
+            "cache_read_input_tokens",
+        ):
+            st[key] += int(message["usage"].get(key) or 0)
+        st["billed_micros"] += micros
+        self._write_record(record)
+        return {"type": "succeeded", "message": message}
+
+    def batches(
+        self,
+        action: str,
+        batch_id: str | None = None,
+        body: Any = None,
+        query: dict[str, str] | None = None,
+    ) -> Any:
+        """Dispatch one Message Batches call under the lock (create/retrieve/list/cancel/delete/results)."""
+        with self._lock:
+            now = time.time()
+            if action == "create" and self._spend_capped():
+                raise self._spend_cap_error()
+            store = self._batches
+            store.advance(now, self._process_batch_item)
+            if action == "create":
+                return store.create(body, now)
+            if action == "list":
+                return store.list(query or {})
+            assert batch_id is not None
+            if action == "retrieve":
+                return store.retrieve(batch_id)
+            if action == "cancel":
+                return store.cancel(batch_id, now)
+            if action == "delete":
+                return store.delete(batch_id)
+            return store.results(batch_id)
