@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 __all__ = [
+    "AlreadyFinal",
     "BudgetExceeded",
     "LedgerError",
     "LedgerInputError",
@@ -37,3 +38,7 @@ class BudgetExceeded(LedgerError):
 
 class RunRefused(LedgerError):
     """The ledger would not admit a run in any allowed mode."""
+
+
+class AlreadyFinal(LedgerError):
+    """settle/release/mark_unknown on a reservation that already has its outcome: nothing changes."""

@@ -16,7 +16,15 @@ from typing import Any
 
 from ledger.errors import LedgerInputError, UnknownModel
 
-__all__ = ["Price", "cost_micros", "load_prices", "price_for", "usd", "worst_case_micros"]
+__all__ = [
+    "Price",
+    "cost_micros",
+    "load_prices",
+    "money",
+    "price_for",
+    "usd",
+    "worst_case_micros",
+]
 
 PRICE_FIELDS = ("input", "output", "cache_write_5m", "cache_write_1h", "cache_read")
 
@@ -117,3 +125,9 @@ def worst_case_micros(
 def usd(micros: int) -> float:
     """Micro-dollars as a USD number for output (JSON, messages)."""
     return micros / 1_000_000
+
+
+def money(micros: int) -> str:
+    """Micro-dollars as text for people: $1,234.56 (negative with a leading minus)."""
+    sign = "-" if micros < 0 else ""
+    return f"{sign}${abs(micros) / 1_000_000:,.2f}"

@@ -1,0 +1,359 @@
+"""The writes behind reserve/settle/release/unknown, keeping every aggregate in step.
+
+Each function runs inside the caller's `BEGIN IMMEDIATE` transaction and updates the entry
+together with month_totals, day_totals, runs, reviews and calibrations, so status reads
+aggregates instead of scanning a month of entries.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from ledger.errors import AlreadyFinal, BudgetExceeded, LedgerError, LedgerInputError
+from ledger.prices import money
+from ledger.projection import EMA_ALPHA
+
+__all__ = [
+    "USAGE_FIELDS",
+    "Committed",
+    "check_fits",
+    "committed",
+    "effective_budget",
+    "input_ratio",
+    "insert_reservation",
+    "normalise_usage",
+    "transition",
+]
+
+USAGE_FIELDS = (
+    "input_tokens",
+    "output_tokens",
+    "cache_creation_input_tokens",
+    "cache_read_input_tokens",
+)
+FINAL_STATES = ("settled", "released")
+
+
+@dataclass(frozen=True)
+class Committed:
+    """What a month has committed, in micro-dollars and tokens, seen from one run."""
+
+    spent_micros: int
+    reserved_micros: int
+    others_held_micros: int
+    own_held_micros: int
+    spent_tokens: int
+    reserved_tokens: int
+    others_held_tokens: int
+    own_held_tokens: int
+
+
+def effective_budget(conn: sqlite3.Connection, month: str) -> tuple[int | None, int | None]:
+    """(USD micros, tokens) for `month`: each field from its override, else the standing budget."""
+    rows = {
+        row[0]: row[1:]
+        for row in conn.execute(
+            "SELECT month, usd_micros, tokens FROM budgets WHERE month IN ('*', ?)", (month,)
+        )
+    }
+    standing = rows.get("*", (None, None))
+    override = rows.get(month, (None, None))
+    usd = override[0] if override[0] is not None else standing[0]
+    tokens = override[1] if override[1] is not None else standing[1]
+    return usd, tokens
+
+
+def committed(conn: sqlite3.Connection, month: str, run_id: str | None) -> Committed:
+    """Spent, reserved and held for `month`; holds split into `run_id`'s own and the others'."""
+    row = conn.execute(
+        "SELECT spent_micros, reserved_micros, input_tokens + output_tokens"
+        " + cache_creation_input_tokens + cache_read_input_tokens + unknown_tokens,"
+        " reserved_tokens FROM month_totals WHERE month = ?",
+        (month,),
+    ).fetchone() or (0, 0, 0, 0)
+    held = {"own": [0, 0], "others": [0, 0]}
+    # A hold shrinks by what its run has charged and reserved since admission.
+    for rid, hold_m, hold_t in conn.execute(
+        "SELECT run_id, MAX(0, hold_micros - charged_micros - reserved_micros),"
+        " MAX(0, hold_tokens - charged_tokens - reserved_tokens)"
+        " FROM runs WHERE active = 1 AND month = ?",
+        (month,),
+    ):
+        side = held["own" if rid == run_id else "others"]
+        side[0] += hold_m
+        side[1] += hold_t
+    return Committed(
+        spent_micros=row[0],
+        reserved_micros=row[1],
+        others_held_micros=held["others"][0],
+        own_held_micros=held["own"][0],
+        spent_tokens=row[2],
+        reserved_tokens=row[3],
+        others_held_tokens=held["others"][1],
+        own_held_tokens=held["own"][1],
+    )
+
+
+def input_ratio(conn: sqlite3.Connection, model: str) -> float | None:
+    """The weighted ratio of actual to locally estimated input for `model`, None without history."""
+    row = conn.execute(
+        "SELECT SUM(input_actual_sum) / SUM(input_estimate_sum) FROM calibrations"
+        " WHERE model = ? AND input_estimate_sum > 0",
+        (model,),
+    ).fetchone()
+    return None if row is None else row[0]
+
+
+def _ensure_month(conn: sqlite3.Connection, month: str) -> None:
+    conn.execute(
+        "INSERT INTO month_totals (month) VALUES (?) ON CONFLICT(month) DO NOTHING", (month,)
+    )
+
+
+def insert_reservation(conn: sqlite3.Connection, row: Mapping[str, Any]) -> int:
+    """Insert a reserved entry and count it in the month, run and review; returns its id."""
+    columns = ", ".join(row)
+    marks = ", ".join("?" for _ in row)
+    entry_id = conn.execute(
+        f"INSERT INTO entries ({columns}, state) VALUES ({marks}, 'reserved')", tuple(row.values())
+    ).lastrowid
+    worst, worst_t, month = row["worst_micros"], row["worst_tokens"], row["month"]
+    _ensure_month(conn, month)
+    conn.execute(
+        "UPDATE month_totals SET reserved_micros = reserved_micros + ?,"
+        " reserved_tokens = reserved_tokens + ?, entries = entries + 1 WHERE month = ?",
+        (worst, worst_t, month),
+    )
+    conn.execute(
+        "INSERT INTO runs (run_id, month, started_at, reserved_micros, reserved_tokens, requests)"
+        " VALUES (?, ?, ?, ?, ?, 1) ON CONFLICT(run_id) DO UPDATE SET"
+        " reserved_micros = reserved_micros + excluded.reserved_micros,"
+        " reserved_tokens = reserved_tokens + excluded.reserved_tokens, requests = requests + 1",
+        (row["run_id"], month, row["reserved_at"], worst, worst_t),
+    )
+    if row.get("review"):
+        conn.execute(
+            "INSERT INTO reviews (review, run_id, mode, month, outstanding, last_at)"
+            " VALUES (?, ?, ?, ?, 1, ?) ON CONFLICT(review) DO UPDATE SET"
+            " outstanding = outstanding + 1, mode = COALESCE(excluded.mode, mode),"
+            " last_at = excluded.last_at",
+            (row["review"], row["run_id"], row.get("mode"), month, row["reserved_at"]),
+        )
+    assert entry_id is not None
+    return entry_id
+
+
+def normalise_usage(usage: Mapping[str, Any] | Any) -> dict[str, Any]:
+    """The API's usage (a dict, or the SDK's object) as a dict of non-negative integers."""
+    if not isinstance(usage, Mapping):
+        dump = getattr(usage, "model_dump", None)
+        if dump is None:
+            raise LedgerInputError(f"usage must be a mapping, got {type(usage).__name__}")
+        usage = dump()
+    out: dict[str, Any] = dict(usage)
+    for field in USAGE_FIELDS:
+        value = out.get(field) or 0
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise LedgerInputError(f"usage.{field}: expected a non-negative integer, got {value!r}")
+        out[field] = value
+    return out
+
+
+def _bump_day(conn: sqlite3.Connection, day: str, month: str, micros: int, tokens: int) -> None:
+    conn.execute(
+        "INSERT INTO day_totals (day, month, spent_micros, tokens) VALUES (?, ?, ?, ?)"
+        " ON CONFLICT(day) DO UPDATE SET spent_micros = spent_micros + excluded.spent_micros,"
+        " tokens = tokens + excluded.tokens",
+        (day, month, micros, tokens),
+    )
+
+
+def _calibrate(
+    conn: sqlite3.Connection, entry: sqlite3.Row, usage: dict[str, Any], now: str
+) -> None:
+    actual_in = (
+        usage["input_tokens"]
+        + usage["cache_creation_input_tokens"]
+        + usage["cache_read_input_tokens"]
+    )
+    keep = 1.0 - EMA_ALPHA
+    # count_tokens figures are exact, so only local estimates teach the input ratio.
+    teach_input = 0 if entry["counted"] or entry["input_estimate"] <= 0 else 1
+    conn.execute(
+        "INSERT INTO calibrations (agent, model, samples, output_weight, output_sum,"
+        " input_weight, input_estimate_sum, input_actual_sum, updated_at)"
+        " VALUES (:agent, :model, 1, 1, :out, :ti, :ti * :est, :ti * :act, :now)"
+        " ON CONFLICT(agent, model) DO UPDATE SET samples = samples + 1,"
+        " output_weight = output_weight * :keep + 1, output_sum = output_sum * :keep + :out,"
+        " input_weight = CASE :ti WHEN 1 THEN input_weight * :keep + 1 ELSE input_weight END,"
+        " input_estimate_sum = CASE :ti WHEN 1 THEN input_estimate_sum * :keep + :est"
+        "   ELSE input_estimate_sum END,"
+        " input_actual_sum = CASE :ti WHEN 1 THEN input_actual_sum * :keep + :act"
+        "   ELSE input_actual_sum END,"
+        " updated_at = :now",
+        {
+            "agent": entry["agent"] or "",
+            "model": entry["model"],
+            "out": usage["output_tokens"],
+            "ti": teach_input,
+            "est": entry["input_estimate"],
+            "act": actual_in,
+            "keep": keep,
+            "now": now,
+        },
+    )
+
+
+def transition(
+    conn: sqlite3.Connection,
+    entry_id: int,
+    new_state: str,
+    now: str,
+    *,
+    cost: int = 0,
+    usage: dict[str, Any] | None = None,
+    request_id: str | None = None,
+    service_tier: str | None = None,
+    batch: bool = False,
+) -> sqlite3.Row:
+    """Move entry `entry_id` to `new_state`, undoing its old contribution to every aggregate.
+
+    From 'reserved' any outcome is allowed; from 'unknown' only settled or released (what
+    reconcile does); a settled or released entry raises AlreadyFinal, so nothing is counted
+    twice. Returns the entry as it was before.
+    """
+    conn.row_factory = sqlite3.Row
+    try:
+        entry = conn.execute("SELECT * FROM entries WHERE id = ?", (entry_id,)).fetchone()
+    finally:
+        conn.row_factory = None
+    if entry is None:
+        raise LedgerError(f"no reservation {entry_id} in the ledger")
+    old = entry["state"]
+    if old in FINAL_STATES or (old == "unknown" and new_state == "unknown"):
+        raise AlreadyFinal(f"reservation {entry_id} is already {old}; nothing was changed")
+    month, worst, worst_t = entry["month"], entry["worst_micros"], entry["worst_tokens"]
+    run_id, review = entry["run_id"], entry["review"]
+    # Take the old state out of the aggregates...
+    if old == "reserved":
+        conn.execute(
+            "UPDATE month_totals SET reserved_micros = reserved_micros - ?,"
+            " reserved_tokens = reserved_tokens - ? WHERE month = ?",
+            (worst, worst_t, month),
+        )
+        conn.execute(
+            "UPDATE runs SET reserved_micros = reserved_micros - ?,"
+            " reserved_tokens = reserved_tokens - ? WHERE run_id = ?",
+            (worst, worst_t, run_id),
+        )
+        if review:
+            conn.execute(
+                "UPDATE reviews SET outstanding = outstanding - 1 WHERE review = ?", (review,)
+            )
+    else:  # unknown: charged at the worst case until now
+        _unknown(conn, entry, -1)
+    # ...and put the new one in.
+    usage = usage or dict.fromkeys(USAGE_FIELDS, 0)
+    tokens = sum(usage[field] for field in USAGE_FIELDS)
+    if new_state == "settled":
+        conn.execute(
+            "UPDATE month_totals SET spent_micros = spent_micros + ?,"
+            " input_tokens = input_tokens + ?, output_tokens = output_tokens + ?,"
+            " cache_creation_input_tokens = cache_creation_input_tokens + ?,"
+            " cache_read_input_tokens = cache_read_input_tokens + ?, settled = settled + 1"
+            " WHERE month = ?",
+            (cost, *(usage[f] for f in USAGE_FIELDS), month),
+        )
+        conn.execute(
+            "UPDATE runs SET charged_micros = charged_micros + ?, charged_tokens = charged_tokens + ?,"
+            " cost_micros = cost_micros + ?, input_tokens = input_tokens + ?,"
+            " output_tokens = output_tokens + ?,"
+            " cache_creation_input_tokens = cache_creation_input_tokens + ?,"
+            " cache_read_input_tokens = cache_read_input_tokens + ? WHERE run_id = ?",
+            (cost, tokens, cost, *(usage[f] for f in USAGE_FIELDS), run_id),
+        )
+        _bump_day(conn, entry["day"], month, cost, tokens)
+        if review:
+            conn.execute(
+                "UPDATE reviews SET tokens = tokens + ?, cost_micros = cost_micros + ?,"
+                " settled = settled + 1, last_at = ? WHERE review = ?",
+                (tokens, cost, now, review),
+            )
+        _calibrate(conn, entry, usage, now)
+    elif new_state == "released":
+        conn.execute("UPDATE month_totals SET released = released + 1 WHERE month = ?", (month,))
+    elif new_state == "unknown":
+        _unknown(conn, entry, +1)
+    else:
+        raise LedgerInputError(f"bad entry state {new_state!r}")
+    conn.execute(
+        "UPDATE entries SET state = ?, cost_micros = ?, input_tokens = ?, output_tokens = ?,"
+        " cache_creation_input_tokens = ?, cache_read_input_tokens = ?, request_id = ?,"
+        " service_tier = ?, batch = ?, final_at = ? WHERE id = ?",
+        (
+            new_state,
+            worst if new_state == "unknown" else cost,
+            *(usage[f] for f in USAGE_FIELDS),
+            request_id,
+            service_tier,
+            int(batch),
+            now,
+            entry_id,
+        ),
+    )
+    return entry
+
+
+def _unknown(conn: sqlite3.Connection, entry: sqlite3.Row, sign: int) -> None:
+    """Add (sign=1) or remove (sign=-1) an unknown entry's worst-case charge everywhere."""
+    worst, worst_t = sign * entry["worst_micros"], sign * entry["worst_tokens"]
+    conn.execute(
+        "UPDATE month_totals SET spent_micros = spent_micros + ?, unknown_count = unknown_count + ?,"
+        " unknown_micros = unknown_micros + ?, unknown_tokens = unknown_tokens + ? WHERE month = ?",
+        (worst, sign, worst, worst_t, entry["month"]),
+    )
+    conn.execute(
+        "UPDATE runs SET charged_micros = charged_micros + ?, charged_tokens = charged_tokens + ?,"
+        " unknown = unknown + ? WHERE run_id = ?",
+        (worst, worst_t, sign, entry["run_id"]),
+    )
+    _bump_day(conn, entry["day"], entry["month"], worst, 0)
+    if entry["review"]:
+        # A review with an unknown request has no true total: kept out of the averages.
+        conn.execute(
+            "UPDATE reviews SET unknown = unknown + ? WHERE review = ?", (sign, entry["review"])
+        )
+
+
+def check_fits(
+    seen: Committed,
+    usd_budget: int | None,
+    token_budget: int | None,
+    worst: int,
+    worst_t: int,
+    month: str,
+    job_id: str,
+) -> None:
+    """BudgetExceeded, with the numbers, if holding `worst` more would pass a budget."""
+    if usd_budget is not None:
+        base = seen.spent_micros + seen.reserved_micros + seen.others_held_micros
+        if base + max(seen.own_held_micros, worst) > usd_budget:
+            raise BudgetExceeded(
+                f"job {job_id}: reserving {money(worst)} would pass the {month} budget of "
+                f"{money(usd_budget)} ({money(seen.spent_micros)} spent, "
+                f"{money(seen.reserved_micros)} reserved, "
+                f"{money(seen.others_held_micros)} held by other runs, "
+                f"{money(seen.own_held_micros)} left in this run's hold)"
+            )
+    if token_budget is not None:
+        base = seen.spent_tokens + seen.reserved_tokens + seen.others_held_tokens
+        if base + max(seen.own_held_tokens, worst_t) > token_budget:
+            raise BudgetExceeded(
+                f"job {job_id}: reserving {worst_t:,} tokens would pass the {month} budget of "
+                f"{token_budget:,} tokens ({seen.spent_tokens:,} spent, "
+                f"{seen.reserved_tokens:,} reserved, {seen.others_held_tokens:,} held by "
+                f"other runs, {seen.own_held_tokens:,} left in this run's hold)"
+            )

@@ -1,0 +1,134 @@
+"""What a run would cost: expected tokens and dollars per mode, from history or stated priors.
+
+Priors, used until history exists:
+- output: half of `max_output` per request (a findings reply rarely fills the cap; the
+  reservation still holds the full cap, so a low prior cannot overspend);
+- input: the local estimate as it is (calibration ratio 1.0).
+History replaces them: expected output is the exponentially weighted moving average of
+settled output tokens for that agent and model; a local input estimate is multiplied by the
+weighted ratio of actual to estimated input for that model (clamped to 0.5-3.0, so one odd
+request cannot swing a plan). Estimates from the API's count_tokens are taken as they are.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from decimal import ROUND_HALF_UP, Decimal
+from typing import Any
+
+from ledger.errors import LedgerInputError
+from ledger.prices import Price, price_for, usd, worst_case_micros
+
+__all__ = [
+    "EMA_ALPHA",
+    "INPUT_RATIO_BOUNDS",
+    "OUTPUT_PRIOR_SHARE",
+    "JobEstimate",
+    "Projection",
+    "project",
+]
+
+OUTPUT_PRIOR_SHARE = Decimal("0.5")
+EMA_ALPHA = 0.2
+INPUT_RATIO_BOUNDS = (0.5, 3.0)
+MODES = ("concurrent", "single")
+
+
+@dataclass(frozen=True)
+class JobEstimate:
+    """One request a run would send."""
+
+    agent: str
+    model: str
+    input_tokens: int  # all of the prompt, cached prefix included
+    max_output: int
+    counted: bool = False
+    cache_write_tokens: int = 0  # of input_tokens, expected to be written to the (5-minute) cache
+    cache_read_tokens: int = 0  # of input_tokens, expected to be read from the cache
+
+
+@dataclass(frozen=True)
+class Projection:
+    """Expected and worst-case tokens and cost of one mode of a run."""
+
+    mode: str
+    requests: int
+    input_tokens: int
+    output_tokens: int
+    cost_micros: int
+    worst_micros: int
+
+    def to_json(self) -> dict[str, Any]:
+        """requests, input_tokens, output_tokens, cost_usd, worst_usd (USD as numbers)."""
+        return {
+            "requests": self.requests,
+            "input_tokens": self.input_tokens,
+            "output_tokens": self.output_tokens,
+            "cost_usd": usd(self.cost_micros),
+            "worst_usd": usd(self.worst_micros),
+        }
+
+    @property
+    def tokens(self) -> int:
+        """Expected input plus output tokens."""
+        return self.input_tokens + self.output_tokens
+
+
+def _round(value: Decimal) -> int:
+    return int(value.quantize(Decimal(1), rounding=ROUND_HALF_UP))
+
+
+def project(
+    mode: str,
+    jobs: Sequence[JobEstimate],
+    prices: Mapping[str, Price],
+    expected_output: Callable[[str, str], float | None],
+    input_ratio: Callable[[str], float | None],
+) -> Projection:
+    """The projection of `jobs` in `mode`; UnknownModel for a model without a price.
+
+    `expected_output(agent, model)` and `input_ratio(model)` give history, or None for the prior.
+    """
+    if mode not in MODES:
+        raise LedgerInputError(f"bad mode {mode!r}: expected one of {', '.join(MODES)}")
+    total_in = total_out = 0
+    cost = Decimal(0)
+    worst = 0
+    for job in jobs:
+        cached = job.cache_write_tokens + job.cache_read_tokens
+        if min(job.input_tokens, job.max_output, job.cache_write_tokens, job.cache_read_tokens) < 0:
+            raise LedgerInputError(f"job {job.agent}: token counts must not be negative")
+        if cached > job.input_tokens:
+            raise LedgerInputError(f"job {job.agent}: more cached tokens than input tokens")
+        price = price_for(prices, job.model)
+        tokens_in = job.input_tokens
+        if not job.counted:
+            ratio = input_ratio(job.model)
+            if ratio is not None:
+                low, high = INPUT_RATIO_BOUNDS
+                tokens_in = _round(Decimal(job.input_tokens) * Decimal(min(max(ratio, low), high)))
+        history = expected_output(job.agent, job.model)
+        if history is None:
+            tokens_out = _round(job.max_output * OUTPUT_PRIOR_SHARE)
+        else:
+            tokens_out = min(job.max_output, _round(Decimal(history)))
+        total_in += tokens_in
+        total_out += tokens_out
+        # Calibration scales the uncached part only: the cached prefix is counted as it is.
+        uncached = max(0, tokens_in - cached)
+        cost += (
+            uncached * price.input
+            + job.cache_write_tokens * price.cache_write_5m
+            + job.cache_read_tokens * price.cache_read
+            + tokens_out * price.output
+        )
+        worst += worst_case_micros(price, tokens_in, job.max_output)
+    return Projection(
+        mode=mode,
+        requests=len(jobs),
+        input_tokens=total_in,
+        output_tokens=total_out,
+        cost_micros=_round(cost),
+        worst_micros=worst,
+    )
