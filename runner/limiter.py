@@ -1,0 +1,505 @@
+"""Cross-process admission control for one API account on one host.
+
+Three token buckets like the platform's (requests, input tokens, output tokens: continuous refill
+at limit/60 per second, capacity the per-minute limit) plus a cap on requests in flight, shared by
+every process through limiter.db. See "Limiter" in DESIGN.md.
+
+Pacing rules worth knowing:
+- A fresh database starts with empty buckets, and refill that piles up while nobody asks is
+  kept only up to what the next request to be served needs (plus `burst` seconds of refill,
+  0 by default). The platform may enforce a minute's limit over shorter intervals, so a
+  minute's worth is never spent as one burst: grants are spaced exactly limit/60 per second
+  apart, no window of W seconds sees more than W * rpm / 60 requests, and token windows exceed
+  W * limit / 60 by at most the one request whose need was waiting at the window's start.
+- Limits: explicit configuration and the last `-limit` headers are both kept; the smaller one
+  applies (never above what the server says, never above what the user asked for).
+- settle() and release() of a lease that was already reclaimed change nothing: its holder was
+  judged dead (or the lease older than `lease_max_age`), so the estimate stays charged.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from runner.errors import RunnerError, RunnerInputError
+from runner.limiter_health import Health, compute_health, status_document
+from runner.limiter_store import LimiterStore, iso, parse_iso, pid_alive
+
+__all__ = [
+    "BUCKETS",
+    "DEFAULT_LIMITS",
+    "AcquireTimeout",
+    "Health",
+    "Lease",
+    "Limiter",
+    "Limits",
+]
+
+log = logging.getLogger(__name__)
+
+#: bucket name -> the limit that sizes it
+BUCKETS: dict[str, str] = {"requests": "rpm", "input_tokens": "itpm", "output_tokens": "otpm"}
+_LIMIT_NAMES = ("rpm", "itpm", "otpm", "max_concurrent")
+_HEADER_PREFIX = {
+    "requests": "anthropic-ratelimit-requests-",
+    "input_tokens": "anthropic-ratelimit-input-tokens-",
+    "output_tokens": "anthropic-ratelimit-output-tokens-",
+}
+
+MAX_SLEEP = 0.25  # a waiter re-checks at least this often (freed slots, cooldowns, dead holders)
+MIN_SLEEP = 0.001
+SLOT_POLL = 0.02  # a freed in-flight slot has no predictable time, so poll for it
+WAITER_STALE = 30.0  # a live waiter heartbeats every MAX_SLEEP; silence this long means gone
+AGE_SWEEP = 0.1  # seconds between one process's sweeps for leases past lease_max_age
+ALIVE_TTL = 0.5  # how long one process trusts "pid N is alive" before asking the kernel again
+USAGE_TAU = 60.0  # time constant of the per-bucket usage rate behind health utilisation
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Per-minute limits and the in-flight cap; None means "not set here"."""
+
+    rpm: int | None = None
+    itpm: int | None = None
+    otpm: int | None = None
+    max_concurrent: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in _LIMIT_NAMES:
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise RunnerInputError(f"limit {name} must be a whole number, got {value!r}")
+            if value <= 0:
+                raise RunnerInputError(f"limit {name} must be positive, got {value}")
+
+
+#: Used when neither configuration nor response headers give a limit: the platform's
+#: lowest tier for a Sonnet-class model, so a new account is never overrun.
+DEFAULT_LIMITS = Limits(rpm=50, itpm=30_000, otpm=8_000, max_concurrent=4)
+
+
+@dataclass(frozen=True)
+class Lease:
+    """One granted request: its debit and when it was granted (time.time())."""
+
+    id: int
+    input_tokens: int
+    output_estimate: int
+    granted_at: float
+
+
+class AcquireTimeout(RunnerError):
+    """acquire() could not be granted within its timeout."""
+
+
+def _effective(config: int | None, header: int | None, default: int) -> tuple[int, str]:
+    if config is not None and (header is None or config <= header):
+        return config, "config"
+    if header is not None:
+        return header, "headers"
+    return default, "default"
+
+
+class Limiter:
+    """Token buckets and an in-flight cap shared by every process using the same state_dir."""
+
+    def __init__(
+        self,
+        state_dir: Path,
+        limits: Limits | None = None,
+        *,
+        lease_max_age: float = 900.0,
+        burst: float = 0.0,
+    ) -> None:
+        """Open (creating if needed) the limiter state in `state_dir`.
+
+        `limits`, when given, replaces the persisted configuration (None fields clear it).
+        `burst` is how many seconds of refill may pile up while idle beyond what the next
+        request needs: 0 paces strictly, 60 behaves like the platform's full bucket.
+        """
+        if lease_max_age <= 0:
+            raise RunnerInputError(f"lease_max_age must be positive, got {lease_max_age}")
+        if burst < 0:
+            raise RunnerInputError(f"burst must be zero or positive, got {burst}")
+        self.burst = float(burst)
+        self.state_dir = Path(state_dir)
+        self.limits = limits
+        self.lease_max_age = float(lease_max_age)
+        self._store = LimiterStore(self.state_dir)
+        self._alive_cache: dict[int, float] = {}
+        self._next_age_sweep = 0.0
+        with self._store.write() as (conn, now):
+            self._init_rows(conn, now, limits)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {
+            "state_dir": self.state_dir,
+            "lease_max_age": self.lease_max_age,
+            "burst": self.burst,
+        }
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # The configuration is already persisted; the new process only needs its own connection.
+        self.state_dir = state["state_dir"]
+        self.limits = None
+        self.lease_max_age = state["lease_max_age"]
+        self.burst = state["burst"]
+        self._store = LimiterStore(self.state_dir)
+        self._alive_cache = {}
+        self._next_age_sweep = 0.0
+
+    # -- limits -------------------------------------------------------------------------------
+
+    def _init_rows(self, conn: Any, now: float, limits: Limits | None) -> None:
+        stamp = iso(now)
+        for name in _LIMIT_NAMES:
+            default = getattr(DEFAULT_LIMITS, name)
+            conn.execute(
+                "INSERT OR IGNORE INTO limits (name, effective, source) VALUES (?, ?, 'default')",
+                (name, default),
+            )
+            if limits is not None:
+                conn.execute(
+                    "UPDATE limits SET config_value = ?, config_at = ? WHERE name = ?",
+                    (getattr(limits, name), stamp, name),
+                )
+        for bucket in BUCKETS:
+            conn.execute(
+                "INSERT OR IGNORE INTO buckets (name, capacity, level, updated_at)"
+                " VALUES (?, 1, 0, ?)",
+                (bucket, stamp),
+            )
+        conn.execute("INSERT OR IGNORE INTO cooldowns (id) VALUES (1)")
+        self._recompute_limits(conn, now)
+
+    def _recompute_limits(self, conn: Any, now: float) -> None:
+        rows = conn.execute("SELECT name, config_value, header_value FROM limits").fetchall()
+        eff = {}
+        for name, config, header in rows:
+            value, source = _effective(config, header, getattr(DEFAULT_LIMITS, name))
+            eff[name] = value
+            conn.execute(
+                "UPDATE limits SET effective = ?, source = ? WHERE name = ?", (value, source, name)
+            )
+        # No refill here: a new limit must not turn idle time into a burst.
+        conn.executemany(
+            "UPDATE buckets SET capacity = ?1, level = min(level, ?1) WHERE name = ?2",
+            [(float(eff[limit]), bucket) for bucket, limit in BUCKETS.items()],
+        )
+
+    # -- buckets ------------------------------------------------------------------------------
+
+    def _buckets(
+        self, conn: Any, now: float, need: Mapping[str, float] | None
+    ) -> dict[str, list[float]]:
+        """bucket -> [capacity, level now, usage rate now], refilled lazily to `now`.
+
+        Refill stops at what the next request to be served (`need`) uses, plus the burst
+        allowance (see module doc); `need=None` shows the credit up to capacity.
+        """
+        out = {}
+        for name, capacity, level, updated_at, rate in conn.execute(
+            "SELECT name, capacity, level, updated_at, usage_rate FROM buckets"
+        ):
+            elapsed = max(0.0, now - parse_iso(updated_at))
+            ceiling = capacity
+            if need is not None:
+                ceiling = min(capacity, max(need[name], self.burst * capacity / 60.0))
+            if level < ceiling:
+                level = min(ceiling, level + elapsed * capacity / 60.0)
+            out[name] = [capacity, level, rate * math.exp(-elapsed / USAGE_TAU)]
+        return out
+
+    def _adjust(self, conn: Any, debit: Mapping[str, float]) -> None:
+        """Add a correction or refund to the stored levels without moving their refill clock."""
+        conn.executemany(
+            "UPDATE buckets SET level = min(capacity, level - ?1),"
+            " usage_rate = max(0, usage_rate + ?2) WHERE name = ?3",
+            [(amount, amount / USAGE_TAU, name) for name, amount in debit.items()],
+        )
+
+    def _write_buckets(
+        self, conn: Any, now: float, state: dict[str, list[float]], debit: Mapping[str, float]
+    ) -> None:
+        stamp = iso(now)
+        rows = []
+        for name, (capacity, level, rate) in state.items():
+            amount = debit.get(name, 0.0)
+            rows.append(
+                (
+                    min(capacity, level - amount),
+                    stamp,
+                    max(0.0, rate + amount / USAGE_TAU),
+                    name,
+                )
+            )
+        conn.executemany(
+            "UPDATE buckets SET level = ?, updated_at = ?, usage_rate = ? WHERE name = ?", rows
+        )
+
+    # -- reclaim ------------------------------------------------------------------------------
+
+    def _reclaim(self, conn: Any, now: float) -> None:
+        me = os.getpid()
+        dead = []
+        for (pid,) in conn.execute("SELECT pid FROM leases UNION SELECT pid FROM waiters"):
+            if pid == me or self._alive_cache.get(pid, 0.0) > now:
+                continue
+            if pid_alive(pid):
+                self._alive_cache[pid] = now + ALIVE_TTL
+            else:
+                dead.append((pid,))
+        if dead:
+            log.info("reclaiming leases and tickets of dead processes %s", [p for (p,) in dead])
+            conn.executemany("DELETE FROM leases WHERE pid = ?", dead)
+            conn.executemany("DELETE FROM waiters WHERE pid = ?", dead)
+        if now >= self._next_age_sweep:  # ages change slowly; no need to look on every grant
+            self._next_age_sweep = now + AGE_SWEEP
+            conn.execute(
+                "DELETE FROM leases WHERE granted_at < ?", (iso(now - self.lease_max_age),)
+            )
+            conn.execute("DELETE FROM waiters WHERE seen_at < ?", (iso(now - WAITER_STALE),))
+
+    # -- acquire ------------------------------------------------------------------------------
+
+    def acquire(
+        self, input_tokens: int, output_estimate: int, timeout: float | None = None
+    ) -> Lease:
+        """Debit one request, its input tokens, its output estimate and an in-flight slot, or wait.
+
+        All or nothing, in arrival order across processes. Raises RunnerInputError when the
+        request exceeds a bucket's capacity (it could never be granted) and AcquireTimeout
+        when `timeout` seconds pass first.
+        """
+        for label, value in (("input_tokens", input_tokens), ("output_estimate", output_estimate)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise RunnerInputError(f"{label} must be a non-negative integer, got {value!r}")
+        if timeout is not None and timeout < 0:
+            raise RunnerInputError(f"timeout must be non-negative, got {timeout}")
+        need = {"requests": 1.0, "input_tokens": input_tokens, "output_tokens": output_estimate}
+        deadline = None if timeout is None else time.monotonic() + timeout
+        ticket: int | None = None
+        try:
+            while True:
+                with self._store.write() as (conn, now):
+                    lease, ticket, wait = self._attempt(conn, now, need, ticket)
+                if lease is not None:
+                    ticket = None
+                    return lease
+                if deadline is not None:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        raise AcquireTimeout(
+                            f"no grant for {input_tokens} input + {output_estimate} output "
+                            f"tokens within {timeout:g} s"
+                        )
+                    wait = min(wait, remaining)
+                time.sleep(min(MAX_SLEEP, max(MIN_SLEEP, wait)))
+        finally:
+            if ticket is not None:
+                with self._store.write() as (conn, _now):
+                    conn.execute("DELETE FROM waiters WHERE id = ?", (ticket,))
+
+    def _attempt(
+        self, conn: Any, now: float, need: dict[str, float], ticket: int | None
+    ) -> tuple[Lease | None, int | None, float]:
+        """One locked look at the account: grant, or enqueue and say how long to sleep."""
+        self._reclaim(conn, now)
+        in_flight, until_at, max_concurrent, *oldest = conn.execute(
+            "SELECT (SELECT count(*) FROM leases), (SELECT until_at FROM cooldowns WHERE id = 1),"
+            " (SELECT effective FROM limits WHERE name = 'max_concurrent'), w.id,"
+            " w.input_tokens, w.output_estimate FROM (SELECT 1) LEFT JOIN"
+            " (SELECT id, input_tokens, output_estimate FROM waiters ORDER BY id LIMIT 1) AS w"
+        ).fetchone()
+        head = None if oldest[0] is None else tuple(oldest)
+        served = need if head is None else dict(zip(need, (1.0, head[1], head[2]), strict=True))
+        state = self._buckets(conn, now, served)
+        for bucket, amount in need.items():
+            capacity = state[bucket][0]
+            if amount > capacity:
+                raise RunnerInputError(self._too_big(conn, bucket, int(amount), capacity))
+        if (
+            ticket is not None
+            and not conn.execute("SELECT 1 FROM waiters WHERE id = ?", (ticket,)).fetchone()
+        ):
+            ticket = None  # dropped as stale (this process was suspended): queue again
+        first = (head is None and ticket is None) or (head is not None and head[0] == ticket)
+        cooldown = parse_iso(until_at) - now if until_at else 0.0
+        deficit = max((need[b] - state[b][1]) * 60.0 / state[b][0] for b in need)
+        if first and cooldown <= 0 and deficit <= 0 and in_flight < max_concurrent:
+            self._write_buckets(conn, now, state, need)
+            granted_at = now
+            lease_id = conn.execute(
+                "INSERT INTO leases (pid, input_tokens, output_estimate, granted_at)"
+                " VALUES (?, ?, ?, ?)",
+                (os.getpid(), int(need["input_tokens"]), int(need["output_tokens"]), iso(now)),
+            ).lastrowid
+            if ticket is not None:
+                conn.execute("DELETE FROM waiters WHERE id = ?", (ticket,))
+            lease = Lease(
+                lease_id, int(need["input_tokens"]), int(need["output_tokens"]), granted_at
+            )
+            return lease, None, 0.0
+        stamp = iso(now)
+        if ticket is None:
+            ticket = conn.execute(
+                "INSERT INTO waiters (pid, input_tokens, output_estimate, created_at, seen_at)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (os.getpid(), int(need["input_tokens"]), int(need["output_tokens"]), stamp, stamp),
+            ).lastrowid
+            if head is None:
+                first = True
+        else:
+            conn.execute("UPDATE waiters SET seen_at = ? WHERE id = ?", (stamp, ticket))
+        position = 1
+        if not first:
+            # Sleep until everything queued up to and including this ticket has refilled.
+            ahead = conn.execute(
+                "SELECT count(*), sum(input_tokens), sum(output_estimate) FROM waiters"
+                " WHERE id <= ?",
+                (ticket,),
+            ).fetchone()
+            position = ahead[0]
+            total = dict(zip(need, ahead, strict=True))
+            deficit = max((total[b] - state[b][1]) * 60.0 / state[b][0] for b in need)
+        wait = max(cooldown, deficit, 0.0)
+        if wait <= 0 and (in_flight >= max_concurrent or not first):
+            # Only a settle frees a slot and its time is unknown; later waiters check less often.
+            wait = SLOT_POLL * position
+        return None, ticket, wait
+
+    def _too_big(self, conn: Any, bucket: str, amount: int, capacity: float) -> str:
+        limit = BUCKETS[bucket]
+        source = conn.execute("SELECT source FROM limits WHERE name = ?", (limit,)).fetchone()[0]
+        what = {"requests": "requests", "input_tokens": "input", "output_tokens": "output"}[bucket]
+        return (
+            f"{what} estimate of {amount} tokens exceeds the {limit} limit of {int(capacity)} per "
+            f"minute (from {source}); it could never be granted"
+        )
+
+    # -- settle, release, penalize, observe ----------------------------------------------------
+
+    def settle(self, lease: Lease, usage: Mapping[str, Any]) -> None:
+        """Correct the token buckets to the usage the API returned and free the slot.
+
+        Input counts uncached input plus cache writes (cache reads do not count toward ITPM).
+        A lease already reclaimed (its holder judged dead or too old) is left as charged.
+        """
+        actual_in = int(usage.get("input_tokens") or 0) + int(
+            usage.get("cache_creation_input_tokens") or 0
+        )
+        actual_out = int(usage.get("output_tokens") or 0)
+        correction = {
+            "input_tokens": float(actual_in - lease.input_tokens),
+            "output_tokens": float(actual_out - lease.output_estimate),
+        }
+        self._finish(lease, correction)
+
+    def release(self, lease: Lease) -> None:
+        """Free the slot and refund the whole debit: nothing was sent."""
+        refund = {
+            "requests": -1.0,
+            "input_tokens": -float(lease.input_tokens),
+            "output_tokens": -float(lease.output_estimate),
+        }
+        self._finish(lease, refund)
+
+    def _finish(self, lease: Lease, debit: Mapping[str, float]) -> None:
+        with self._store.write(maintenance=True) as (conn, _now):
+            gone = conn.execute(
+                "DELETE FROM leases WHERE id = ? AND granted_at = ?",
+                (lease.id, iso(lease.granted_at)),
+            ).rowcount
+            if gone:
+                self._adjust(conn, debit)
+
+    def penalize(self, retry_after: float, limit: str | None = None) -> None:
+        """After a 429: pause admission for every process until now + retry_after, and empty
+        the bucket that was exceeded ("requests", "input_tokens", "output_tokens" or None)."""
+        if limit is not None and limit not in BUCKETS:
+            raise RunnerInputError(f"unknown limit {limit!r}; expected one of {', '.join(BUCKETS)}")
+        retry_after = max(0.0, float(retry_after))
+        with self._store.write() as (conn, now):
+            until = now + retry_after
+            (current,) = conn.execute("SELECT until_at FROM cooldowns WHERE id = 1").fetchone()
+            if current is None or parse_iso(current) < until:
+                conn.execute(
+                    "UPDATE cooldowns SET until_at = ?, limit_name = ?, set_at = ? WHERE id = 1",
+                    (iso(until), limit, iso(now)),
+                )
+            if limit is not None:
+                conn.execute(
+                    "UPDATE buckets SET level = min(level, 0), updated_at = ? WHERE name = ?",
+                    (iso(now), limit),
+                )
+
+    def observe(self, headers: Mapping[str, str]) -> None:
+        """Learn limits from `anthropic-ratelimit-*-limit` headers and clamp local levels down
+        to the server's `-remaining` (another client may share the account)."""
+        lower = {str(k).lower(): v for k, v in headers.items()}
+        limits: dict[str, int] = {}
+        remaining: dict[str, int] = {}
+        for bucket, prefix in _HEADER_PREFIX.items():
+            for suffix, into in (("limit", limits), ("remaining", remaining)):
+                raw = lower.get(prefix + suffix)
+                try:
+                    value = int(str(raw).strip()) if raw is not None else None
+                except ValueError:
+                    value = None
+                if value is not None and (value > 0 or suffix == "remaining") and value >= 0:
+                    into[bucket] = value
+        if not limits and not remaining:
+            return
+        with self._store.write() as (conn, now):
+            changed = False
+            for bucket, value in limits.items():
+                changed |= bool(
+                    conn.execute(
+                        "UPDATE limits SET header_value = ?, header_at = ?"
+                        " WHERE name = ? AND header_value IS NOT ?",
+                        (value, iso(now), BUCKETS[bucket], value),
+                    ).rowcount
+                )
+            if changed:
+                self._recompute_limits(conn, now)
+            state = self._buckets(conn, now, None)
+            for bucket, value in remaining.items():
+                if state[bucket][1] > value:
+                    conn.execute(
+                        "UPDATE buckets SET level = ?, updated_at = ? WHERE name = ?",
+                        (float(value), iso(now), bucket),
+                    )
+
+    # -- health and status ---------------------------------------------------------------------
+
+    def record(self, *, status: int, latency: float | None) -> None:
+        """Add a health sample for one response (200, 429, 529, 5xx...); keeps the last hour."""
+        with self._store.write(maintenance=True) as (conn, now):
+            conn.execute(
+                "INSERT INTO samples (at, status, latency) VALUES (?, ?, ?)",
+                (iso(now), int(status), None if latency is None else float(latency)),
+            )
+            conn.execute("DELETE FROM samples WHERE at < ?", (iso(now - 3600.0),))
+
+    def health(self) -> Health:
+        """Whether more concurrency can help now: recent 429s/529s, utilisation, latency."""
+        with self._store.read() as (conn, now):
+            return compute_health(conn, now, self._buckets(conn, now, None))
+
+    def status(self) -> dict[str, Any]:
+        """The `limits status --json` document (see runner/limiter_health.status_document)."""
+        with self._store.read() as (conn, now):
+            return status_document(conn, now, self._buckets(conn, now, None))
+
+    def close(self) -> None:
+        """Close this process's database connection; the Limiter reopens it if used again."""
+        self._store.close()
