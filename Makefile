@@ -26,5 +26,22 @@ lint: $(STAMP)
 nightly: $(STAMP)
 	$(BIN)/review-runner run $(MANIFEST)
 
+plan: $(STAMP)
+	$(BIN)/review-runner plan $(MANIFEST)
+
+budget: $(STAMP)
+	$(BIN)/review-runner budget status
+
+limits: $(STAMP)
+	$(BIN)/review-runner limits status
+
+demo: $(STAMP)
+	$(BIN)/review-runner run $(MANIFEST) --simulate
+
+# The peers: pyrate-limiter from PyPI, repomix through npx (the npm registry).
+bench: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
+	for script in benchmarks/*_bench.py; do echo "== $$script"; $(BIN)/python $$script || exit 1; done
+
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache

@@ -25,7 +25,7 @@ import re
 import stat
 from collections import Counter
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -51,6 +51,12 @@ _ATTR_TABLE = {
     ord("\n"): "&#10;",
     ord("\r"): "&#13;",
 }
+
+
+def _unpickle_pack(state: dict[str, Any]) -> Pack:
+    state["redactions"] = MappingProxyType(state["redactions"])
+    state["coverage"] = MappingProxyType(state["coverage"])
+    return Pack(**state)
 
 
 def estimate_tokens(text: str) -> int:
@@ -98,6 +104,13 @@ class Pack:
     def __post_init__(self) -> None:
         index = {f.path: f.lines for f in self.files if f.status != "omitted"}
         object.__setattr__(self, "_shown_lines", MappingProxyType(index))  # frozen: set once, here
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Packs cross process boundaries (packing and review workers); proxies do not pickle.
+        state = {f.name: getattr(self, f.name) for f in fields(self) if f.init}
+        state["redactions"] = dict(self.redactions)
+        state["coverage"] = dict(self.coverage)
+        return (_unpickle_pack, (state,))
 
     def line_count(self, path: str) -> int | None:
         """Total lines of an included or truncated file; None if `path` is not shown in the pack."""

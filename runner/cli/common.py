@@ -11,7 +11,13 @@ from typing import Any, TypeVar
 import click
 
 from jobs.errors import JobsError, JobsInputError
-from ledger.errors import BudgetExceeded, LedgerError, LedgerInputError, LedgerStoreError, RunRefused
+from ledger.errors import (
+    BudgetExceeded,
+    LedgerError,
+    LedgerInputError,
+    LedgerStoreError,
+    RunRefused,
+)
 from runner.errors import RunnerError, RunnerInputError, StateError
 
 __all__ = [

@@ -1,15 +1,278 @@
-"""review-runner run / plan: placeholder until the runner issue lands."""
+"""review-runner run / plan: review the repos of a manifest, or say what that would cost."""
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
 import click
+from tqdm import tqdm
+
+from ledger.prices import usd
+from runner.batch import Progress, RunOptions, RunResult, open_state
+from runner.batch import run as run_batch
+from runner.cli.common import (
+    EXIT_BAD_INPUT,
+    EXIT_BUDGET,
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    echo_json,
+    json_option,
+)
+from runner.client import api_configured
+from runner.plan import MODES, WARM
+from runner.state import state_dir
+
+__all__ = ["plan", "run"]
+
+MODE_CHOICE = click.Choice(["auto", "concurrent", "single"])
+SIMULATOR_KEY = "simulated-key"  # the embedded simulator accepts any key; this is no secret
+
+
+def _limit_options(func: Any) -> Any:
+    for name in ("max-concurrent", "otpm", "itpm", "rpm"):
+        func = click.option(
+            f"--{name}",
+            type=click.IntRange(min=1),
+            help=f"Override the manifest's [limits] {name.replace('-', '_')}.",
+        )(func)
+    return func
+
+
+@contextmanager
+def _api(
+    simulate: bool, manifest_limits: dict[str, int]
+) -> Iterator[tuple[str | None, str | None]]:
+    """The API to talk to: the real one from the environment, or the embedded simulator."""
+    if not simulate and api_configured():
+        yield None, None
+        return
+    from runner.simulator import SimConfig, Simulator
+
+    config = SimConfig(
+        rpm=manifest_limits.get("rpm"),
+        itpm=manifest_limits.get("itpm"),
+        otpm=manifest_limits.get("otpm"),
+        latency=0.05,
+        per_token=0.0002,
+    )
+    with Simulator(config) as sim:
+        why = "--simulate" if simulate else "no ANTHROPIC_API_KEY or ANTHROPIC_BASE_URL is set"
+        click.echo(
+            f"Using the built-in simulator at {sim.base_url} ({why}): reviews are simulated.",
+            err=True,
+        )
+        yield sim.base_url, SIMULATOR_KEY
+
+
+class _Renderer:
+    """tqdm on a terminal; one line per finished job otherwise."""
+
+    def __init__(self) -> None:
+        self.bar: tqdm | None = None
+
+    def message(self, text: str) -> None:
+        (self.bar.write if self.bar else lambda t: click.echo(t, err=True))(text)
+
+    def progress(self, p: Progress) -> None:
+        if p.message:
+            self.message(p.message)
+        if p.outcome is None or p.outcome.agent == WARM:
+            return
+        if sys.stderr.isatty():
+            if self.bar is None:
+                self.bar = tqdm(total=p.total, unit="job", file=sys.stderr, initial=p.done - 1)
+            self.bar.update(1)
+            self.bar.set_postfix(
+                cost=f"${usd(p.cost_micros):.2f}", r429=p.rate_limited, in_flight=p.in_flight
+            )
+        else:
+            o = p.outcome
+            finished = p.done + p.failed + p.deferred
+            detail = f"${usd(o.cost_micros):.4f}" if o.status == "done" else (o.error or "")
+            click.echo(f"[{finished}/{p.total}] {o.job_id} {o.status} {detail}", err=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 @click.command()
-def run() -> None:
-    """(not built yet)"""
+@click.argument("manifest", required=False, type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--mode", type=MODE_CHOICE, help="Override the manifest's mode.")
+@click.option(
+    "--workers", type=click.IntRange(min=1), help="Worker processes (default: the in-flight cap)."
+)
+@click.option("--out", type=click.Path(path_type=Path, file_okay=False), help="Report folder.")
+@click.option(
+    "--resume", metavar="RUN_ID|last", help="Run only the jobs of a recorded run not done yet."
+)
+@click.option("--simulate", is_flag=True, help="Use the built-in simulator even with an API key.")
+@click.option("--dry-run", is_flag=True, help="Pack, project and decide; send nothing.")
+@click.option(
+    "--max-attempts",
+    type=click.IntRange(min=1),
+    default=5,
+    show_default=True,
+    help="Attempts per job for 5xx, 529 and dropped connections.",
+)
+@_limit_options
+@json_option
+def run(
+    manifest: Path | None,
+    mode: str | None,
+    workers: int | None,
+    out: Path | None,
+    resume: str | None,
+    simulate: bool,
+    dry_run: bool,
+    max_attempts: int,
+    rpm: int | None,
+    itpm: int | None,
+    otpm: int | None,
+    max_concurrent: int | None,
+    as_json: bool,
+) -> None:
+    """Review every repository of MANIFEST within the rate limits and the budget.
+
+    \b
+    Examples:
+        review-runner run jobs/nightly.toml
+        review-runner run jobs/nightly.toml --mode single --json
+        review-runner run --resume last
+    """
+    if (manifest is None) == (resume is None):
+        raise click.UsageError("give a MANIFEST, or --resume RUN_ID|last (not both)")
+    from jobs.manifest import load_manifest
+
+    limits = {"rpm": rpm, "itpm": itpm, "otpm": otpm, "max_concurrent": max_concurrent}
+    sim_limits = dict(load_manifest(manifest).limits) if manifest else {}
+    sim_limits.update({k: v for k, v in limits.items() if v})
+    renderer = _Renderer()
+    with _api(simulate, sim_limits) as (base_url, api_key):
+        options = RunOptions(
+            mode=mode,
+            workers=workers,
+            out=out,
+            resume=resume,
+            dry_run=dry_run,
+            base_url=base_url,
+            api_key=api_key,
+            limits={k: v for k, v in limits.items() if v},
+            max_attempts=max_attempts,
+        )
+        try:
+            result = run_batch(
+                manifest,
+                options,
+                state_dir(),
+                on_progress=renderer.progress,
+                on_message=renderer.message,
+            )
+        finally:
+            renderer.close()
+    _render_run(result, as_json)
+    sys.exit(_exit_code(result))
+
+
+def _exit_code(result: RunResult) -> int:
+    if result.status == "interrupted":
+        return EXIT_INTERRUPTED
+    if result.stop == "auth":
+        return EXIT_BAD_INPUT
+    if result.status in ("refused", "deferred"):
+        return EXIT_BUDGET
+    if result.status == "failed":
+        return EXIT_FAILED
+    return 0
+
+
+def _render_run(result: RunResult, as_json: bool) -> None:
+    if as_json:
+        doc = result.to_json()
+        if result.plan is not None:
+            doc["plan"] = result.plan.modes_json()
+        echo_json(doc)
+    elif result.status == "refused":
+        click.echo(f"Refused: {result.reason}")
+    elif result.status == "planned":
+        click.echo(
+            f"Dry run {result.run_id}: would run {result.mode} ({result.reason}); nothing sent."
+        )
+    else:
+        doc = result.to_json()
+        jobs = doc["jobs"]
+        click.echo(
+            f"Run {result.run_id} ({result.mode}): {result.status}. "
+            f"{jobs['done']} done, {jobs['failed']} failed, {jobs['deferred']} deferred, "
+            f"{jobs['pending']} pending. "
+            f"Tokens in {doc['input_tokens']:,} (+{doc['cache_read_input_tokens']:,} cached), "
+            f"out {doc['output_tokens']:,}. Cost ${doc['cost_usd']:.4f}."
+        )
+        if result.out_dir:
+            click.echo(f"Reports: {result.out_dir}")
+    if result.status == "refused":
+        click.echo(
+            "Way out: run in single mode (--mode single), or raise the budget "
+            "(review-runner budget set --usd X).",
+            err=True,
+        )
+    if result.status in ("interrupted", "deferred", "failed"):
+        click.echo(f"Resume with: review-runner run --resume {result.run_id}", err=True)
 
 
 @click.command()
-def plan() -> None:
-    """(not built yet)"""
+@click.argument("manifest", type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--mode", type=MODE_CHOICE, help="Override the manifest's mode.")
+@json_option
+def plan(manifest: Path, mode: str | None, as_json: bool) -> None:
+    """Show what each mode of MANIFEST would send, cost and take, and which the ledger would pick.
+
+    Sends nothing and holds nothing.
+
+    \b
+    Example:
+        review-runner plan jobs/nightly.toml --json
+    """
+    from jobs.manifest import load_manifest
+    from runner.batch import limits_for, plan_run
+
+    loaded = load_manifest(manifest)
+    state = open_state(state_dir(), limits_for(loaded, {}))
+    concurrency = int(state.limiter.status()["limits"]["max_concurrent"]["value"])
+    the_plan = plan_run(loaded, state, client=None, concurrency=concurrency)
+    requested = mode or loaded.mode
+    decision = state.ledger.decide(
+        {m: p for m, p in the_plan.projections.items() if requested in ("auto", m)},
+        requested,
+        health_ok=the_plan.health.ok,
+        health_reason=the_plan.health.reason,
+    )
+    status = state.ledger.status()
+    doc = {
+        "manifest": str(manifest),
+        "repos": len(the_plan.works),
+        "modes": the_plan.modes_json(),
+        "remaining_usd": status.to_json()["remaining_usd"],
+        "decision": {"mode": decision.mode, "reason": decision.reason},
+        "limits": dict(the_plan.limits),
+    }
+    if as_json:
+        echo_json(doc)
+    else:
+        click.echo(f"{manifest}: {doc['repos']} repositories")
+        for m in MODES:
+            d = doc["modes"][m]
+            click.echo(
+                f"  {m:<10} {d['requests']:>4} requests  {d['input_tokens']:>10,} in  "
+                f"{d['output_tokens']:>8,} out  ${d['cost_usd']:>8.2f}  ~{d['wall_time_s']:.0f}s"
+            )
+        remaining = doc["remaining_usd"]
+        click.echo(
+            f"  remaining this month: {'no budget set' if remaining is None else f'${remaining:.2f}'}"
+        )
+        click.echo(f"  decision: {decision.mode} ({decision.reason})")
+    sys.exit(EXIT_BUDGET if decision.mode == "refused" else 0)

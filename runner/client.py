@@ -1,0 +1,236 @@
+"""The one door to the Anthropic API: one request in, a Reply or a classified CallError out.
+
+This is the only module that imports `anthropic`. The SDK's own retries are off
+(max_retries=0) so that every retry goes back through the shared limiter and ledger.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import anthropic
+import httpx2
+
+from runner.errors import RunnerError
+
+__all__ = ["ApiClient", "CallError", "Reply", "api_configured"]
+
+
+def api_configured() -> bool:
+    """True when the environment names a real account or endpoint (a key or a base URL)."""
+    return bool(
+        os.environ.get("ANTHROPIC_API_KEY")
+        or os.environ.get("ANTHROPIC_AUTH_TOKEN")
+        or os.environ.get("ANTHROPIC_BASE_URL")
+    )
+
+
+@dataclass(frozen=True)
+class Reply:
+    """A successful response: its text, why it stopped, and what it cost in tokens."""
+
+    text: str
+    stop_reason: str | None
+    usage: dict[str, Any]
+    request_id: str | None
+    service_tier: str | None
+    headers: dict[str, str]
+    latency: float
+
+
+@dataclass(frozen=True)
+class _Kind:
+    retry: bool  # worth another attempt (after backoff or the retry-after)
+    billed: str  # "no" (release the reservation) or "unknown" (keep it charged)
+
+
+# What each failure means for retrying and for the money.
+KINDS: dict[str, _Kind] = {
+    "rate_limited": _Kind(retry=True, billed="no"),
+    "spend_cap": _Kind(retry=False, billed="no"),
+    "overloaded": _Kind(retry=True, billed="no"),
+    "server": _Kind(retry=True, billed="no"),
+    "not_sent": _Kind(retry=True, billed="no"),
+    "dropped": _Kind(retry=True, billed="unknown"),
+    "auth": _Kind(retry=False, billed="no"),
+    "too_long": _Kind(retry=False, billed="no"),
+    "bad_request": _Kind(retry=False, billed="no"),
+}
+
+
+class CallError(RunnerError):
+    """A request that did not return a message. `kind` is one of KINDS."""
+
+    def __init__(
+        self,
+        kind: str,
+        message: str,
+        *,
+        status: int | None = None,
+        retry_after: float | None = None,
+        headers: Mapping[str, str] | None = None,
+        latency: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.status = status
+        self.retry_after = retry_after
+        self.headers = dict(headers or {})
+        self.latency = latency
+
+    @property
+    def retryable(self) -> bool:
+        return KINDS[self.kind].retry
+
+    @property
+    def billed(self) -> str:
+        return KINDS[self.kind].billed
+
+    @property
+    def limit(self) -> str | None:
+        """Which bucket the server said was empty, from its rate-limit headers."""
+        for name in ("requests", "input-tokens", "output-tokens"):
+            remaining = self.headers.get(f"anthropic-ratelimit-{name}-remaining")
+            if remaining is not None and remaining.strip() in ("0", "0.0"):
+                return name.replace("-", "_")
+        return None
+
+    def __reduce__(self) -> tuple[Any, ...]:  # keep the fields across process boundaries
+        return (_rebuild_call_error, (self.kind, str(self), self.__dict__))
+
+
+def _rebuild_call_error(kind: str, message: str, state: dict[str, Any]) -> CallError:
+    err = CallError(kind, message)
+    err.__dict__.update(state)
+    return err
+
+
+@dataclass
+class ApiClient:
+    """One SDK client per process. `base_url`/`api_key` None means: what the environment says."""
+
+    base_url: str | None = None
+    api_key: str | None = None
+    timeout: float = 600.0
+    _sdk: Any = field(default=None, init=False, repr=False)
+
+    @property
+    def sdk(self) -> anthropic.Anthropic:
+        if self._sdk is None:
+            kwargs: dict[str, Any] = {"max_retries": 0, "timeout": self.timeout}
+            if self.base_url:
+                kwargs["base_url"] = self.base_url
+            if self.api_key:
+                kwargs["api_key"] = self.api_key
+            try:
+                self._sdk = anthropic.Anthropic(**kwargs)
+            except anthropic.AnthropicError as exc:  # no key anywhere
+                raise CallError(
+                    "auth", "no API key: set ANTHROPIC_API_KEY, or run with --simulate"
+                ) from exc
+        return self._sdk
+
+    def create(
+        self,
+        *,
+        model: str,
+        system: str,
+        blocks: list[dict[str, Any]],
+        max_tokens: int,
+        extra_headers: Mapping[str, str] | None = None,
+    ) -> Reply:
+        """Send one Messages request; a Reply, or a CallError that says what to do next."""
+        started = time.monotonic()
+        try:
+            raw = self.sdk.messages.with_raw_response.create(
+                model=model,
+                max_tokens=max_tokens,
+                system=system,
+                messages=[{"role": "user", "content": blocks}],
+                extra_headers=dict(extra_headers or {}),
+            )
+            message = raw.parse()
+        except anthropic.APIStatusError as exc:
+            raise _classify_status(exc, time.monotonic() - started) from None
+        except anthropic.APIConnectionError as exc:
+            raise _classify_connection(exc, time.monotonic() - started) from None
+        text = "".join(getattr(block, "text", "") for block in message.content)
+        usage = message.usage.model_dump(exclude_none=True) if message.usage else {}
+        return Reply(
+            text=text,
+            stop_reason=message.stop_reason,
+            usage=usage,
+            request_id=raw.headers.get("request-id"),
+            service_tier=usage.get("service_tier"),
+            headers=dict(raw.headers),
+            latency=time.monotonic() - started,
+        )
+
+    def count_tokens(self, *, model: str, system: str, blocks: list[dict[str, Any]]) -> int:
+        """The API's own count of a request's input tokens."""
+        try:
+            result = self.sdk.messages.count_tokens(
+                model=model, system=system, messages=[{"role": "user", "content": blocks}]
+            )
+        except anthropic.APIStatusError as exc:
+            raise _classify_status(exc, None) from None
+        except anthropic.APIConnectionError as exc:
+            raise _classify_connection(exc, None) from None
+        return int(result.input_tokens)
+
+
+def _classify_status(exc: anthropic.APIStatusError, latency: float | None) -> CallError:
+    status = exc.status_code
+    headers = dict(exc.response.headers)
+    detail = exc.api_message or exc.message
+    where = f"HTTP {status} {exc.type or 'error'}"
+    if status == 429 and exc.error_code == "enforced_spend_limit_reached":
+        kind = "spend_cap"
+        detail = f"the account's spend limit is reached ({detail})"
+    elif status == 429:
+        kind = "rate_limited"
+    elif status in (401, 403):
+        kind = "auth"
+        detail = f"the API rejected the credentials ({detail}); check ANTHROPIC_API_KEY"
+    elif status == 529:
+        kind = "overloaded"
+    elif status >= 500 or status == 408:
+        kind = "server"
+    elif status == 400 and "too long" in (detail or "").lower():
+        kind = "too_long"
+    else:
+        kind = "bad_request"
+    retry_after = None
+    if "retry-after" in headers:
+        try:
+            retry_after = float(headers["retry-after"])
+        except ValueError:
+            retry_after = None
+    return CallError(
+        kind,
+        f"{where}: {detail}",
+        status=status,
+        retry_after=retry_after,
+        headers=headers,
+        latency=latency,
+    )
+
+
+def _classify_connection(exc: anthropic.APIConnectionError, latency: float | None) -> CallError:
+    cause = exc.__cause__
+    # A failure to connect (or to write the request) means the API never saw it;
+    # anything later (a read timeout, a dropped response) may have been processed and billed.
+    if isinstance(
+        cause, httpx2.ConnectError | httpx2.ConnectTimeout | httpx2.PoolTimeout | httpx2.WriteError
+    ):
+        return CallError("not_sent", f"could not reach the API ({cause})", latency=latency)
+    reason = type(cause).__name__ if cause else "connection lost"
+    return CallError(
+        "dropped",
+        f"no response from the API ({reason}); the request may have been processed",
+        latency=latency,
+    )

@@ -1,0 +1,127 @@
+"""The worker pool: submits jobs as slots free up, collects outcomes, stops cleanly.
+
+Jobs are queued repo by repo, so in concurrent mode a repo's agent jobs go out together.
+Ctrl-C once stops new submissions and waits for the requests in flight (they are paid
+for); a second Ctrl-C abandons them.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import signal
+from collections import deque
+from collections.abc import Callable, Iterable
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import dataclass
+from types import FrameType
+from typing import Any
+
+from runner.worker import JobOutcome, JobSpec, WorkerConfig, init_worker, run_job
+
+__all__ = ["PoolResult", "run_pool"]
+
+
+@dataclass(frozen=True)
+class PoolResult:
+    outcomes: tuple[JobOutcome, ...]
+    unsent: tuple[JobSpec, ...]  # never submitted (stopped early)
+    stop: str | None  # why submissions stopped: "interrupted", "auth", "spend_cap", "budget"
+
+
+class _Interrupts:
+    """First SIGINT: ask to stop. Second: raise KeyboardInterrupt (abort)."""
+
+    def __init__(self, on_first: Callable[[], None]) -> None:
+        self.count = 0
+        self._on_first = on_first
+        self._previous: Any = None
+
+    def __enter__(self) -> _Interrupts:
+        self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        signal.signal(signal.SIGINT, self._previous)
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        self.count += 1
+        if self.count == 1:
+            self._on_first()
+        else:
+            raise KeyboardInterrupt
+
+
+def run_pool(
+    specs: Iterable[JobSpec],
+    config: WorkerConfig,
+    *,
+    workers: int,
+    on_outcome: Callable[[JobOutcome, int], None],
+    on_stopping: Callable[[str, int], None] | None = None,
+) -> PoolResult:
+    """Run `specs` on `workers` processes; `on_outcome(outcome, in_flight)` is called in this process."""
+    specs = list(specs)
+    present = {spec.job_id for spec in specs}
+    # A job waits for the one it comes `after` (a repo's cache warm-up), if that one is to run.
+    ready = deque(s for s in specs if s.after not in present)
+    waiting: dict[str, list[JobSpec]] = {}
+    for spec in specs:
+        if spec.after in present:
+            waiting.setdefault(spec.after, []).append(spec)
+    in_flight: dict[Future[JobOutcome], JobSpec] = {}
+    outcomes: list[JobOutcome] = []
+    stop: str | None = None
+
+    def request_stop(reason: str) -> None:
+        nonlocal stop
+        if stop is None:
+            stop = reason
+            if on_stopping:
+                on_stopping(reason, len(in_flight))
+
+    context = multiprocessing.get_context("spawn")
+    pool = ProcessPoolExecutor(
+        max_workers=max(1, workers),
+        mp_context=context,
+        initializer=init_worker,
+        initargs=(config,),
+    )
+    try:
+        with _Interrupts(lambda: request_stop("interrupted")):
+            while in_flight or (ready and stop is None):
+                while ready and stop is None and len(in_flight) < workers:
+                    spec = ready.popleft()
+                    in_flight[pool.submit(run_job, spec)] = spec
+                done, _ = wait(in_flight, timeout=0.5, return_when=FIRST_COMPLETED)
+                for future in done:
+                    spec = in_flight.pop(future)
+                    outcome = _collect(future, spec)
+                    outcomes.append(outcome)
+                    # Whatever became of it, its followers may go now, and go first.
+                    ready.extendleft(reversed(waiting.pop(spec.job_id, [])))
+                    on_outcome(outcome, len(in_flight))
+                    if outcome.stop:
+                        request_stop(outcome.stop)
+    except BaseException:
+        # Abort: do not wait for requests in flight; their workers die with the pool and
+        # their reservations become unknown (charged at the worst case) in the ledger.
+        for process in list(getattr(pool, "_processes", {}).values()):
+            process.kill()
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
+    unsent = [*ready, *(s for group in waiting.values() for s in group)]
+    return PoolResult(tuple(outcomes), tuple(unsent), stop)
+
+
+def _collect(future: Future[JobOutcome], spec: JobSpec) -> JobOutcome:
+    try:
+        return future.result()
+    except Exception as exc:  # a worker crashed or raised: the job failed, the run goes on
+        return JobOutcome(
+            job_id=spec.job_id,
+            slug=spec.slug,
+            agent=spec.agent,
+            status="failed",
+            error=f"{type(exc).__name__}: {exc}",
+        )

@@ -1,0 +1,273 @@
+"""runs.db: every run, its repositories and its jobs, so that a run can be resumed.
+
+Workers record a job's reply here the moment it arrives, before the ledger settles it:
+a run killed at any point resumes without sending a done job again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import sqlite_utils
+from filelock import FileLock, Timeout
+from sqlite_utils.migrations import Migrations
+
+from runner.errors import RunnerInputError, StateError
+from runner.state import private_file
+
+__all__ = ["JobRow", "RunRow", "Runs", "utc_now"]
+
+MIGRATIONS = Migrations("review-runner-runs")
+
+
+@MIGRATIONS()
+def m001_initial(db: sqlite_utils.Database) -> None:
+    db.execute(
+        """CREATE TABLE runs (
+            id TEXT PRIMARY KEY, manifest TEXT NOT NULL, name TEXT NOT NULL,
+            requested_mode TEXT NOT NULL, mode TEXT, reason TEXT, status TEXT NOT NULL,
+            out_dir TEXT NOT NULL, pid INTEGER, created_at TEXT NOT NULL, updated_at TEXT NOT NULL)"""
+    )
+    db.execute(
+        """CREATE TABLE repos (
+            id TEXT PRIMARY KEY, run_id TEXT NOT NULL REFERENCES runs(id), slug TEXT NOT NULL,
+            path TEXT NOT NULL, model TEXT NOT NULL, pack TEXT NOT NULL, pack_sha256 TEXT NOT NULL)"""
+    )
+    db.execute(
+        """CREATE TABLE jobs (
+            id TEXT PRIMARY KEY, run_id TEXT NOT NULL REFERENCES runs(id), slug TEXT NOT NULL,
+            agent TEXT NOT NULL, status TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,
+            result TEXT, usage TEXT, cost_micros INTEGER NOT NULL DEFAULT 0, request_id TEXT,
+            error TEXT, updated_at TEXT NOT NULL)"""
+    )
+    db.execute("CREATE INDEX jobs_by_run ON jobs(run_id, status)")
+    db.execute("CREATE INDEX runs_by_created ON runs(created_at)")
+
+
+def utc_now() -> str:
+    """The current time as ISO-8601 UTC text, the form every *_at column holds."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass(frozen=True)
+class RunRow:
+    id: str
+    manifest: str
+    name: str
+    requested_mode: str
+    mode: str | None
+    reason: str | None
+    status: str
+    out_dir: str
+    created_at: str
+
+
+@dataclass(frozen=True)
+class JobRow:
+    id: str
+    run_id: str
+    slug: str
+    agent: str
+    status: str
+    attempts: int
+    result: dict[str, Any] | None
+    usage: dict[str, Any] | None
+    cost_micros: int
+    error: str | None
+
+
+class Runs:
+    """The runs database. Safe to open from several processes (WAL, busy timeout)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._db: sqlite_utils.Database | None = None
+        self._pid = 0
+
+    @property
+    def db(self) -> sqlite_utils.Database:
+        # A connection must not cross a fork: reopen in each process.
+        if self._db is None or self._pid != os.getpid():
+            self._db = self._open()
+            self._pid = os.getpid()
+        return self._db
+
+    def _open(self) -> sqlite_utils.Database:
+        try:
+            private_file(self.path)
+            conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+            db = sqlite_utils.Database(conn)
+            # Two processes opening a new database at once would race to switch it to WAL
+            # and to migrate it; the lock makes the second wait and find it done.
+            with FileLock(self.path.with_suffix(".lock"), timeout=60):
+                db.execute("PRAGMA busy_timeout=30000")
+                db.execute("PRAGMA journal_mode=WAL")
+                known = {m.name for m in MIGRATIONS._migrations}
+                unknown = [m.name for m in MIGRATIONS.applied(db) if m.name not in known]
+                if unknown:
+                    raise StateError(
+                        f"{self.path}: written by a newer review-runner (schema {unknown[-1]}); "
+                        "upgrade review-runner to read it"
+                    )
+                MIGRATIONS.apply(db)
+        except Timeout as exc:
+            raise StateError(f"{self.path}: another process holds its lock ({exc})") from exc
+        except sqlite3.DatabaseError as exc:
+            raise StateError(f"{self.path}: cannot use the runs database ({exc})") from exc
+        except OSError as exc:
+            raise StateError(f"{self.path}: cannot open the runs database ({exc})") from exc
+        return db
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite_utils.Database]:
+        db = self.db
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+        except sqlite3.DatabaseError as exc:
+            raise StateError(f"{self.path}: cannot write the runs database ({exc})") from exc
+
+    def create_run(
+        self,
+        run_id: str,
+        *,
+        manifest: str,
+        name: str,
+        requested_mode: str,
+        out_dir: str,
+        repos: list[Mapping[str, Any]],
+        jobs: list[tuple[str, str]],
+    ) -> None:
+        """Record a new run with its repos (slug, path, model, pack, pack_sha256) and jobs (slug, agent)."""
+        now = utc_now()
+        with self._write() as db:
+            db.execute(
+                "INSERT INTO runs (id, manifest, name, requested_mode, status, out_dir, pid,"
+                " created_at, updated_at) VALUES (?, ?, ?, ?, 'planned', ?, ?, ?, ?)",
+                [run_id, manifest, name, requested_mode, out_dir, os.getpid(), now, now],
+            )
+            for repo in repos:
+                db.execute(
+                    "INSERT INTO repos (id, run_id, slug, path, model, pack, pack_sha256)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    [
+                        f"{run_id}/{repo['slug']}",
+                        run_id,
+                        repo["slug"],
+                        repo["path"],
+                        repo["model"],
+                        json.dumps(repo["pack"]),
+                        repo["pack_sha256"],
+                    ],
+                )
+            for slug, agent in jobs:
+                db.execute(
+                    "INSERT INTO jobs (id, run_id, slug, agent, status, updated_at)"
+                    " VALUES (?, ?, ?, ?, 'pending', ?)",
+                    [f"{run_id}/{slug}/{agent}", run_id, slug, agent, now],
+                )
+
+    def update_run(self, run_id: str, **fields: Any) -> None:
+        """Set some of a run's columns (status, mode, reason, pid)."""
+        fields["updated_at"] = utc_now()
+        columns = ", ".join(f"{name} = ?" for name in fields)
+        with self._write() as db:
+            db.execute(f"UPDATE runs SET {columns} WHERE id = ?", [*fields.values(), run_id])
+
+    def add_jobs(self, run_id: str, jobs: list[tuple[str, str]]) -> None:
+        """Add jobs to a run (a resumed run whose repo gained agents); existing ones are kept."""
+        now = utc_now()
+        with self._write() as db:
+            for slug, agent in jobs:
+                db.execute(
+                    "INSERT OR IGNORE INTO jobs (id, run_id, slug, agent, status, updated_at)"
+                    " VALUES (?, ?, ?, ?, 'pending', ?)",
+                    [f"{run_id}/{slug}/{agent}", run_id, slug, agent, now],
+                )
+
+    def finish_job(
+        self,
+        job_id: str,
+        status: str,
+        *,
+        result: Mapping[str, Any] | None = None,
+        usage: Mapping[str, Any] | None = None,
+        cost_micros: int = 0,
+        request_id: str | None = None,
+        error: str | None = None,
+        attempts: int = 0,
+    ) -> None:
+        """Record a job's outcome. A job already done is never overwritten."""
+        with self._write() as db:
+            db.execute(
+                "UPDATE jobs SET status = ?, result = ?, usage = ?, cost_micros = ?, request_id = ?,"
+                " error = ?, attempts = attempts + ?, updated_at = ? WHERE id = ? AND status != 'done'",
+                [
+                    status,
+                    json.dumps(result) if result is not None else None,
+                    json.dumps(usage) if usage is not None else None,
+                    cost_micros,
+                    request_id,
+                    error,
+                    attempts,
+                    utc_now(),
+                    job_id,
+                ],
+            )
+
+    def set_job_cost(self, job_id: str, cost_micros: int) -> None:
+        """Record what the ledger charged for a done job."""
+        with self._write() as db:
+            db.execute("UPDATE jobs SET cost_micros = ? WHERE id = ?", [cost_micros, job_id])
+
+    def run(self, run_id: str) -> RunRow:
+        """One run, by id or by "last" (the newest)."""
+        if run_id == "last":
+            rows = list(
+                self.db.query("SELECT * FROM runs ORDER BY created_at DESC, id DESC LIMIT 1")
+            )
+            if not rows:
+                raise RunnerInputError(f"--resume last: no run recorded in {self.path}")
+        else:
+            rows = list(self.db.query("SELECT * FROM runs WHERE id = ?", [run_id]))
+            if not rows:
+                raise RunnerInputError(f"--resume {run_id}: no such run in {self.path}")
+        row = rows[0]
+        return RunRow(**{k: row[k] for k in RunRow.__dataclass_fields__})
+
+    def repos(self, run_id: str) -> list[dict[str, Any]]:
+        """The repos of a run, with their pack summaries."""
+        rows = self.db.query("SELECT * FROM repos WHERE run_id = ? ORDER BY rowid", [run_id])
+        return [{**row, "pack": json.loads(row["pack"])} for row in rows]
+
+    def jobs(self, run_id: str) -> list[JobRow]:
+        """Every job of a run, in the order they were planned."""
+        rows = self.db.query("SELECT * FROM jobs WHERE run_id = ? ORDER BY rowid", [run_id])
+        return [
+            JobRow(
+                id=row["id"],
+                run_id=row["run_id"],
+                slug=row["slug"],
+                agent=row["agent"],
+                status=row["status"],
+                attempts=row["attempts"],
+                result=json.loads(row["result"]) if row["result"] else None,
+                usage=json.loads(row["usage"]) if row["usage"] else None,
+                cost_micros=row["cost_micros"],
+                error=row["error"],
+            )
+            for row in rows
+        ]

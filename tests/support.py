@@ -1,0 +1,100 @@
+"""Helpers for the end-to-end run tests: small repos, manifests, the CLI in a subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from ledger.ledger import Ledger
+from runner.simulator import Simulator
+
+SOURCE = '''import os
+import pickle
+import subprocess
+
+
+def load(path):
+    # TODO: validate the path
+    with open(path, "rb") as handle:
+        return pickle.loads(handle.read())
+
+
+def run(cmd):
+    return subprocess.run(cmd, shell=True)
+
+
+def area(width, height):
+    """Area of a rectangle."""
+    return width * height
+'''
+
+
+def make_repos(root: Path, count: int, *, lines: int = 0) -> list[Path]:
+    """`count` small plain-folder repos, each a little different."""
+    repos = []
+    for i in range(count):
+        repo = root / f"repo{i:02d}"
+        (repo / "src").mkdir(parents=True)
+        (repo / "src" / "app.py").write_text(SOURCE + f"\nVERSION = {i}\n")
+        filler = "".join(f"def helper_{i}_{n}(x):\n    return x + {n}\n\n" for n in range(lines))
+        (repo / "src" / "helpers.py").write_text(filler or "X = 1\n")
+        (repo / "README.md").write_text(f"# repo {i}\n")
+        repos.append(repo)
+    return repos
+
+
+def write_manifest(path: Path, repos: list[Path], **extra: Any) -> Path:
+    limits = extra.pop(
+        "limits", {"rpm": 600, "itpm": 400_000, "otpm": 100_000, "max_concurrent": 4}
+    )
+    body = {
+        "name": "test",
+        "model": "claude-sonnet-4-5",
+        "mode": "auto",
+        "max_output_tokens": 1024,
+        "max_input_tokens": 20_000,
+        "out": str(path.parent / "reports"),
+        **extra,
+    }
+    lines = [f"{k} = {json.dumps(v)}" for k, v in body.items()]
+    lines.append("repos = [" + ", ".join(json.dumps(str(r)) for r in repos) + "]")
+    lines.append("[limits]")
+    lines += [f"{k} = {v}" for k, v in limits.items()]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def cli(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 240
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "runner", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        timeout=timeout,
+    )
+
+
+def api_env(sim: Simulator) -> dict[str, str]:
+    return {"ANTHROPIC_BASE_URL": sim.base_url, "ANTHROPIC_API_KEY": "test-key"}
+
+
+def messages(sim: Simulator) -> list[dict[str, Any]]:
+    return [r for r in sim.log() if r.get("path") == "/v1/messages"]
+
+
+def ledger_of(state: Path) -> Ledger:
+    return Ledger(state / "ledger.db")
+
+
+def billed_micros(sim: Simulator, *, dropped: bool | None = None) -> int:
+    return sum(
+        r.get("cost_micros") or 0
+        for r in messages(sim)
+        if r.get("billed") and (dropped is None or bool(r.get("dropped")) == dropped)
+    )
