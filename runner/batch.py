@@ -108,13 +108,13 @@ class State:
     runs: Runs
 
 
-def open_state(state_dir: Path, limits: Limits | None) -> State:
+def open_state(state_dir: Path, limits: Limits | None, runs: Runs | None = None) -> State:
     """The three databases of a state directory."""
     return State(
         state_dir=state_dir,
         limiter=Limiter(state_dir, limits),
         ledger=Ledger(state_dir / "ledger.db", price_override=state_dir / "prices.json"),
-        runs=Runs(state_dir / "runs.db"),
+        runs=runs or Runs(state_dir / "runs.db"),
     )
 
 
@@ -214,8 +214,7 @@ def run(
         run_id, requested = _new_run_id(), options.mode or manifest.mode
         out_root = options.out or manifest.out
     _check_out_dir(out_root)
-    state = open_state(state_dir, limits_for(manifest, options.limits))
-    state.runs = runs
+    state = open_state(state_dir, limits_for(manifest, options.limits), runs)
     concurrency = options.workers or int(
         state.limiter.status()["limits"]["max_concurrent"]["value"]
     )

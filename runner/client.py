@@ -10,12 +10,12 @@ import os
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
-
-import anthropic
-import httpx2
+from typing import TYPE_CHECKING, Any
 
 from runner.errors import RunnerError
+
+if TYPE_CHECKING:
+    import anthropic
 
 __all__ = ["ApiClient", "CallError", "Reply", "api_configured"]
 
@@ -120,6 +120,9 @@ class ApiClient:
 
     @property
     def sdk(self) -> anthropic.Anthropic:
+        # Imported here: the SDK takes a second to import, and most commands never send.
+        import anthropic
+
         if self._sdk is None:
             kwargs: dict[str, Any] = {"max_retries": 0, "timeout": self.timeout}
             if self.base_url:
@@ -144,6 +147,8 @@ class ApiClient:
         extra_headers: Mapping[str, str] | None = None,
     ) -> Reply:
         """Send one Messages request; a Reply, or a CallError that says what to do next."""
+        import anthropic
+
         started = time.monotonic()
         try:
             raw = self.sdk.messages.with_raw_response.create(
@@ -172,6 +177,8 @@ class ApiClient:
 
     def count_tokens(self, *, model: str, system: str, blocks: list[dict[str, Any]]) -> int:
         """The API's own count of a request's input tokens."""
+        import anthropic
+
         try:
             result = self.sdk.messages.count_tokens(
                 model=model, system=system, messages=[{"role": "user", "content": blocks}]
@@ -221,6 +228,8 @@ def _classify_status(exc: anthropic.APIStatusError, latency: float | None) -> Ca
 
 
 def _classify_connection(exc: anthropic.APIConnectionError, latency: float | None) -> CallError:
+    import httpx2
+
     cause = exc.__cause__
     # A failure to connect (or to write the request) means the API never saw it;
     # anything later (a read timeout, a dropped response) may have been processed and billed.

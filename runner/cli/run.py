@@ -44,10 +44,13 @@ def _limit_options(func: Any) -> Any:
 
 @contextmanager
 def _api(
-    simulate: bool, manifest_limits: dict[str, int]
+    simulate: bool, dry_run: bool, manifest_limits: dict[str, int]
 ) -> Iterator[tuple[str | None, str | None]]:
-    """The API to talk to: the real one from the environment, or the embedded simulator."""
-    if not simulate and api_configured():
+    """The API to talk to: the real one from the environment, or the embedded simulator.
+
+    A dry run sends nothing, so it needs neither.
+    """
+    if dry_run or (not simulate and api_configured()):
         yield None, None
         return
     from runner.simulator import SimConfig, Simulator
@@ -84,7 +87,8 @@ class _Renderer:
             return
         if sys.stderr.isatty():
             if self.bar is None:
-                self.bar = tqdm(total=p.total, unit="job", file=sys.stderr, initial=p.done - 1)
+                finished = p.done + p.failed + p.deferred
+                self.bar = tqdm(total=p.total, unit="job", file=sys.stderr, initial=finished - 1)
             self.bar.update(1)
             self.bar.set_postfix(
                 cost=f"${usd(p.cost_micros):.2f}", r429=p.rate_limited, in_flight=p.in_flight
@@ -152,7 +156,7 @@ def run(
     sim_limits = dict(load_manifest(manifest).limits) if manifest else {}
     sim_limits.update({k: v for k, v in limits.items() if v})
     renderer = _Renderer()
-    with _api(simulate, sim_limits) as (base_url, api_key):
+    with _api(simulate, dry_run, sim_limits) as (base_url, api_key):
         options = RunOptions(
             mode=mode,
             workers=workers,
