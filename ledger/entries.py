@@ -338,22 +338,31 @@ def check_fits(
     job_id: str,
 ) -> None:
     """BudgetExceeded, with the numbers, if holding `worst` more would pass a budget."""
-    if usd_budget is not None:
-        base = seen.spent_micros + seen.reserved_micros + seen.others_held_micros
-        if base + max(seen.own_held_micros, worst) > usd_budget:
+    # One rule and one message for both budgets, USD first. Token counts name their unit only
+    # on the amount and the budget; a dollar sign goes on every figure.
+    usd_seen = (
+        seen.spent_micros,
+        seen.reserved_micros,
+        seen.others_held_micros,
+        seen.own_held_micros,
+    )
+    token_seen = (
+        seen.spent_tokens,
+        seen.reserved_tokens,
+        seen.others_held_tokens,
+        seen.own_held_tokens,
+    )
+    for budget, want, (spent, reserved, others, own), with_unit, bare in (
+        (usd_budget, worst, usd_seen, money, money),
+        (token_budget, worst_t, token_seen, _tokens, "{:,}".format),
+    ):
+        if budget is not None and spent + reserved + others + max(own, want) > budget:
             raise BudgetExceeded(
-                f"job {job_id}: reserving {money(worst)} would pass the {month} budget of "
-                f"{money(usd_budget)} ({money(seen.spent_micros)} spent, "
-                f"{money(seen.reserved_micros)} reserved, "
-                f"{money(seen.others_held_micros)} held by other runs, "
-                f"{money(seen.own_held_micros)} left in this run's hold)"
+                f"job {job_id}: reserving {with_unit(want)} would pass the {month} budget of "
+                f"{with_unit(budget)} ({bare(spent)} spent, {bare(reserved)} reserved, "
+                f"{bare(others)} held by other runs, {bare(own)} left in this run's hold)"
             )
-    if token_budget is not None:
-        base = seen.spent_tokens + seen.reserved_tokens + seen.others_held_tokens
-        if base + max(seen.own_held_tokens, worst_t) > token_budget:
-            raise BudgetExceeded(
-                f"job {job_id}: reserving {worst_t:,} tokens would pass the {month} budget of "
-                f"{token_budget:,} tokens ({seen.spent_tokens:,} spent, "
-                f"{seen.reserved_tokens:,} reserved, {seen.others_held_tokens:,} held by "
-                f"other runs, {seen.own_held_tokens:,} left in this run's hold)"
-            )
+
+
+def _tokens(count: int) -> str:
+    return f"{count:,} tokens"

@@ -99,6 +99,23 @@ def compute_health(conn: Any, now: float, buckets: dict[str, list[float]]) -> He
     return Health(ok, reason, n429, utilisation, p50, p95)
 
 
+def _requests(conn: Any, now: float, table: str, id_key: str, since: str) -> list[dict[str, Any]]:
+    """Leases (in flight) or waiters (queued) in id order, each with its age in seconds."""
+    # `table` and `since` (its timestamp column) are literals from this module, never input.
+    return [
+        {
+            id_key: row_id,
+            "pid": pid,
+            "age_s": round(now - parse_iso(since_at), 3),
+            "input_tokens": input_tokens,
+            "output_estimate": output_estimate,
+        }
+        for row_id, pid, input_tokens, output_estimate, since_at in conn.execute(
+            f"SELECT id, pid, input_tokens, output_estimate, {since} FROM {table} ORDER BY id"
+        )
+    ]
+
+
 def status_document(conn: Any, now: float, buckets: dict[str, list[float]]) -> dict[str, Any]:
     """The `limits status --json` document: limits and sources, levels, leases, waiters, health."""
     limits = {
@@ -111,30 +128,8 @@ def status_document(conn: Any, now: float, buckets: dict[str, list[float]]) -> d
         name: {"level": round(level, 3), "capacity": capacity}
         for name, (capacity, level, _rate) in buckets.items()
     }
-    in_flight = [
-        {
-            "id": lease_id,
-            "pid": pid,
-            "age_s": round(now - parse_iso(granted_at), 3),
-            "input_tokens": input_tokens,
-            "output_estimate": output_estimate,
-        }
-        for lease_id, pid, input_tokens, output_estimate, granted_at in conn.execute(
-            "SELECT id, pid, input_tokens, output_estimate, granted_at FROM leases ORDER BY id"
-        )
-    ]
-    waiters = [
-        {
-            "ticket": ticket,
-            "pid": pid,
-            "age_s": round(now - parse_iso(created_at), 3),
-            "input_tokens": input_tokens,
-            "output_estimate": output_estimate,
-        }
-        for ticket, pid, input_tokens, output_estimate, created_at in conn.execute(
-            "SELECT id, pid, input_tokens, output_estimate, created_at FROM waiters ORDER BY id"
-        )
-    ]
+    in_flight = _requests(conn, now, "leases", "id", "granted_at")
+    waiters = _requests(conn, now, "waiters", "ticket", "created_at")
     until_at, limit_name = conn.execute(
         "SELECT until_at, limit_name FROM cooldowns WHERE id = 1"
     ).fetchone()

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
-import sqlite3
 import subprocess
 import sys
 from datetime import UTC, datetime
@@ -14,11 +12,10 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner, Result
+from ledger_support import MODEL, add_schema_step, digest
 
 from ledger import Ledger, Projection
 from runner.cli import main
-
-MODEL = "claude-sonnet-5-5"
 
 
 def cli(*args: str) -> Result:
@@ -113,32 +110,27 @@ def test_corrupt_ledger_exits_2_and_is_left_alone(isolated_state: Path) -> None:
     isolated_state.mkdir(parents=True)
     db = isolated_state / "ledger.db"
     db.write_bytes(b"\x00garbage" * 512)
-    before = hashlib.sha256(db.read_bytes()).hexdigest()
+    before = digest(db)
     for args in (["status"], ["set", "--usd", "5"], ["history"], ["reconcile"]):
         result = cli(*args)
         assert result.exit_code == 2
         assert result.stderr.startswith(f"Error: {db}: not a readable ledger database")
         assert "move it aside" in result.stderr
-    assert hashlib.sha256(db.read_bytes()).hexdigest() == before
+    assert digest(db) == before
 
 
 def test_newer_ledger_exits_2_and_is_left_alone(isolated_state: Path) -> None:
     ledger_at(isolated_state).close()
     db = isolated_state / "ledger.db"
-    conn = sqlite3.connect(db)
-    conn.execute(
-        "INSERT INTO _sqlite_migrations (migration_set, name, applied_at) VALUES ('ledger', 'm002_next', 'x')"
-    )
-    conn.commit()
-    conn.close()
-    before = hashlib.sha256(db.read_bytes()).hexdigest()
+    add_schema_step(db, "m002_next")
+    before = digest(db)
     result = cli("set", "--usd", "5")
     assert result.exit_code == 2
     assert result.stderr == (
         f"Error: {db}: written by a newer review-runner (schema step m002_next); "
         "upgrade review-runner to read it\n"
     )
-    assert hashlib.sha256(db.read_bytes()).hexdigest() == before
+    assert digest(db) == before
 
 
 def reviews(led: Ledger, run: str, mode: str, per_review: list[int], count: int) -> None:

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import ast
-import hashlib
 import json
 import sqlite3
 import subprocess
 import sys
-from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from ledger_support import MODEL, Clock, add_schema_step, digest
+
+# Fixtures, found by pytest in this module's globals; `x as x` tells ruff the import is used.
+from ledger_support import clock as clock
+from ledger_support import ledger as ledger
 
 import ledger as ledger_pkg
 from ledger import (
@@ -26,40 +28,6 @@ from ledger import (
     cost_micros,
     load_prices,
 )
-
-MODEL = "claude-sonnet-5-5"  # per Mtok: $3 in, $15 out, $3.75 / $6 cache writes, $0.30 reads
-
-
-def at(text: str) -> datetime:
-    return datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(UTC)
-
-
-@dataclass
-class Clock:
-    now: datetime
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def set(self, text: str) -> None:
-        self.now = at(text)
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock(at("2026-11-15T12:00:00Z"))
-
-
-@pytest.fixture
-def ledger(tmp_path: Path, clock: Clock) -> Ledger:
-    led = Ledger(tmp_path / "ledger.db", clock=clock)
-    yield led
-    led.close()
-
-
-def digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
 
 # -- cost arithmetic -----------------------------------------------------------------------------
 
@@ -370,12 +338,7 @@ def test_corrupt_db_is_reported_and_left_alone(tmp_path: Path) -> None:
 def test_newer_schema_is_reported_and_left_alone(tmp_path: Path) -> None:
     path = tmp_path / "ledger.db"
     Ledger(path).close()
-    conn = sqlite3.connect(path)
-    conn.execute(
-        "INSERT INTO _sqlite_migrations (migration_set, name, applied_at) VALUES ('ledger', 'm999_future', 'x')"
-    )
-    conn.commit()
-    conn.close()
+    add_schema_step(path, "m999_future")
     before = digest(path)
     with pytest.raises(
         LedgerStoreError, match=r"written by a newer review-runner .*m999_future.*upgrade"

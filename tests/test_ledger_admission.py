@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from datetime import UTC, datetime
 from decimal import Decimal
-from pathlib import Path
 
 import pytest
+from ledger_support import MODEL
+
+# Fixtures, found by pytest in this module's globals; `x as x` tells ruff the import is used.
+from ledger_support import clock as clock
+from ledger_support import ledger as ledger
 
 from ledger import (
     BudgetExceeded,
@@ -15,36 +17,6 @@ from ledger import (
     LedgerInputError,
     Projection,
 )
-
-MODEL = "claude-sonnet-5-5"  # per Mtok: $3 in, $15 out, $3.75 / $6 cache writes, $0.30 reads
-
-
-def at(text: str) -> datetime:
-    return datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(UTC)
-
-
-@dataclass
-class Clock:
-    now: datetime
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def set(self, text: str) -> None:
-        self.now = at(text)
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock(at("2026-11-15T12:00:00Z"))
-
-
-@pytest.fixture
-def ledger(tmp_path: Path, clock: Clock) -> Ledger:
-    led = Ledger(tmp_path / "ledger.db", clock=clock)
-    yield led
-    led.close()
-
 
 # -- holds and admission ------------------------------------------------------------------------
 

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
-from datetime import UTC, datetime
-from pathlib import Path
 
 import pytest
+from ledger_support import MODEL, Clock
+
+# Fixtures, found by pytest in this module's globals; `x as x` tells ruff the import is used.
+from ledger_support import clock as clock
+from ledger_support import ledger as ledger
 
 from ledger import (
     JobEstimate,
@@ -15,36 +17,6 @@ from ledger import (
     LedgerInputError,
     UnknownModel,
 )
-
-MODEL = "claude-sonnet-5-5"  # per Mtok: $3 in, $15 out, $3.75 / $6 cache writes, $0.30 reads
-
-
-def at(text: str) -> datetime:
-    return datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(UTC)
-
-
-@dataclass
-class Clock:
-    now: datetime
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def set(self, text: str) -> None:
-        self.now = at(text)
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock(at("2026-11-15T12:00:00Z"))
-
-
-@pytest.fixture
-def ledger(tmp_path: Path, clock: Clock) -> Ledger:
-    led = Ledger(tmp_path / "ledger.db", clock=clock)
-    yield led
-    led.close()
-
 
 # -- projection ---------------------------------------------------------------------------------
 
