@@ -44,7 +44,7 @@ PER_TOKEN = 0.001
 OUTPUT_MEAN = 250
 MAX_OUTPUT = 1024
 CONCURRENCY = 4
-MODEL = "claude-sonnet-4-5"
+MODEL = "claude-sonnet-5-5"
 
 CODE = """import subprocess
 

@@ -20,7 +20,7 @@ from ledger import Ledger
 
 __all__ = ["MODEL", "Clock", "add_schema_step", "at", "clock", "digest", "ledger"]
 
-MODEL = "claude-sonnet-5-5"  # per Mtok: $3 in, $15 out, $3.75 / $6 cache writes, $0.30 reads
+MODEL = "claude-sonnet-4-5"  # per Mtok: $3 in, $15 out, $3.75 / $6 cache writes, $0.30 reads
 
 
 def at(text: str) -> datetime:

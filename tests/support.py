@@ -53,7 +53,7 @@ def write_manifest(path: Path, repos: list[Path], **extra: Any) -> Path:
     )
     body = {
         "name": "test",
-        "model": "claude-sonnet-4-5",
+        "model": "claude-sonnet-5-5",
         "mode": "auto",
         "max_output_tokens": 1024,
         "max_input_tokens": 20_000,

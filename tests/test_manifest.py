@@ -321,7 +321,7 @@ def test_is_git_url() -> None:
 
 def test_shipped_nightly_manifest() -> None:
     m = load_manifest(ROOT / "jobs" / "nightly.toml")
-    assert m.mode == "auto" and m.model == "claude-sonnet-4-5" and m.agents == AGENTS
+    assert m.mode == "auto" and m.model == "claude-sonnet-5-5" and m.agents == AGENTS
     assert [r.path for r in m.repos] == [ROOT]
     assert m.max_input_tokens <= 60000
     assert set(m.limits) == {"rpm", "itpm", "otpm", "max_concurrent"}
