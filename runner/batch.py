@@ -15,9 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from jobs.agents import COMBINED, build_prompt, load_prompts
-from jobs.findings import AgentResult
 from jobs.manifest import Manifest, load_manifest
-from jobs.reports import RepoOutcome, write_repo_report, write_summary
+from jobs.reports import write_summary
 from ledger.ledger import Admission, Ledger
 from ledger.prices import usd
 from runner.client import ApiClient, CallError
@@ -25,17 +24,11 @@ from runner.errors import RunnerInputError
 from runner.limiter import Limiter, Limits
 from runner.plan import WARM, Plan, RepoWork, make_plan, pack_all
 from runner.pool import run_pool
+from runner.reporting import USAGE_KEYS, json_totals, outcomes, write_if_complete
 from runner.runs import JobRow, Runs
 from runner.worker import JobOutcome, JobSpec, WorkerConfig, request_blocks
 
 __all__ = ["Progress", "RunOptions", "RunResult", "open_state", "plan_run", "run"]
-
-USAGE_KEYS = (
-    "input_tokens",
-    "output_tokens",
-    "cache_creation_input_tokens",
-    "cache_read_input_tokens",
-)
 
 
 @dataclass(frozen=True)
@@ -228,6 +221,7 @@ def run(
         else ApiClient(options.base_url, options.api_key)
     )
     plan = plan_run(manifest, state, client=client, concurrency=concurrency, on_message=on_message)
+    _check_limits(plan)
     projections = {m: p for m, p in plan.projections.items() if requested in ("auto", m)}
     admission = state.ledger.admit(
         run_id,
@@ -258,6 +252,17 @@ def run(
         )
     finally:
         state.ledger.end_run(run_id)
+
+
+def _check_limits(plan: Plan) -> None:
+    """Refuse, before anything is sent, a request no ITPM bucket could ever hold."""
+    itpm = plan.limits.get("itpm")
+    for job in (j for jobs in plan.jobs.values() for j in jobs):
+        if itpm and job.rate_tokens > itpm:
+            raise RunnerInputError(
+                f"repo {job.slug}: one request needs {job.rate_tokens:,} input tokens, more than "
+                f"the itpm limit of {itpm:,} per minute; lower max_input_tokens in the manifest"
+            )
 
 
 def _remaining(manifest: Manifest, jobs: Sequence[JobRow]) -> Manifest:
@@ -356,7 +361,7 @@ def _execute(
         counts[outcome.status] += outcome.agent != WARM
         counts["cost"] += outcome.cost_micros
         counts["rate_limited"] += outcome.rate_limited
-        _write_if_complete(run_id, outcome.slug, mode, out_dir, runs)
+        write_if_complete(run_id, outcome.slug, mode, out_dir, runs)
         on_progress(_progress(counts, total, in_flight, outcome=outcome))
 
     def on_stopping(reason: str, in_flight: int) -> None:
@@ -382,7 +387,7 @@ def _execute(
             runs.finish_job(spec.job_id, "deferred", error=f"not sent: {pool.stop}")
     rows = [row for row in runs.jobs(run_id) if row.agent != WARM]
     for slug in {row.slug for row in rows}:
-        _write_if_complete(run_id, slug, mode, out_dir, runs, final=True)
+        write_if_complete(run_id, slug, mode, out_dir, runs, final=True)
     tally = {
         key: sum(1 for r in rows if r.status == key)
         for key in ("done", "failed", "deferred", "pending")
@@ -398,7 +403,7 @@ def _execute(
     else:
         status = "done"
     totals = state.ledger.run_totals(run_id)
-    write_summary(out_dir, run_id, _outcomes(run_id, mode, runs), totals=_json_totals(totals))
+    write_summary(out_dir, run_id, outcomes(run_id, mode, runs), totals=json_totals(totals))
     runs.update_run(run_id, status=status)
     return _result(run_id, admission, status, pool.stop, tally, state, out_dir, plan)
 
@@ -414,56 +419,6 @@ def _progress(counts: Mapping[str, int], total: int, in_flight: int, **extra: An
         rate_limited=counts["rate_limited"],
         **extra,
     )
-
-
-def _repo_outcome(repo: Mapping[str, Any], mode: str, rows: Sequence[JobRow]) -> RepoOutcome:
-    """A repo's outcome from its job rows; the warm-up's tokens and cost count, its status not."""
-    statuses = {row.status for row in rows if row.agent != WARM}
-    status = "done" if statuses == {"done"} else "failed" if "failed" in statuses else "deferred"
-    usage = {key: sum(int((row.usage or {}).get(key) or 0) for row in rows) for key in USAGE_KEYS}
-    errors = [
-        f"{row.agent}: {row.error}"
-        for row in rows
-        if row.error and row.status != "done" and row.agent != WARM
-    ]
-    return RepoOutcome(
-        slug=repo["slug"],
-        mode=mode,
-        model=repo["model"],
-        status=status,
-        error="; ".join(errors) or None,
-        pack=repo["pack"],
-        results=tuple(AgentResult.from_dict(row.result) for row in rows if row.result),
-        cost_usd=usd(sum(row.cost_micros for row in rows)),
-        **usage,
-    )
-
-
-def _outcomes(run_id: str, mode: str, runs: Runs) -> list[RepoOutcome]:
-    rows = runs.jobs(run_id)
-    return [
-        _repo_outcome(repo, mode, [r for r in rows if r.slug == repo["slug"]])
-        for repo in runs.repos(run_id)
-    ]
-
-
-def _write_if_complete(
-    run_id: str, slug: str, mode: str, out_dir: Path, runs: Runs, *, final: bool = False
-) -> None:
-    rows = [r for r in runs.jobs(run_id) if r.slug == slug]
-    complete = all(r.status in ("done", "failed") for r in rows if r.agent != WARM)
-    if not rows or not (complete or (final and any(r.result for r in rows))):
-        return
-    repo = next(r for r in runs.repos(run_id) if r["slug"] == slug)
-    write_repo_report(out_dir, _repo_outcome(repo, mode, rows))
-
-
-def _json_totals(totals: Mapping[str, Any]) -> dict[str, Any]:
-    return {
-        **{key: int(totals.get(key, 0)) for key in USAGE_KEYS},
-        "cost_usd": usd(int(totals.get("cost_micros", 0))),
-        "unknown_requests": int(totals.get("unknown", 0)),
-    }
 
 
 def _result(

@@ -257,3 +257,34 @@ def test_embedded_simulator_is_used_and_announced_without_a_key(tmp_path: Path) 
     assert "built-in simulator" in result.stderr
     summary = json.loads(next((tmp_path / "reports").glob("*/summary.json")).read_text())
     assert summary
+
+
+def test_a_pack_larger_than_the_itpm_limit_exits_2_before_sending(tmp_path: Path) -> None:
+    repos = make_repos(tmp_path / "repos", 1, lines=400)
+    manifest = write_manifest(
+        tmp_path / "m.toml",
+        repos,
+        limits={"rpm": 600, "itpm": 2_000, "otpm": 100_000, "max_concurrent": 4},
+    )
+    with Simulator() as sim:
+        result = cli("run", str(manifest), env=api_env(sim))
+        assert messages(sim) == []
+    assert result.returncode == 2, result.stderr
+    assert "more than the itpm limit of 2,000" in result.stderr
+    assert "max_input_tokens" in result.stderr
+
+
+def test_the_api_key_never_reaches_a_file_or_the_output(
+    tmp_path: Path, isolated_state: Path
+) -> None:
+    key = "sk-ant-api03-NEVER-WRITE-ME-0123456789abcdef"
+    manifest = write_manifest(tmp_path / "m.toml", make_repos(tmp_path / "repos", 2))
+    with Simulator() as sim:
+        result = cli("run", str(manifest), "--json", env={**api_env(sim), "ANTHROPIC_API_KEY": key})
+    assert result.returncode == 0, result.stderr
+    assert key not in result.stdout + result.stderr
+    written = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert any(p.name == "ledger.db" for p in written)
+    assert any(p.name == "review.md" for p in written)
+    for path in written:
+        assert key.encode() not in path.read_bytes(), path
