@@ -41,7 +41,8 @@ __all__ = [
 
 AGENTS = ("code_review", "architecture", "security", "multi_perspective")
 MODES = ("auto", "concurrent", "single")
-LIMIT_KEYS = ("rpm", "itpm", "otpm", "max_concurrent")
+# burst_seconds: how much idle refill the limiter may spend at once (0 = strict pacing).
+LIMIT_KEYS = ("rpm", "itpm", "otpm", "max_concurrent", "burst_seconds")
 DEFAULT_MAX_OUTPUT_TOKENS = 4096
 DEFAULT_MAX_INPUT_TOKENS = 150_000
 MIN_INPUT_TOKENS = 1000
@@ -361,7 +362,10 @@ def load_manifest(path: Path) -> Manifest:
     if not isinstance(limits_raw, dict):
         raise c.fail("limits", f"a table with keys among {list(LIMIT_KEYS)}", _show(limits_raw))
     c.unknown("limits.", limits_raw, frozenset(LIMIT_KEYS))
-    limits = {k: c.integer(f"limits.{k}", v) for k, v in limits_raw.items()}
+    limits = {
+        k: c.integer(f"limits.{k}", v, minimum=0 if k == "burst_seconds" else 1)
+        for k, v in limits_raw.items()
+    }
 
     defaults = {"model": model, "agents": agents, "max_input_tokens": max_in}
     entries: list[_Entry] = []

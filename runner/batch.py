@@ -101,11 +101,13 @@ class State:
     runs: Runs
 
 
-def open_state(state_dir: Path, limits: Limits | None, runs: Runs | None = None) -> State:
+def open_state(
+    state_dir: Path, limits: Limits | None, runs: Runs | None = None, *, burst: float = 0.0
+) -> State:
     """The three databases of a state directory."""
     return State(
         state_dir=state_dir,
-        limiter=Limiter(state_dir, limits),
+        limiter=Limiter(state_dir, limits, burst=burst),
         ledger=Ledger(state_dir / "ledger.db", price_override=state_dir / "prices.json"),
         runs=runs or Runs(state_dir / "runs.db"),
     )
@@ -117,7 +119,14 @@ def limits_for(manifest: Manifest, overrides: Mapping[str, int]) -> Limits:
     Unset ones come from the API's headers, else the limiter's defaults.
     """
     merged = {**manifest.limits, **{k: v for k, v in overrides.items() if v is not None}}
+    merged.pop("burst_seconds", None)
     return Limits(**merged)
+
+
+def burst_for(manifest: Manifest, overrides: Mapping[str, int]) -> float:
+    """Seconds of idle refill the limiter may spend at once (0: strict pacing, the default)."""
+    chosen = overrides.get("burst_seconds")
+    return float(manifest.limits.get("burst_seconds", 0) if chosen is None else chosen)
 
 
 def _new_run_id() -> str:
@@ -207,7 +216,8 @@ def run(
         run_id, requested = _new_run_id(), options.mode or manifest.mode
         out_root = options.out or manifest.out
     _check_out_dir(out_root)
-    state = open_state(state_dir, limits_for(manifest, options.limits), runs)
+    burst = burst_for(manifest, options.limits)
+    state = open_state(state_dir, limits_for(manifest, options.limits), runs, burst=burst)
     concurrency = options.workers or int(
         state.limiter.status()["limits"]["max_concurrent"]["value"]
     )
@@ -345,6 +355,7 @@ def _execute(
     config = WorkerConfig(
         state_dir=state.state_dir,
         limits=None,  # the main process stored the configuration; workers share it
+        burst=burst_for(manifest, options.limits),
         base_url=options.base_url,
         api_key=options.api_key,
         max_attempts=options.max_attempts,

@@ -41,6 +41,7 @@ class WorkerConfig:
     state_dir: Path
     limits: Limits | None
     base_url: str | None
+    burst: float = 0.0
     api_key: str | None = None  # only ever the simulator's dummy key
     max_attempts: int = 5
     backoff_base: float = 0.5
@@ -110,7 +111,7 @@ def init_worker(config: WorkerConfig) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _CTX = _Context(
         config=config,
-        limiter=Limiter(config.state_dir, config.limits),
+        limiter=Limiter(config.state_dir, config.limits, burst=config.burst),
         ledger=Ledger(
             config.state_dir / "ledger.db", price_override=config.state_dir / "prices.json"
         ),

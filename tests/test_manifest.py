@@ -264,11 +264,15 @@ BAD = [
     ),
     (
         "model = 'm'\nrepos = ['code/alpha']\n[limits]\nrpn = 5\n",
-        "key 'limits.rpn': expected one of the known keys ['itpm', 'max_concurrent', 'otpm', 'rpm'], got an unknown key",
+        "key 'limits.rpn': expected one of the known keys ['burst_seconds', 'itpm', 'max_concurrent', 'otpm', 'rpm'], got an unknown key",
     ),
     (
         "model = 'm'\nrepos = ['code/alpha']\n[limits]\nrpm = -1\n",
         "key 'limits.rpm': expected an integer >= 1, got -1 (integer)",
+    ),
+    (
+        "model = 'm'\nrepos = ['code/alpha']\n[limits]\nburst_seconds = -5\n",
+        "key 'limits.burst_seconds': expected an integer >= 0, got -5 (integer)",
     ),
     (
         "model = 'm'\nrepos = ['code/alpha']\nprompts = 'nope'\n",

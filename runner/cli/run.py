@@ -33,6 +33,11 @@ SIMULATOR_KEY = "simulated-key"  # the embedded simulator accepts any key; this 
 
 
 def _limit_options(func: Any) -> Any:
+    func = click.option(
+        "--burst-seconds",
+        type=click.IntRange(min=0),
+        help="Seconds of idle refill the limiter may spend at once (default 0: strict pacing).",
+    )(func)
     for name in ("max-concurrent", "otpm", "itpm", "rpm"):
         func = click.option(
             f"--{name}",
@@ -138,6 +143,7 @@ def run(
     itpm: int | None,
     otpm: int | None,
     max_concurrent: int | None,
+    burst_seconds: int | None,
     as_json: bool,
 ) -> None:
     """Review every repository of MANIFEST within the rate limits and the budget.
@@ -152,7 +158,13 @@ def run(
         raise click.UsageError("give a MANIFEST, or --resume RUN_ID|last (not both)")
     from jobs.manifest import load_manifest
 
-    limits = {"rpm": rpm, "itpm": itpm, "otpm": otpm, "max_concurrent": max_concurrent}
+    limits = {
+        "rpm": rpm,
+        "itpm": itpm,
+        "otpm": otpm,
+        "max_concurrent": max_concurrent,
+        "burst_seconds": burst_seconds,
+    }
     sim_limits = dict(load_manifest(manifest).limits) if manifest else {}
     sim_limits.update({k: v for k, v in limits.items() if v})
     renderer = _Renderer()
@@ -165,7 +177,7 @@ def run(
             dry_run=dry_run,
             base_url=base_url,
             api_key=api_key,
-            limits={k: v for k, v in limits.items() if v},
+            limits={k: v for k, v in limits.items() if v is not None},
             max_attempts=max_attempts,
         )
         try:
