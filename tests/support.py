@@ -98,3 +98,14 @@ def billed_micros(sim: Simulator, *, dropped: bool | None = None) -> int:
         for r in messages(sim)
         if r.get("billed") and (dropped is None or bool(r.get("dropped")) == dropped)
     )
+
+
+def spawn(*args: str, sim: Simulator, **popen: Any) -> subprocess.Popen[str]:
+    """`python -m runner ARGS` in the background, against `sim`, in its own process group."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "runner", *args],
+        env={**os.environ, **api_env(sim)},
+        text=True,
+        start_new_session=True,
+        **popen,
+    )

@@ -7,12 +7,20 @@ import os
 import signal
 import sqlite3
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
-from support import api_env, billed_micros, cli, ledger_of, make_repos, messages, write_manifest
+from support import (
+    api_env,
+    billed_micros,
+    cli,
+    ledger_of,
+    make_repos,
+    messages,
+    spawn,
+    write_manifest,
+)
 
 from runner.runs import Runs
 from runner.simulator import SimConfig, Simulator
@@ -111,12 +119,14 @@ def test_faults_every_job_completes_and_ledger_matches_billing(
 def test_sigkill_then_resume_sends_no_done_job_again(tmp_path: Path, isolated_state: Path) -> None:
     manifest = write_manifest(tmp_path / "m.toml", make_repos(tmp_path / "repos", 6))
     with Simulator(SimConfig(latency=0.3, seed=5)) as sim:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "runner", "run", str(manifest), "--mode", "concurrent"],
-            env={**os.environ, **api_env(sim)},
+        proc = spawn(
+            "run",
+            str(manifest),
+            "--mode",
+            "concurrent",
+            sim=sim,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
-            start_new_session=True,
         )
         runs = Runs(isolated_state / "runs.db")
         deadline = time.monotonic() + 120
@@ -164,28 +174,22 @@ def test_two_runs_at_once_share_the_limiter(tmp_path: Path) -> None:
     second = write_manifest(tmp_path / "b.toml", make_repos(tmp_path / "b", 4), limits=limits)
     with Simulator(SimConfig(latency=0.2, seed=9)) as sim:
         procs = [
-            subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "runner",
-                    "run",
-                    str(m),
-                    "--mode",
-                    "concurrent",
-                    "--workers",
-                    "3",
-                ],
-                env={**os.environ, **api_env(sim)},
+            spawn(
+                "run",
+                str(m),
+                "--mode",
+                "concurrent",
+                "--workers",
+                "3",
+                sim=sim,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
-                text=True,
             )
             for m in (first, second)
         ]
-        codes = [p.wait(240) for p in procs]
+        errors = [p.communicate(timeout=240)[1] for p in procs]
         stats = sim.stats()
-    assert codes == [0, 0], [p.stderr.read() for p in procs if p.stderr]
+    assert [p.returncode for p in procs] == [0, 0], errors
     assert stats["ok"] >= 32
     assert stats["max_in_flight"] <= 3
 

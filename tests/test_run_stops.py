@@ -7,11 +7,10 @@ import os
 import signal
 import sqlite3
 import subprocess
-import sys
 import time
 from pathlib import Path
 
-from support import api_env, cli, make_repos, messages, write_manifest
+from support import api_env, cli, make_repos, messages, spawn, write_manifest
 
 from runner.limiter import Limiter
 from runner.runs import Runs
@@ -78,13 +77,14 @@ def test_ctrl_c_waits_for_requests_in_flight_and_exits_130(
 ) -> None:
     manifest = write_manifest(tmp_path / "m.toml", make_repos(tmp_path / "repos", 8))
     with Simulator(SimConfig(latency=0.6, seed=8)) as sim:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "runner", "run", str(manifest), "--mode", "single"],
-            env={**os.environ, **api_env(sim)},
+        proc = spawn(
+            "run",
+            str(manifest),
+            "--mode",
+            "single",
+            sim=sim,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
-            text=True,
-            start_new_session=True,
         )
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline and not any(r.get("start") for r in messages(sim)):

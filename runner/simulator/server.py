@@ -336,15 +336,19 @@ class Simulator:
         micros = cost_micros(price, usage, batch=batch)
         record.update(usage=usage, cost_micros=micros, billed=True)
         with self._lock:
-            st = self._stats
-            for key in (
-                "input_tokens",
-                "output_tokens",
-                "cache_creation_input_tokens",
-                "cache_read_input_tokens",
-            ):
-                st[key] += int(usage.get(key) or 0)
-            st["billed_micros"] += micros
+            self._count_billed(usage, micros)
+
+    def _count_billed(self, usage: dict[str, Any], micros: int) -> None:
+        """Add billed usage to the counters; the caller holds the lock."""
+        st = self._stats
+        for key in (
+            "input_tokens",
+            "output_tokens",
+            "cache_creation_input_tokens",
+            "cache_read_input_tokens",
+        ):
+            st[key] += int(usage.get(key) or 0)
+        st["billed_micros"] += micros
 
     def release(self) -> None:
         """A served /v1/messages request is no longer in flight."""
@@ -449,15 +453,7 @@ class Simulator:
             end=now,
             batch=True,
         )
-        st = self._stats
-        for key in (
-            "input_tokens",
-            "output_tokens",
-            "cache_creation_input_tokens",
-            "cache_read_input_tokens",
-        ):
-            st[key] += int(message["usage"].get(key) or 0)
-        st["billed_micros"] += micros
+        self._count_billed(message["usage"], micros)
         self._write_record(record)
         return {"type": "succeeded", "message": message}
 
