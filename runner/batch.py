@@ -204,7 +204,7 @@ def run(
     on_message: Callable[[str], None] = lambda _: None,
 ) -> RunResult:
     """Plan, admit and run a manifest (or resume a recorded run). See the module docstring."""
-    runs = Runs(state_dir / "runs.db")
+    runs = Runs(state_dir / "runs.db").open()
     previous = runs.run(options.resume) if options.resume else None
     if previous is not None:
         manifest = load_manifest(Path(previous.manifest))

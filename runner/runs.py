@@ -92,6 +92,11 @@ class Runs:
         self._db: sqlite_utils.Database | None = None
         self._pid = 0
 
+    def open(self) -> Runs:
+        """Open (and migrate) the database now, so that a broken one fails before any work."""
+        _ = self.db
+        return self
+
     @property
     def db(self) -> sqlite_utils.Database:
         # A connection must not cross a fork: reopen in each process.

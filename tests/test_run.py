@@ -292,3 +292,22 @@ def test_the_api_key_never_reaches_a_file_or_the_output(
     assert any(p.name == "review.md" for p in written)
     for path in written:
         assert key.encode() not in path.read_bytes(), path
+
+
+@pytest.mark.parametrize("command", [["run", "--resume", "last"], ["run", "MANIFEST"]])
+def test_a_corrupt_runs_db_is_reported_and_left_as_it_is(
+    tmp_path: Path, isolated_state: Path, command: list[str]
+) -> None:
+    manifest = write_manifest(tmp_path / "m.toml", make_repos(tmp_path / "repos", 1))
+    isolated_state.mkdir(parents=True, exist_ok=True)
+    garbage = b"this is not a database" * 100
+    (isolated_state / "runs.db").write_bytes(garbage)
+    args = [str(manifest) if a == "MANIFEST" else a for a in command]
+    result = cli(*args, "--simulate")
+    assert result.returncode == 2, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("Error: ")]
+    assert errors == [
+        f"Error: {isolated_state / 'runs.db'}: cannot use the runs database (file is not a database)"
+    ]
+    assert "packed" not in result.stderr  # it failed before doing any work
+    assert (isolated_state / "runs.db").read_bytes() == garbage
