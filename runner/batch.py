@@ -386,6 +386,7 @@ def _execute(
         on_progress(_progress(counts, total, in_flight, message=message))
 
     out_dir.mkdir(parents=True, exist_ok=True)
+    on_progress(_progress(counts, total, 0))  # the starting line: what is left to do
     try:
         pool = run_pool(
             specs, config, workers=concurrency, on_outcome=on_outcome, on_stopping=on_stopping

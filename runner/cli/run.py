@@ -88,19 +88,16 @@ class _Renderer:
     def progress(self, p: Progress) -> None:
         if p.message:
             self.message(p.message)
-        if p.outcome is None or p.outcome.agent == WARM:
-            return
+        finished = p.done + p.failed + p.deferred
         if sys.stderr.isatty():
             if self.bar is None:
-                finished = p.done + p.failed + p.deferred
-                self.bar = tqdm(total=p.total, unit="job", file=sys.stderr, initial=finished - 1)
-            self.bar.update(1)
+                self.bar = tqdm(total=p.total, unit="job", file=sys.stderr, initial=finished)
+            self.bar.n = finished
             self.bar.set_postfix(
                 cost=f"${usd(p.cost_micros):.2f}", r429=p.rate_limited, in_flight=p.in_flight
             )
-        else:
+        elif p.outcome is not None and p.outcome.agent != WARM:
             o = p.outcome
-            finished = p.done + p.failed + p.deferred
             detail = f"${usd(o.cost_micros):.4f}" if o.status == "done" else (o.error or "")
             click.echo(f"[{finished}/{p.total}] {o.job_id} {o.status} {detail}", err=True)
 
