@@ -87,7 +87,7 @@ def resolve_repo(spec: RepoSpec, cache_dir: Path) -> Path:
         return spec.path
     cache_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     dest = cache_dir / cache_name(spec)
-    with FileLock(str(dest) + ".lock", timeout=GIT_TIMEOUT_S):
+    with FileLock(str(dest) + ".lock", timeout=GIT_TIMEOUT_S, mode=0o600):
         if (dest / ".git").is_dir():
             _git(dest, "remote", "set-url", "origin", spec.url)
             _fetch_checkout(dest, spec)

@@ -112,7 +112,7 @@ class Runs:
             db = sqlite_utils.Database(conn)
             # Two processes opening a new database at once would race to switch it to WAL
             # and to migrate it; the lock makes the second wait and find it done.
-            with FileLock(self.path.with_suffix(".lock"), timeout=60):
+            with FileLock(self.path.with_suffix(".lock"), timeout=60, mode=0o600):
                 db.execute("PRAGMA busy_timeout=30000")
                 db.execute("PRAGMA journal_mode=WAL")
                 known = {m.name for m in MIGRATIONS._migrations}

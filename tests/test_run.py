@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import sqlite3
+import stat
 import subprocess
 import time
 from pathlib import Path
@@ -260,7 +261,18 @@ def test_embedded_simulator_is_used_and_announced_without_a_key(tmp_path: Path) 
     assert result.returncode == 0, result.stderr
     assert "built-in simulator" in result.stderr
     summary = json.loads(next((tmp_path / "reports").glob("*/summary.json")).read_text())
-    assert summary
+    assert summary["repos"]
+
+
+def test_state_is_private_to_its_owner(tmp_path: Path, isolated_state: Path) -> None:
+    manifest = write_manifest(tmp_path / "m.toml", make_repos(tmp_path / "repos", 1))
+    assert cli("run", str(manifest), "--mode", "single", "--simulate").returncode == 0
+    assert stat.S_IMODE(isolated_state.stat().st_mode) == 0o700
+    files = [p for p in isolated_state.iterdir() if p.is_file()]
+    assert {p.name for p in files} >= {"ledger.db", "limiter.db", "runs.db", "limiter.lock"}
+    assert {p.name: oct(stat.S_IMODE(p.stat().st_mode)) for p in files} == {
+        p.name: oct(0o600) for p in files
+    }
 
 
 def test_a_pack_larger_than_the_itpm_limit_exits_2_before_sending(tmp_path: Path) -> None:
