@@ -199,15 +199,18 @@ class Store:
             )
         try:
             self.conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-            # Only reached for readable, known-version files: nothing above modified the file.
-            self.db.enable_wal()
-            # A process crash loses nothing in WAL with NORMAL; only a power cut can drop the last commits.
-            self.conn.execute("PRAGMA synchronous = NORMAL")
-            if _KNOWN - applied:
+            journal = self.conn.execute("PRAGMA journal_mode").fetchone()[0]
+            if journal != "wal" or _KNOWN - applied:
+                # Only reached for readable, known-version files: nothing above modified the file.
+                # Switching to WAL fails at once ("database is locked", no busy wait) when another
+                # process does it too: under the lock the second one waits and finds it done.
                 with filelock.FileLock(
                     str(self.lock_path), timeout=BUSY_TIMEOUT_MS / 1000, mode=0o600
                 ):
+                    self.db.enable_wal()
                     MIGRATIONS.apply(self.db)
+            # A process crash loses nothing in WAL with NORMAL; only a power cut can drop the last commits.
+            self.conn.execute("PRAGMA synchronous = NORMAL")
         except filelock.Timeout as exc:
             raise LedgerStoreError(f"{self.lock_path}: locked by another process") from exc
         except sqlite3.DatabaseError as exc:
