@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +25,7 @@ __all__ = [
     "Plan",
     "PlannedJob",
     "RepoWork",
+    "count_prefixes",
     "latency_prior",
     "make_plan",
     "pack_all",
@@ -107,22 +108,27 @@ def pack_all(
     on_packed: Callable[[RepoWork], None] | None = None,
 ) -> tuple[RepoWork, ...]:
     """Resolve (clone) and pack every repo, in parallel processes when there are several."""
-    if len(repos) <= 1:
-        works = [_pack_one(spec, cache_dir) for spec in repos]
-        for work in works:
+
+    def collect(results: Iterable[RepoWork]) -> tuple[RepoWork, ...]:
+        works = []
+        for work in results:
+            works.append(work)
             if on_packed:
                 on_packed(work)
         return tuple(works)
+
+    if len(repos) <= 1:  # not worth starting a process pool
+        return collect(_pack_one(spec, cache_dir) for spec in repos)
     workers = min(len(repos), os.cpu_count() or 1)
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(workers, mp_context=context) as pool:
-        futures = [pool.submit(_pack_one, spec, cache_dir) for spec in repos]
-        works = []
-        for future in futures:
-            works.append(future.result())
-            if on_packed:
-                on_packed(works[-1])
-    return tuple(works)
+        return collect(pool.map(_pack_one, repos, [cache_dir] * len(repos)))
+
+
+def count_prefixes(works: Sequence[RepoWork], counter: Callable[[RepoWork], int]) -> dict[str, int]:
+    """Each repo's prefix (system + pack) as the API counts it, a few round trips at a time."""
+    with ThreadPoolExecutor(4) as pool:
+        return dict(zip((w.spec.slug for w in works), pool.map(counter, works), strict=True))
 
 
 def _estimate(
@@ -139,21 +145,16 @@ def planned_jobs(
     works: Sequence[RepoWork],
     prompts: Mapping[str, str],
     mode: str,
-    counter: Callable[[RepoWork], int] | None = None,
+    prefixes: Mapping[str, int] | None = None,
 ) -> tuple[PlannedJob, ...]:
-    """Every request `mode` would send, the prefix counted by `counter(work)` when given.
+    """Every request `mode` would send; `prefixes` are the API's counts by slug, if known.
 
     Concurrent mode warms the cache first when the prefix is long enough to cache: one
     max_tokens=0 request writes the prefix, then the agents read it (parallel requests
     sent before a cache entry exists would each pay to write it).
     """
-    prefixes: dict[str, int] = {}
-    if counter is not None:
-        # count_tokens is a round trip each: a few at a time.
-        with ThreadPoolExecutor(4) as pool:
-            prefixes = dict(
-                zip((w.spec.slug for w in works), pool.map(counter, works), strict=True)
-            )
+    counted = prefixes is not None
+    prefixes = prefixes or {}
     jobs: list[PlannedJob] = []
     max_output = manifest.max_output_tokens
     for work in works:
@@ -164,11 +165,7 @@ def planned_jobs(
             prefix = prefixes.get(slug, local_prefix)
             warm = mode == "concurrent" and prefix >= MIN_CACHEABLE_TOKENS
             if warm and agent == agents[0]:
-                jobs.append(
-                    PlannedJob(
-                        slug, WARM, model, prefix, 0, counter is not None, cache_write=prefix
-                    )
-                )
+                jobs.append(PlannedJob(slug, WARM, model, prefix, 0, counted, cache_write=prefix))
             jobs.append(
                 PlannedJob(
                     slug,
@@ -176,7 +173,7 @@ def planned_jobs(
                     model,
                     prefix + instructions,
                     max_output,
-                    counter is not None,
+                    counted,
                     cache_read=prefix if warm else 0,
                     after=WARM if warm else None,
                 )
@@ -230,11 +227,12 @@ def make_plan(
     prompts = load_prompts(manifest.prompts)
     if works is None:
         works = pack_all(manifest.repos, cache_dir, on_packed=on_packed)
+    prefixes = count_prefixes(works, counter) if counter is not None else None
     jobs: dict[str, tuple[PlannedJob, ...]] = {}
     projections: dict[str, Projection] = {}
     times: dict[str, float] = {}
     for mode in MODES:
-        jobs[mode] = planned_jobs(manifest, works, prompts, mode, counter)
+        jobs[mode] = planned_jobs(manifest, works, prompts, mode, prefixes)
         estimates = [
             JobEstimate(
                 j.agent,
