@@ -172,11 +172,14 @@ class Limiter:
                     "UPDATE limits SET config_value = ?, config_at = ? WHERE name = ?",
                     (getattr(limits, name), stamp, name),
                 )
+        # A new bucket behaves as one left idle for a minute: the first request goes at once
+        # (its need is refilled), and strict pacing holds from there on.
+        idle_since = iso(now - 60.0)
         for bucket in BUCKETS:
             conn.execute(
                 "INSERT OR IGNORE INTO buckets (name, capacity, level, updated_at)"
                 " VALUES (?, 1, 0, ?)",
-                (bucket, stamp),
+                (bucket, idle_since),
             )
         conn.execute("INSERT OR IGNORE INTO cooldowns (id) VALUES (1)")
         self._recompute_limits(conn, now)
