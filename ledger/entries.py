@@ -13,11 +13,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from ledger.errors import AlreadyFinal, BudgetExceeded, LedgerError, LedgerInputError
-from ledger.prices import money
+from ledger.prices import USAGE_FIELDS, money
 from ledger.projection import EMA_ALPHA
 
 __all__ = [
-    "USAGE_FIELDS",
     "Committed",
     "check_fits",
     "committed",
@@ -28,12 +27,6 @@ __all__ = [
     "transition",
 ]
 
-USAGE_FIELDS = (
-    "input_tokens",
-    "output_tokens",
-    "cache_creation_input_tokens",
-    "cache_read_input_tokens",
-)
 FINAL_STATES = ("settled", "released")
 
 

@@ -23,7 +23,14 @@ from ledger import entries as ops
 from ledger.admission import Admission, decide_for_month
 from ledger.errors import LedgerError, LedgerInputError
 from ledger.months import Clock, iso, month_of, parse_month, utc_now
-from ledger.prices import Price, cost_micros, load_prices, price_for, worst_case_micros
+from ledger.prices import (
+    USAGE_FIELDS,
+    Price,
+    cost_micros,
+    load_prices,
+    price_for,
+    worst_case_micros,
+)
 from ledger.projection import INPUT_RATIO_BOUNDS, JobEstimate, Projection, project
 from ledger.status import BudgetStatus, build_history, build_status
 from ledger.store import Store, process_alive, process_identity
@@ -441,7 +448,7 @@ class Ledger:
 
     def run_totals(self, run_id: str) -> dict[str, int]:
         """Tokens by kind, cost_micros and the count of unknown entries over the run's entries."""
-        fields = (*ops.USAGE_FIELDS, "cost_micros", "unknown")
+        fields = (*USAGE_FIELDS, "cost_micros", "unknown")
         with self._store.read() as conn:
             row = conn.execute(
                 f"SELECT {', '.join(fields)} FROM runs WHERE run_id = ?", (run_id,)

@@ -17,6 +17,7 @@ from typing import Any
 from ledger.errors import LedgerInputError, UnknownModel
 
 __all__ = [
+    "USAGE_FIELDS",
     "Price",
     "cost_micros",
     "load_prices",
@@ -27,6 +28,13 @@ __all__ = [
 ]
 
 PRICE_FIELDS = ("input", "output", "cache_write_5m", "cache_write_1h", "cache_read")
+# The token counts of an API usage object that are billed (and summed in every total).
+USAGE_FIELDS = (
+    "input_tokens",
+    "output_tokens",
+    "cache_creation_input_tokens",
+    "cache_read_input_tokens",
+)
 
 
 @dataclass(frozen=True)

@@ -18,13 +18,13 @@ from jobs.agents import COMBINED, build_prompt, load_prompts
 from jobs.manifest import Manifest, load_manifest
 from jobs.reports import write_summary
 from ledger.ledger import Admission, Ledger
-from ledger.prices import usd
+from ledger.prices import USAGE_FIELDS, usd
 from runner.client import ApiClient, CallError
 from runner.errors import RunnerInputError
 from runner.limiter import Limiter, Limits
 from runner.plan import WARM, Plan, RepoWork, make_plan, pack_all
 from runner.pool import run_pool
-from runner.reporting import USAGE_KEYS, json_totals, outcomes, write_if_complete
+from runner.reporting import finish_reports, json_totals, write_if_complete
 from runner.runs import JobRow, Runs
 from runner.worker import JobOutcome, JobSpec, WorkerConfig, request_blocks
 
@@ -83,7 +83,7 @@ class RunResult:
             "reason": self.reason,
             "stop": self.stop,
             "jobs": dict(self.jobs),
-            **{key: int(self.totals.get(key, 0)) for key in USAGE_KEYS},
+            **{key: int(self.totals.get(key, 0)) for key in USAGE_FIELDS},
             "cost_usd": usd(int(self.totals.get("cost_micros", 0))),
             "unknown_requests": int(self.totals.get("unknown", 0)),
             "out_dir": str(self.out_dir) if self.out_dir else None,
@@ -175,7 +175,7 @@ def plan_run(
             f"packed {w.spec.slug}: {len(w.pack.files)} files, ~{w.pack.token_estimate:,} tokens"
         ),
     )
-    limits = {k: v["value"] for k, v in state.limiter.status()["limits"].items()}
+    limits = state.limiter.limits_in_force()
     common: dict[str, Any] = {
         "cache_dir": state.state_dir / "repos",
         "limits": limits,
@@ -196,14 +196,14 @@ def plan_run(
 
 
 def run(
-    manifest_path: Path | None,
+    manifest: Manifest | None,
     options: RunOptions,
     state_dir: Path,
     *,
     on_progress: Callable[[Progress], None] = lambda _: None,
     on_message: Callable[[str], None] = lambda _: None,
 ) -> RunResult:
-    """Plan, admit and run a manifest (or resume a recorded run). See the module docstring."""
+    """Plan, admit and run `manifest` (None: resume the recorded run `options.resume`)."""
     runs = Runs(state_dir / "runs.db").open()
     previous = runs.run(options.resume) if options.resume else None
     if previous is not None:
@@ -211,20 +211,19 @@ def run(
         run_id, requested = previous.id, previous.mode or previous.requested_mode
         out_root = Path(previous.out_dir)
     else:
-        assert manifest_path is not None
-        manifest = load_manifest(manifest_path)
+        assert manifest is not None
         run_id, requested = _new_run_id(), options.mode or manifest.mode
         out_root = options.out or manifest.out
     _check_out_dir(out_root)
     burst = burst_for(manifest, options.limits)
     state = open_state(state_dir, limits_for(manifest, options.limits), runs, burst=burst)
-    concurrency = options.workers or int(
-        state.limiter.status()["limits"]["max_concurrent"]["value"]
-    )
+    concurrency = options.workers or state.limiter.limits_in_force()["max_concurrent"]
 
-    done_rows = {j.id: j for j in runs.jobs(run_id) if j.status == "done"} if previous else {}
+    done_rows: dict[str, JobRow] = {}
     if previous is not None:
-        manifest = _remaining(manifest, runs.jobs(run_id))
+        recorded = runs.jobs(run_id)
+        done_rows = {j.id: j for j in recorded if j.status == "done"}
+        manifest = _remaining(manifest, recorded)
     client = (
         None
         if options.dry_run or not options.count_tokens
@@ -244,7 +243,8 @@ def run(
     if admission.mode == "refused" or options.dry_run:
         state.ledger.end_run(run_id)
         status = "refused" if admission.mode == "refused" else "planned"
-        return _result(run_id, admission, status, None, {}, state, None, plan)
+        totals = state.ledger.run_totals(run_id)
+        return _result(run_id, admission, status, None, {}, totals, None, plan)
     try:
         return _execute(
             run_id,
@@ -397,11 +397,10 @@ def _execute(
     if pool.stop in ("budget", "spend_cap"):
         for spec in pool.unsent:
             runs.finish_job(spec.job_id, "deferred", error=f"not sent: {pool.stop}")
-    rows = [row for row in runs.jobs(run_id) if row.agent != WARM]
-    for slug in {row.slug for row in rows}:
-        write_if_complete(run_id, slug, mode, out_dir, runs, final=True)
+    rows = runs.jobs(run_id)
+    repo_outcomes = finish_reports(run_id, mode, out_dir, runs, rows)
     tally = {
-        key: sum(1 for r in rows if r.status == key)
+        key: sum(1 for r in rows if r.status == key and r.agent != WARM)
         for key in ("done", "failed", "deferred", "pending")
     }
     if pool.stop == "interrupted":
@@ -415,9 +414,9 @@ def _execute(
     else:
         status = "done"
     totals = state.ledger.run_totals(run_id)
-    write_summary(out_dir, run_id, outcomes(run_id, mode, runs), totals=json_totals(totals))
+    write_summary(out_dir, run_id, repo_outcomes, totals=json_totals(totals))
     runs.update_run(run_id, status=status)
-    return _result(run_id, admission, status, pool.stop, tally, state, out_dir, plan)
+    return _result(run_id, admission, status, pool.stop, tally, totals, out_dir, plan)
 
 
 def _progress(counts: Mapping[str, int], total: int, in_flight: int, **extra: Any) -> Progress:
@@ -439,7 +438,7 @@ def _result(
     status: str,
     stop: str | None,
     tally: Mapping[str, int],
-    state: State,
+    totals: Mapping[str, int],
     out_dir: Path | None,
     plan: Plan,
 ) -> RunResult:
@@ -450,7 +449,7 @@ def _result(
         status=status,
         stop=stop,
         jobs={key: int(tally.get(key, 0)) for key in ("done", "failed", "deferred", "pending")},
-        totals=state.ledger.run_totals(run_id),
+        totals=totals,
         out_dir=out_dir,
         plan=plan,
     )

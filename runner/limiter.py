@@ -498,6 +498,14 @@ class Limiter:
         with self._store.read() as (conn, now):
             return compute_health(conn, now, self._buckets(conn, now, None))
 
+    def limits_in_force(self) -> dict[str, int]:
+        """Each limit's value now (rpm, itpm, otpm, max_concurrent), whatever its source."""
+        with self._store.read() as (conn, _):
+            return {
+                name: int(value)
+                for name, value in conn.execute("SELECT name, effective FROM limits")
+            }
+
     def status(self) -> dict[str, Any]:
         """The `limits status --json` document (see runner/limiter_health.status_document)."""
         with self._store.read() as (conn, now):

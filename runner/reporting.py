@@ -12,25 +12,18 @@ from typing import Any
 
 from jobs.findings import AgentResult
 from jobs.reports import RepoOutcome, write_repo_report
-from ledger.prices import usd
+from ledger.prices import USAGE_FIELDS, usd
 from runner.plan import WARM
 from runner.runs import JobRow, Runs
 
-__all__ = ["USAGE_KEYS", "json_totals", "outcomes", "repo_outcome", "write_if_complete"]
-
-USAGE_KEYS = (
-    "input_tokens",
-    "output_tokens",
-    "cache_creation_input_tokens",
-    "cache_read_input_tokens",
-)
+__all__ = ["finish_reports", "json_totals", "repo_outcome", "write_if_complete"]
 
 
 def repo_outcome(repo: Mapping[str, Any], mode: str, rows: Sequence[JobRow]) -> RepoOutcome:
     """A repo's outcome from its job rows; the warm-up's tokens and cost count, its status not."""
     statuses = {row.status for row in rows if row.agent != WARM}
     status = "done" if statuses == {"done"} else "failed" if "failed" in statuses else "deferred"
-    usage = {key: sum(int((row.usage or {}).get(key) or 0) for row in rows) for key in USAGE_KEYS}
+    usage = {key: sum(int((row.usage or {}).get(key) or 0) for row in rows) for key in USAGE_FIELDS}
     errors = [
         f"{row.agent}: {row.error}"
         for row in rows
@@ -49,28 +42,38 @@ def repo_outcome(repo: Mapping[str, Any], mode: str, rows: Sequence[JobRow]) -> 
     )
 
 
-def outcomes(run_id: str, mode: str, runs: Runs) -> list[RepoOutcome]:
-    rows = runs.jobs(run_id)
-    return [
-        repo_outcome(repo, mode, [r for r in rows if r.slug == repo["slug"]])
-        for repo in runs.repos(run_id)
-    ]
+def _complete(rows: Sequence[JobRow]) -> bool:
+    return bool(rows) and all(r.status in ("done", "failed") for r in rows if r.agent != WARM)
 
 
-def write_if_complete(
-    run_id: str, slug: str, mode: str, out_dir: Path, runs: Runs, *, final: bool = False
-) -> None:
-    rows = [r for r in runs.jobs(run_id) if r.slug == slug]
-    complete = all(r.status in ("done", "failed") for r in rows if r.agent != WARM)
-    if not rows or not (complete or (final and any(r.result for r in rows))):
-        return
-    repo = next(r for r in runs.repos(run_id) if r["slug"] == slug)
-    write_repo_report(out_dir, repo_outcome(repo, mode, rows))
+def write_if_complete(run_id: str, slug: str, mode: str, out_dir: Path, runs: Runs) -> None:
+    """Write a repo's report once all its agents are done or failed."""
+    rows = runs.jobs(run_id, slug=slug)
+    if _complete(rows):
+        write_repo_report(out_dir, repo_outcome(runs.repos(run_id, slug=slug)[0], mode, rows))
+
+
+def finish_reports(
+    run_id: str, mode: str, out_dir: Path, runs: Runs, rows: Sequence[JobRow]
+) -> list[RepoOutcome]:
+    """Every repo's outcome at the end of a run, from the run's job `rows`.
+
+    Complete repos were reported as they completed; a repo stopped part-way gets a report
+    of what it has, if anything, so that no reply goes unreported.
+    """
+    result = []
+    for repo in runs.repos(run_id):
+        mine = [r for r in rows if r.slug == repo["slug"]]
+        outcome = repo_outcome(repo, mode, mine)
+        if not _complete(mine) and any(r.result for r in mine):
+            write_repo_report(out_dir, outcome)
+        result.append(outcome)
+    return result
 
 
 def json_totals(totals: Mapping[str, Any]) -> dict[str, Any]:
     return {
-        **{key: int(totals.get(key, 0)) for key in USAGE_KEYS},
+        **{key: int(totals.get(key, 0)) for key in USAGE_FIELDS},
         "cost_usd": usd(int(totals.get("cost_micros", 0))),
         "unknown_requests": int(totals.get("unknown", 0)),
     }

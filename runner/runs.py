@@ -52,6 +52,13 @@ def m001_initial(db: sqlite_utils.Database) -> None:
     db.execute("CREATE INDEX runs_by_created ON runs(created_at)")
 
 
+@MIGRATIONS()
+def m002_repo_indexes(db: sqlite_utils.Database) -> None:
+    # Reports read one repo's jobs at a time, as each repo completes.
+    db.execute("CREATE INDEX jobs_by_repo ON jobs(run_id, slug)")
+    db.execute("CREATE INDEX repos_by_run ON repos(run_id)")
+
+
 def utc_now() -> str:
     """The current time as ISO-8601 UTC text, the form every *_at column holds."""
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
@@ -110,18 +117,20 @@ class Runs:
             private_file(self.path)
             conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
             db = sqlite_utils.Database(conn)
+            db.execute("PRAGMA busy_timeout=30000")
+            # Checked before anything is written: a newer database is left exactly as it is.
+            known = {m.name for m in MIGRATIONS._migrations}
+            unknown = [m.name for m in MIGRATIONS.applied(db) if m.name not in known]
+            if unknown:
+                conn.close()
+                raise StateError(
+                    f"{self.path}: written by a newer review-runner (schema {unknown[-1]}); "
+                    "upgrade review-runner to read it"
+                )
             # Two processes opening a new database at once would race to switch it to WAL
             # and to migrate it; the lock makes the second wait and find it done.
             with FileLock(self.path.with_suffix(".lock"), timeout=60, mode=0o600):
-                db.execute("PRAGMA busy_timeout=30000")
                 db.execute("PRAGMA journal_mode=WAL")
-                known = {m.name for m in MIGRATIONS._migrations}
-                unknown = [m.name for m in MIGRATIONS.applied(db) if m.name not in known]
-                if unknown:
-                    raise StateError(
-                        f"{self.path}: written by a newer review-runner (schema {unknown[-1]}); "
-                        "upgrade review-runner to read it"
-                    )
                 MIGRATIONS.apply(db)
         except Timeout as exc:
             raise StateError(f"{self.path}: another process holds its lock ({exc})") from exc
@@ -253,14 +262,20 @@ class Runs:
         row = rows[0]
         return RunRow(**{k: row[k] for k in RunRow.__dataclass_fields__})
 
-    def repos(self, run_id: str) -> list[dict[str, Any]]:
-        """The repos of a run, with their pack summaries."""
-        rows = self.db.query("SELECT * FROM repos WHERE run_id = ? ORDER BY rowid", [run_id])
+    def repos(self, run_id: str, *, slug: str | None = None) -> list[dict[str, Any]]:
+        """The repos of a run (or its one repo `slug`), with their pack summaries."""
+        sql, params = "SELECT * FROM repos WHERE run_id = ?", [run_id]
+        if slug is not None:
+            sql, params = sql + " AND slug = ?", [run_id, slug]
+        rows = self.db.query(sql + " ORDER BY rowid", params)
         return [{**row, "pack": json.loads(row["pack"])} for row in rows]
 
-    def jobs(self, run_id: str) -> list[JobRow]:
-        """Every job of a run, in the order they were planned."""
-        rows = self.db.query("SELECT * FROM jobs WHERE run_id = ? ORDER BY rowid", [run_id])
+    def jobs(self, run_id: str, *, slug: str | None = None) -> list[JobRow]:
+        """Every job of a run (or of its repo `slug`), in the order they were planned."""
+        sql, params = "SELECT * FROM jobs WHERE run_id = ?", [run_id]
+        if slug is not None:
+            sql, params = sql + " AND slug = ?", [run_id, slug]
+        rows = self.db.query(sql + " ORDER BY rowid", params)
         return [
             JobRow(
                 id=row["id"],

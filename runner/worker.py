@@ -144,11 +144,8 @@ def run_job(spec: JobSpec) -> JobOutcome:
     ctx = _CTX
     attempts = rate_limited = 0
     shrunk = False
+    blocks, system = _request(spec)
     while True:
-        # A warm-up sends only the prefix (system + pack), the same for every agent; its
-        # instructions are never sent, so any agent and output cap will do to build it.
-        agent, cap = (COMBINED, 1) if spec.warm else (spec.agent, spec.max_output)
-        prompt = build_prompt(spec.pack, agent, spec.prompts, max_output_tokens=cap)
         try:
             lease = ctx.limiter.acquire(
                 spec.rate_tokens, spec.output_estimate, timeout=ctx.config.acquire_timeout
@@ -176,12 +173,8 @@ def run_job(spec: JobSpec) -> JobOutcome:
         try:
             reply = ctx.client.create(
                 model=spec.model,
-                system=prompt.system,
-                blocks=request_blocks(
-                    prompt.pack,
-                    None if spec.warm else prompt.instructions,
-                    cache_ttl=spec.cache_ttl if spec.cache else None,
-                ),
+                system=system,
+                blocks=blocks,
                 max_tokens=spec.max_output,
                 extra_headers={"x-review-job": spec.job_id},
             )
@@ -205,6 +198,7 @@ def run_job(spec: JobSpec) -> JobOutcome:
             elif err.kind == "too_long" and not shrunk:
                 shrunk = True
                 spec = _shrink(spec)
+                blocks, system = _request(spec)
                 continue
             elif err.retryable and attempts < ctx.config.max_attempts:
                 time.sleep(_backoff(attempts, ctx.config))
@@ -222,6 +216,20 @@ def run_job(spec: JobSpec) -> JobOutcome:
             ctx.limiter.release(lease)
             raise
         return _account_success(ctx, spec, reply, lease, reservation, attempts, rate_limited)
+
+
+def _request(spec: JobSpec) -> tuple[list[dict[str, Any]], str]:
+    """The user content blocks and the system prompt of `spec`, built once per pack."""
+    # A warm-up sends only the prefix (system + pack), the same for every agent; its
+    # instructions are never sent, so any agent and output cap will do to build it.
+    agent, cap = (COMBINED, 1) if spec.warm else (spec.agent, spec.max_output)
+    prompt = build_prompt(spec.pack, agent, spec.prompts, max_output_tokens=cap)
+    blocks = request_blocks(
+        prompt.pack,
+        None if spec.warm else prompt.instructions,
+        cache_ttl=spec.cache_ttl if spec.cache else None,
+    )
+    return blocks, prompt.system
 
 
 def _account_failure(

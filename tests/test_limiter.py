@@ -337,3 +337,18 @@ def test_idle_refill_is_kept_only_as_burst_allows(
     assert len(leases) == granted
     with pytest.raises(RunnerInputError, match="burst must be zero or positive, got -1"):
         Limiter(tmp_path, burst=-1)
+
+
+def test_limits_in_force_are_the_values_status_shows(tmp_path: Path) -> None:
+    limiter = Limiter(tmp_path, Limits(rpm=7, max_concurrent=2))
+    shown = {name: row["value"] for name, row in limiter.status()["limits"].items()}
+    assert (
+        limiter.limits_in_force()
+        == shown
+        == {
+            "rpm": 7,
+            "itpm": 30_000,
+            "otpm": 8_000,
+            "max_concurrent": 2,
+        }
+    )

@@ -162,7 +162,8 @@ def run(
         "max_concurrent": max_concurrent,
         "burst_seconds": burst_seconds,
     }
-    sim_limits = dict(load_manifest(manifest).limits) if manifest else {}
+    loaded = load_manifest(manifest) if manifest else None
+    sim_limits = dict(loaded.limits) if loaded else {}
     sim_limits.update({k: v for k, v in limits.items() if v})
     renderer = _Renderer()
     with _api(simulate, dry_run, sim_limits) as (base_url, api_key):
@@ -179,7 +180,7 @@ def run(
         )
         try:
             result = run_batch(
-                manifest,
+                loaded,
                 options,
                 state_dir(),
                 on_progress=renderer.progress,
@@ -255,7 +256,7 @@ def plan(manifest: Path, mode: str | None, as_json: bool) -> None:
 
     loaded = load_manifest(manifest)
     state = open_state(state_dir(), limits_for(loaded, {}))
-    concurrency = int(state.limiter.status()["limits"]["max_concurrent"]["value"])
+    concurrency = state.limiter.limits_in_force()["max_concurrent"]
     the_plan = plan_run(loaded, state, client=None, concurrency=concurrency)
     requested = mode or loaded.mode
     decision = state.ledger.decide(

@@ -12,6 +12,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlsplit
 
+from ledger.prices import USAGE_FIELDS
 from runner.simulator.batches import new_id
 from runner.simulator.prompt import ApiError
 
@@ -305,15 +306,7 @@ class Handler(BaseHTTPRequestHandler):
                 tail += self._event(
                     "content_block_stop", {"type": "content_block_stop", "index": 0}
                 )
-            delta_usage = {
-                k: final_usage[k]
-                for k in (
-                    "input_tokens",
-                    "cache_creation_input_tokens",
-                    "cache_read_input_tokens",
-                    "output_tokens",
-                )
-            }
+            delta_usage = {k: final_usage[k] for k in USAGE_FIELDS}
             tail += self._event(
                 "message_delta",
                 {

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ledger.errors import UnknownModel
-from ledger.prices import Price, cost_micros, load_prices, price_for, usd
+from ledger.prices import USAGE_FIELDS, Price, cost_micros, load_prices, price_for, usd
 from runner.errors import RunnerError, RunnerInputError
 from runner.simulator.batches import BatchStore, new_id
 from runner.simulator.buckets import RateLimits
@@ -341,12 +341,7 @@ class Simulator:
     def _count_billed(self, usage: dict[str, Any], micros: int) -> None:
         """Add billed usage to the counters; the caller holds the lock."""
         st = self._stats
-        for key in (
-            "input_tokens",
-            "output_tokens",
-            "cache_creation_input_tokens",
-            "cache_read_input_tokens",
-        ):
+        for key in USAGE_FIELDS:
             st[key] += int(usage.get(key) or 0)
         st["billed_micros"] += micros
 
