@@ -33,7 +33,8 @@ from ledger.prices import (
 )
 from ledger.projection import INPUT_RATIO_BOUNDS, JobEstimate, Projection, project
 from ledger.status import BudgetStatus, build_history, build_status
-from ledger.store import Store, process_alive, process_identity
+from ledger.store import Store
+from statedb import process_alive, process_identity
 
 # Admission, JobEstimate and Projection are re-exported: the runner imports them from here.
 __all__ = ["EVENT_KINDS", "Admission", "JobEstimate", "Ledger", "Projection", "Reservation"]

@@ -8,17 +8,13 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 from ledger.errors import LedgerInputError
+from statedb.clock import iso, utc_now
 
 __all__ = ["Clock", "days_in_month", "iso", "month_of", "parse_month", "utc_now"]
 
 Clock = Callable[[], datetime]
 
 _MONTH = re.compile(r"^(\d{4})-(0[1-9]|1[0-2])$")
-
-
-def utc_now() -> datetime:
-    """The current instant, timezone-aware in UTC."""
-    return datetime.now(UTC)
 
 
 def parse_month(text: str) -> str:
@@ -33,13 +29,6 @@ def month_of(instant: datetime) -> str:
     if instant.tzinfo is not None:
         instant = instant.astimezone(UTC)
     return f"{instant.year:04d}-{instant.month:02d}"
-
-
-def iso(instant: datetime) -> str:
-    """`instant` as ISO-8601 UTC text with a Z suffix, to the microsecond."""
-    if instant.tzinfo is not None:
-        instant = instant.astimezone(UTC)
-    return instant.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def days_in_month(month: str) -> int:

@@ -2,27 +2,23 @@
 
 Every check-and-write runs in one `BEGIN IMMEDIATE` transaction: SQLite lets one writer in
 at a time across all processes, so a budget check can never be overtaken by another
-process's insert. The file lock (ledger.lock beside the db) is only taken while migrating,
-where two processes opening a fresh file at once would otherwise both create the schema.
+process's insert. Opening, WAL, the file lock and the newer-schema check are statedb's
+`SQLiteStore`, shared with limiter.db and runs.db.
 """
 
 from __future__ import annotations
 
-import os
-import socket
 import sqlite3
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from pathlib import Path
 
-import filelock
 from sqlite_utils import Database
 from sqlite_utils.migrations import Migrations
 
 from ledger.errors import LedgerStoreError
+from statedb import SQLiteStore
 
-__all__ = ["MIGRATIONS", "Store", "process_alive", "process_identity"]
+__all__ = ["MIGRATIONS", "Store"]
 
 MIGRATIONS = Migrations("ledger")
 BUSY_TIMEOUT_MS = 60_000
@@ -109,166 +105,16 @@ def m001_initial(db: Database) -> None:
         db.execute(sql)
 
 
-_KNOWN = {m.name for m in MIGRATIONS._migrations}
+class Store(SQLiteStore):
+    """ledger.db, migrated to the current schema (opened at once: a broken file fails early)."""
 
-
-def _proc_stat(pid: int) -> tuple[str, str] | None:
-    """(state, start time) of `pid` from /proc (Linux), or None where /proc cannot tell.
-
-    The start time tells a recycled pid from the original; state "Z" is a process that has
-    died but not yet been reaped by its parent.
-    """
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as fh:
-            stat = fh.read()
-    except OSError:
-        return None
-    fields = stat.rpartition(")")[2].split()
-    return (fields[0], fields[19]) if len(fields) > 19 else None
-
-
-def process_identity() -> tuple[int, str | None, str]:
-    """(pid, start time or None, host) of this process, as recorded on reservations and holds."""
-    pid = os.getpid()
-    stat = _proc_stat(pid)
-    return pid, stat[1] if stat else None, socket.gethostname()
-
-
-def process_alive(pid: int, start: str | None, host: str) -> bool:
-    """Whether the recorded process still runs. Other hosts cannot be checked: taken as alive."""
-    if host != socket.gethostname():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    stat = _proc_stat(pid)
-    if stat is None:
-        return True
-    state, started = stat
-    return state not in ("Z", "X") and (start is None or started == start)
-
-
-class Store:
-    """One connection to ledger.db, migrated to the current schema."""
+    label = "ledger database"
+    error = LedgerStoreError
 
     def __init__(self, path: Path) -> None:
-        self.path = Path(path)
-        self.lock_path = self.path.with_suffix(".lock")
-        # One transaction at a time per Store, so threads may share a Ledger.
-        self._lock = threading.RLock()
-        self._connect()
+        super().__init__(Path(path), MIGRATIONS, busy_timeout=BUSY_TIMEOUT_MS / 1000)
+        self.open()
 
-    def _connect(self) -> None:
-        self._pid = os.getpid()
-        try:
-            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            if not self.path.exists():
-                os.close(os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600))
-            conn = sqlite3.connect(
-                str(self.path),
-                timeout=BUSY_TIMEOUT_MS / 1000,
-                isolation_level=None,
-                check_same_thread=False,
-            )
-        except (OSError, sqlite3.Error) as exc:
-            raise LedgerStoreError(f"{self.path}: cannot open the ledger ({exc})") from exc
-        self.conn = conn
-        try:
-            self._prepare()
-        except BaseException:
-            conn.close()
-            raise
-
-    def _prepare(self) -> None:
-        try:
-            self.db = Database(self.conn, execute_plugins=False)
-            applied = {m.name for m in MIGRATIONS.applied(self.db)}
-        except sqlite3.DatabaseError as exc:
-            raise LedgerStoreError(
-                f"{self.path}: not a readable ledger database ({exc}); "
-                "move it aside to start a new ledger"
-            ) from exc
-        newer = sorted(applied - _KNOWN)
-        if newer:
-            raise LedgerStoreError(
-                f"{self.path}: written by a newer review-runner (schema step {newer[-1]}); "
-                "upgrade review-runner to read it"
-            )
-        try:
-            self.conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-            journal = self.conn.execute("PRAGMA journal_mode").fetchone()[0]
-            if journal != "wal" or _KNOWN - applied:
-                # Only reached for readable, known-version files: nothing above modified the file.
-                # Switching to WAL fails at once ("database is locked", no busy wait) when another
-                # process does it too: under the lock the second one waits and finds it done.
-                with filelock.FileLock(
-                    str(self.lock_path), timeout=BUSY_TIMEOUT_MS / 1000, mode=0o600
-                ):
-                    self.db.enable_wal()
-                    MIGRATIONS.apply(self.db)
-            # A process crash loses nothing in WAL with NORMAL; only a power cut can drop the last commits.
-            self.conn.execute("PRAGMA synchronous = NORMAL")
-        except filelock.Timeout as exc:
-            raise LedgerStoreError(f"{self.lock_path}: locked by another process") from exc
-        except sqlite3.DatabaseError as exc:
-            raise LedgerStoreError(f"{self.path}: cannot prepare the ledger ({exc})") from exc
-
-    def _own_connection(self) -> sqlite3.Connection:
-        # A connection inherited through fork() must not be used by the child: open its own.
-        if os.getpid() != self._pid:
-            self._connect()
-        return self.conn
-
-    @contextmanager
-    def write(self) -> Iterator[sqlite3.Connection]:
+    def write(self) -> AbstractContextManager[sqlite3.Connection]:
         """A `BEGIN IMMEDIATE` transaction: committed on success, rolled back on any error."""
-        with self._lock:
-            yield from self._write()
-
-    @contextmanager
-    def read(self) -> Iterator[sqlite3.Connection]:
-        """A read transaction: one consistent snapshot for every query inside it."""
-        with self._lock:
-            yield from self._read()
-
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        conn = self._own_connection()
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.DatabaseError as exc:
-            raise LedgerStoreError(f"{self.path}: cannot start a transaction ({exc})") from exc
-        try:
-            yield conn
-        except BaseException as exc:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            if isinstance(exc, sqlite3.DatabaseError):
-                raise LedgerStoreError(f"{self.path}: {exc}") from exc
-            raise
-        try:
-            conn.execute("COMMIT")
-        except sqlite3.DatabaseError as exc:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise LedgerStoreError(f"{self.path}: cannot commit ({exc})") from exc
-
-    def _read(self) -> Iterator[sqlite3.Connection]:
-        conn = self._own_connection()
-        try:
-            conn.execute("BEGIN")
-        except sqlite3.DatabaseError as exc:
-            raise LedgerStoreError(f"{self.path}: cannot read ({exc})") from exc
-        try:
-            yield conn
-        except sqlite3.DatabaseError as exc:
-            raise LedgerStoreError(f"{self.path}: {exc}") from exc
-        finally:
-            if conn.in_transaction:
-                conn.execute("COMMIT")
-
-    def close(self) -> None:
-        """Close the connection."""
-        self.conn.close()
+        return self.transaction()

@@ -9,19 +9,18 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import sqlite_utils
-from filelock import FileLock, Timeout
 from sqlite_utils.migrations import Migrations
 
 from runner.errors import RunnerInputError, StateError
-from runner.state import private_file
+from statedb import SQLiteStore, iso
+from statedb import utc_now as now
 
 __all__ = ["JobRow", "RunRow", "Runs", "utc_now"]
 
@@ -61,7 +60,7 @@ def m002_repo_indexes(db: sqlite_utils.Database) -> None:
 
 def utc_now() -> str:
     """The current time as ISO-8601 UTC text, the form every *_at column holds."""
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return iso(now())
 
 
 @dataclass(frozen=True)
@@ -91,68 +90,22 @@ class JobRow:
     error: str | None
 
 
-class Runs:
-    """The runs database. Safe to open from several processes (WAL, busy timeout)."""
+class Runs(SQLiteStore):
+    """The runs database. Safe to open from several processes (statedb's SQLiteStore)."""
+
+    label = "runs database"
+    error = StateError
 
     def __init__(self, path: Path) -> None:
-        self.path = path
-        self._db: sqlite_utils.Database | None = None
-        self._pid = 0
+        super().__init__(Path(path), MIGRATIONS, busy_timeout=30.0)
 
     def open(self) -> Runs:
         """Open (and migrate) the database now, so that a broken one fails before any work."""
-        _ = self.db
+        super().open()
         return self
 
-    @property
-    def db(self) -> sqlite_utils.Database:
-        # A connection must not cross a fork: reopen in each process.
-        if self._db is None or self._pid != os.getpid():
-            self._db = self._open()
-            self._pid = os.getpid()
-        return self._db
-
-    def _open(self) -> sqlite_utils.Database:
-        try:
-            private_file(self.path)
-            conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-            db = sqlite_utils.Database(conn)
-            db.execute("PRAGMA busy_timeout=30000")
-            # Checked before anything is written: a newer database is left exactly as it is.
-            known = {m.name for m in MIGRATIONS._migrations}
-            unknown = [m.name for m in MIGRATIONS.applied(db) if m.name not in known]
-            if unknown:
-                conn.close()
-                raise StateError(
-                    f"{self.path}: written by a newer review-runner (schema {unknown[-1]}); "
-                    "upgrade review-runner to read it"
-                )
-            # Two processes opening a new database at once would race to switch it to WAL
-            # and to migrate it; the lock makes the second wait and find it done.
-            with FileLock(self.path.with_suffix(".lock"), timeout=60, mode=0o600):
-                db.execute("PRAGMA journal_mode=WAL")
-                MIGRATIONS.apply(db)
-        except Timeout as exc:
-            raise StateError(f"{self.path}: another process holds its lock ({exc})") from exc
-        except sqlite3.DatabaseError as exc:
-            raise StateError(f"{self.path}: cannot use the runs database ({exc})") from exc
-        except OSError as exc:
-            raise StateError(f"{self.path}: cannot open the runs database ({exc})") from exc
-        return db
-
-    @contextmanager
-    def _write(self) -> Iterator[sqlite_utils.Database]:
-        db = self.db
-        try:
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                yield db
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            db.execute("COMMIT")
-        except sqlite3.DatabaseError as exc:
-            raise StateError(f"{self.path}: cannot write the runs database ({exc})") from exc
+    def _write(self) -> AbstractContextManager[sqlite3.Connection]:
+        return self.transaction()
 
     def create_run(
         self,

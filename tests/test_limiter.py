@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from runner.cli import main
 from runner.errors import RunnerInputError, StateError
 from runner.limiter import DEFAULT_LIMITS, AcquireTimeout, Lease, Limiter, Limits
-from runner.limiter_store import iso
+from runner.limiter.store import iso
 
 # Fast enough that a first grant from an empty bucket takes milliseconds.
 FAST = Limits(rpm=600_000, itpm=60_000_000, otpm=6_000_000, max_concurrent=8)
@@ -229,17 +229,19 @@ def test_corrupt_database_is_a_state_error_and_cli_exit_2(
     isolated_state.mkdir(parents=True)
     bad = isolated_state / "limiter.db"
     bad.write_bytes(b"this is not a database" * 100)
-    with pytest.raises(StateError, match=f"limiter state {bad} is corrupt"):
+    with pytest.raises(StateError, match=f"{bad}: not a readable limiter database"):
         Limiter(isolated_state)
     result = CliRunner().invoke(main, ["limits", "status"])
     assert result.exit_code == 2
-    assert result.stderr.startswith(f"Error: limiter state {bad} is corrupt")
+    assert result.stderr.startswith(f"Error: {bad}: not a readable limiter database")
     assert bad.read_bytes() == b"this is not a database" * 100  # never reset
 
 
 def test_unwritable_database_is_a_state_error(tmp_path: Path) -> None:
     (tmp_path / "limiter.db").mkdir()  # works even as root, unlike chmod
-    with pytest.raises(StateError, match=f"limiter state {tmp_path / 'limiter.db'} cannot be"):
+    with pytest.raises(
+        StateError, match=f"{tmp_path / 'limiter.db'}: cannot open the limiter database"
+    ):
         Limiter(tmp_path)
 
 

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from runner.limiter import Limiter, Limits
-from runner.limiter_store import parse_iso
+from runner.limiter.store import parse_iso
 
 SPAWN = mp.get_context("spawn")
 

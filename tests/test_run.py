@@ -319,7 +319,8 @@ def test_a_corrupt_runs_db_is_reported_and_left_as_it_is(
     assert result.returncode == 2, result.stderr
     errors = [line for line in result.stderr.splitlines() if line.startswith("Error: ")]
     assert errors == [
-        f"Error: {isolated_state / 'runs.db'}: cannot use the runs database (file is not a database)"
+        f"Error: {isolated_state / 'runs.db'}: not a readable runs database (file is not a database);"
+        " move it aside to start a new one"
     ]
     assert "packed" not in result.stderr  # it failed before doing any work
     assert (isolated_state / "runs.db").read_bytes() == garbage

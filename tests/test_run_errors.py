@@ -87,7 +87,7 @@ def test_a_runs_db_from_a_newer_version_is_reported_and_left_as_it_is(
     result = cli("run", "--resume", "last", "--simulate")
     assert result.returncode == 2, result.stderr
     [error] = _error_lines(result.stderr)
-    assert "runs.db: written by a newer review-runner (schema m999_from_the_future)" in error
+    assert "runs.db: written by a newer review-runner (schema step m999_from_the_future)" in error
     assert _digest(recorded_state / "runs.db") == before
 
 

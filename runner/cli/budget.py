@@ -13,7 +13,7 @@ import click
 from ledger import BudgetStatus, Ledger
 from ledger.prices import money
 from runner.cli.common import echo_json, json_option
-from runner.state import state_dir
+from statedb import state_dir
 
 __all__ = ["budget", "open_ledger"]
 

@@ -8,7 +8,7 @@ import click
 
 from runner.cli.common import echo_json, json_option
 from runner.limiter import Limiter
-from runner.state import state_dir
+from statedb import state_dir
 
 __all__ = ["limits", "render_status", "status"]
 

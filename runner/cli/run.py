@@ -24,7 +24,7 @@ from runner.cli.common import (
 )
 from runner.client import api_configured
 from runner.plan import MODES, WARM
-from runner.state import state_dir
+from statedb import state_dir
 
 __all__ = ["plan", "run"]
 

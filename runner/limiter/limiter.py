@@ -29,8 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from runner.errors import RunnerError, RunnerInputError
-from runner.limiter_health import Health, compute_health, status_document
-from runner.limiter_store import LimiterStore, iso, parse_iso, pid_alive
+from runner.limiter.health import Health, compute_health, status_document
+from runner.limiter.store import LimiterStore, iso, parse_iso, pid_alive
 
 __all__ = [
     "BUCKETS",
@@ -507,7 +507,7 @@ class Limiter:
             }
 
     def status(self) -> dict[str, Any]:
-        """The `limits status --json` document (see runner/limiter_health.status_document)."""
+        """The `limits status --json` document (see runner/limiter/health.status_document)."""
         with self._store.read() as (conn, now):
             return status_document(conn, now, self._buckets(conn, now, None))
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from runner.limiter_store import iso, parse_iso
+from statedb.clock import iso, parse_iso
 
 __all__ = ["HEALTH_WINDOW", "Health", "compute_health", "status_document"]
 

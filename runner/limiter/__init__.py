@@ -1,0 +1,16 @@
+"""The cross-process limiter: token buckets and leases (limiter.py), its store (store.py) and
+what it knows of the account's health (health.py)."""
+
+from __future__ import annotations
+
+from runner.limiter.health import Health
+from runner.limiter.limiter import (
+    BUCKETS,
+    DEFAULT_LIMITS,
+    AcquireTimeout,
+    Lease,
+    Limiter,
+    Limits,
+)
+
+__all__ = ["BUCKETS", "DEFAULT_LIMITS", "AcquireTimeout", "Health", "Lease", "Limiter", "Limits"]

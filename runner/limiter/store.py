@@ -1,0 +1,144 @@
+"""The limiter's storage: limiter.db (statedb's SQLiteStore) guarded by limiter.lock.
+
+Every write is one `BEGIN IMMEDIATE` transaction taken while holding an exclusive `flock` on
+limiter.lock, with the clock read inside it, so that check-and-debit is atomic across processes.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from pathlib import Path
+
+import sqlite_utils
+
+from runner.errors import StateError
+from statedb import SQLiteStore, StatePaths, iso, parse_iso, process_alive
+
+__all__ = ["LimiterStore", "iso", "parse_iso", "pid_alive"]
+
+CHECKPOINT_EVERY = 200  # commits of one process between its WAL checkpoints
+MIGRATIONS = sqlite_utils.Migrations("review_runner.limiter")
+
+
+@MIGRATIONS()
+def m001_create_tables(db: sqlite_utils.Database) -> None:
+    """Buckets, limits, leases, waiters, the shared cooldown and health samples."""
+    db.execute(
+        """CREATE TABLE buckets (
+            id INTEGER PRIMARY KEY,
+            name TEXT NOT NULL UNIQUE,
+            capacity REAL NOT NULL,
+            level REAL NOT NULL,
+            updated_at TEXT NOT NULL,
+            usage_rate REAL NOT NULL DEFAULT 0)"""
+    )
+    db.execute(
+        """CREATE TABLE limits (
+            id INTEGER PRIMARY KEY,
+            name TEXT NOT NULL UNIQUE,
+            config_value INTEGER,
+            config_at TEXT,
+            header_value INTEGER,
+            header_at TEXT,
+            effective INTEGER NOT NULL,
+            source TEXT NOT NULL)"""
+    )
+    db.execute(
+        """CREATE TABLE leases (
+            id INTEGER PRIMARY KEY,
+            pid INTEGER NOT NULL,
+            input_tokens INTEGER NOT NULL,
+            output_estimate INTEGER NOT NULL,
+            granted_at TEXT NOT NULL)"""
+    )
+    db.execute("CREATE INDEX leases_granted_at ON leases (granted_at)")
+    # The rowid is the ticket: SQLite gives a new row max(id) + 1, so a later arrival always
+    # has a larger ticket than every waiter still queued.
+    db.execute(
+        """CREATE TABLE waiters (
+            id INTEGER PRIMARY KEY,
+            pid INTEGER NOT NULL,
+            input_tokens INTEGER NOT NULL,
+            output_estimate INTEGER NOT NULL,
+            created_at TEXT NOT NULL,
+            seen_at TEXT NOT NULL)"""
+    )
+    db.execute(
+        """CREATE TABLE cooldowns (
+            id INTEGER PRIMARY KEY CHECK (id = 1),
+            until_at TEXT,
+            limit_name TEXT,
+            set_at TEXT)"""
+    )
+    db.execute(
+        """CREATE TABLE samples (
+            id INTEGER PRIMARY KEY,
+            at TEXT NOT NULL,
+            status INTEGER NOT NULL,
+            latency REAL)"""
+    )
+    db.execute("CREATE INDEX samples_at ON samples (at)")
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether `pid` is a live process on this host (statedb's one liveness check)."""
+    return process_alive(pid)
+
+
+class LimiterStore(SQLiteStore):
+    """limiter.db, opened lazily in each process; every write under limiter.lock."""
+
+    label = "limiter database"
+    error = StateError
+
+    def __init__(self, state_dir: Path) -> None:
+        paths = StatePaths(Path(state_dir))
+        super().__init__(
+            paths.limiter,
+            MIGRATIONS,
+            lock_path=paths.limiter_lock,
+            busy_timeout=10.0,
+            lock_writes=True,
+        )
+        self.state_dir = paths.root
+        self.db_path = self.path
+        self._commits = 0
+
+    def configure(self, conn: sqlite3.Connection) -> None:
+        """NORMAL sync (a power cut may lose the last pacing state, never corrupt it); no
+        automatic checkpoints: they run after the file lock is released, see write()."""
+        super().configure(conn)
+        conn.execute("PRAGMA wal_autocheckpoint=0")
+
+    @contextmanager
+    def write(self, maintenance: bool = False) -> Iterator[tuple[sqlite3.Connection, float]]:
+        """One BEGIN IMMEDIATE transaction under the file lock; yields (connection, now).
+
+        `maintenance=True` marks a caller off the request path (settle, record): the WAL
+        checkpoint, with its fsync, runs there after the lock is released, never in acquire.
+        """
+        with self.transaction() as conn:
+            yield conn, time.time()  # the clock is read inside the lock
+        self._commits += 1
+        if maintenance and self._commits >= CHECKPOINT_EVERY:
+            self._commits = 0
+            # PASSIVE never blocks writers, so other processes keep being granted meanwhile.
+            with self._thread_lock, suppress(sqlite3.Error):
+                self.connection().execute("PRAGMA wal_checkpoint(PASSIVE)")
+
+    @contextmanager
+    def read(self) -> Iterator[tuple[sqlite3.Connection, float]]:  # type: ignore[override]
+        """A consistent read snapshot without the file lock (WAL readers never block writers)."""
+        with super().read() as conn:
+            yield conn, time.time()
+
+    def close(self) -> None:
+        """Checkpoint, then close this process's connection (reopened on next use)."""
+        if self._conn is not None and self._pid == os.getpid():
+            with suppress(sqlite3.Error):
+                self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        super().close()
