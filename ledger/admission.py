@@ -12,12 +12,13 @@ from dataclasses import dataclass
 
 from ledger.entries import committed, effective_budget
 from ledger.errors import LedgerInputError
+from ledger.modes import Decision, Mode, RequestedMode
 from ledger.prices import money
 from ledger.projection import Projection
 
 __all__ = ["REQUESTED_MODES", "Admission", "decide", "decide_for_month"]
 
-REQUESTED_MODES = ("auto", "concurrent", "single")
+REQUESTED_MODES = tuple(RequestedMode)  # kept for importers; the enumeration is ledger.modes
 
 
 @dataclass(frozen=True)
@@ -92,7 +93,7 @@ def decide(
         raise LedgerInputError(
             f"bad mode {requested_mode!r}: expected one of {', '.join(REQUESTED_MODES)}"
         )
-    wanted = ("concurrent", "single") if requested_mode == "auto" else (requested_mode,)
+    wanted = tuple(Mode) if requested_mode == RequestedMode.AUTO else (Mode(requested_mode),)
     missing = [mode for mode in wanted if mode not in projections]
     if len(missing) == len(wanted):
         raise LedgerInputError(f"no projection for mode {' or '.join(wanted)}")
@@ -105,12 +106,12 @@ def decide(
         if short is not None:
             notes.append(short)
             continue
-        if mode == "concurrent" and requested_mode == "auto" and not health_ok:
+        if mode == Mode.CONCURRENT and requested_mode == RequestedMode.AUTO and not health_ok:
             notes.append(f"limiter health is poor ({health_reason or 'no reason given'})")
             continue
         sentence = _fits_sentence(mode, projection, remaining_micros, remaining_tokens)
         return mode, "; ".join([*notes, sentence]), projection
-    return "refused", "; ".join(notes), None
+    return Decision.REFUSED, "; ".join(notes), None
 
 
 def decide_for_month(

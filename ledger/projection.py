@@ -18,6 +18,7 @@ from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
 from ledger.errors import LedgerInputError
+from ledger.modes import Mode
 from ledger.prices import Price, price_for, usd, worst_case_micros
 
 __all__ = [
@@ -32,7 +33,7 @@ __all__ = [
 OUTPUT_PRIOR_SHARE = Decimal("0.5")
 EMA_ALPHA = 0.2
 INPUT_RATIO_BOUNDS = (0.5, 3.0)
-MODES = ("concurrent", "single")
+MODES = tuple(Mode)  # kept for importers; the enumeration is ledger.modes
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from runner.errors import RunnerError
+from runner.kinds import Billed, ErrorKind
 
 if TYPE_CHECKING:
     import anthropic
@@ -45,20 +46,20 @@ class Reply:
 @dataclass(frozen=True)
 class _Kind:
     retry: bool  # worth another attempt (after backoff or the retry-after)
-    billed: str  # "no" (release the reservation) or "unknown" (keep it charged)
+    billed: Billed  # "no" (release the reservation) or "unknown" (keep it charged)
 
 
 # What each failure means for retrying and for the money.
-KINDS: dict[str, _Kind] = {
-    "rate_limited": _Kind(retry=True, billed="no"),
-    "spend_cap": _Kind(retry=False, billed="no"),
-    "overloaded": _Kind(retry=True, billed="no"),
-    "server": _Kind(retry=True, billed="no"),
-    "not_sent": _Kind(retry=True, billed="no"),
-    "dropped": _Kind(retry=True, billed="unknown"),
-    "auth": _Kind(retry=False, billed="no"),
-    "too_long": _Kind(retry=False, billed="no"),
-    "bad_request": _Kind(retry=False, billed="no"),
+KINDS: dict[ErrorKind, _Kind] = {
+    ErrorKind.RATE_LIMITED: _Kind(retry=True, billed=Billed.NO),
+    ErrorKind.SPEND_CAP: _Kind(retry=False, billed=Billed.NO),
+    ErrorKind.OVERLOADED: _Kind(retry=True, billed=Billed.NO),
+    ErrorKind.SERVER: _Kind(retry=True, billed=Billed.NO),
+    ErrorKind.NOT_SENT: _Kind(retry=True, billed=Billed.NO),
+    ErrorKind.DROPPED: _Kind(retry=True, billed=Billed.UNKNOWN),
+    ErrorKind.AUTH: _Kind(retry=False, billed=Billed.NO),
+    ErrorKind.TOO_LONG: _Kind(retry=False, billed=Billed.NO),
+    ErrorKind.BAD_REQUEST: _Kind(retry=False, billed=Billed.NO),
 }
 
 
@@ -67,7 +68,7 @@ class CallError(RunnerError):
 
     def __init__(
         self,
-        kind: str,
+        kind: ErrorKind | str,
         message: str,
         *,
         status: int | None = None,
@@ -76,7 +77,7 @@ class CallError(RunnerError):
         latency: float | None = None,
     ) -> None:
         super().__init__(message)
-        self.kind = kind
+        self.kind = ErrorKind(kind)
         self.status = status
         self.retry_after = retry_after
         self.headers = dict(headers or {})
@@ -87,7 +88,7 @@ class CallError(RunnerError):
         return KINDS[self.kind].retry
 
     @property
-    def billed(self) -> str:
+    def billed(self) -> Billed:
         return KINDS[self.kind].billed
 
     @property
@@ -196,21 +197,21 @@ def _classify_status(exc: anthropic.APIStatusError, latency: float | None) -> Ca
     detail = exc.api_message or exc.message
     where = f"HTTP {status} {exc.type or 'error'}"
     if status == 429 and exc.error_code == "enforced_spend_limit_reached":
-        kind = "spend_cap"
+        kind = ErrorKind.SPEND_CAP
         detail = f"the account's spend limit is reached ({detail})"
     elif status == 429:
-        kind = "rate_limited"
+        kind = ErrorKind.RATE_LIMITED
     elif status in (401, 403):
-        kind = "auth"
+        kind = ErrorKind.AUTH
         detail = f"the API rejected the credentials ({detail}); check ANTHROPIC_API_KEY"
     elif status == 529:
-        kind = "overloaded"
+        kind = ErrorKind.OVERLOADED
     elif status >= 500 or status == 408:
-        kind = "server"
+        kind = ErrorKind.SERVER
     elif status == 400 and "too long" in (detail or "").lower():
-        kind = "too_long"
+        kind = ErrorKind.TOO_LONG
     else:
-        kind = "bad_request"
+        kind = ErrorKind.BAD_REQUEST
     retry_after = None
     if "retry-after" in headers:
         try:
@@ -236,10 +237,10 @@ def _classify_connection(exc: anthropic.APIConnectionError, latency: float | Non
     if isinstance(
         cause, httpx2.ConnectError | httpx2.ConnectTimeout | httpx2.PoolTimeout | httpx2.WriteError
     ):
-        return CallError("not_sent", f"could not reach the API ({cause})", latency=latency)
+        return CallError(ErrorKind.NOT_SENT, f"could not reach the API ({cause})", latency=latency)
     reason = type(cause).__name__ if cause else "connection lost"
     return CallError(
-        "dropped",
+        ErrorKind.DROPPED,
         f"no response from the API ({reason}); the request may have been processed",
         latency=latency,
     )

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +22,7 @@ from runner.errors import RunnerInputError, StateError
 from statedb import SQLiteStore, iso
 from statedb import utc_now as now
 
-__all__ = ["JobRow", "RunRow", "Runs", "utc_now"]
+__all__ = ["JobKey", "JobRow", "RunRow", "Runs", "utc_now"]
 
 MIGRATIONS = Migrations("review-runner-runs")
 
@@ -58,6 +58,17 @@ def m002_repo_indexes(db: sqlite_utils.Database) -> None:
     db.execute("CREATE INDEX repos_by_run ON repos(run_id)")
 
 
+@MIGRATIONS()
+def m003_warm_flag(db: sqlite_utils.Database) -> None:
+    # A cache warm-up is a flag on its job, not a pseudo-agent; rows of earlier runs say "_warm".
+    db.execute("ALTER TABLE jobs ADD COLUMN warm INTEGER NOT NULL DEFAULT 0")
+    db.execute("UPDATE jobs SET warm = 1 WHERE agent = '_warm'")
+
+
+#: A planned job as runs.db records it: (id, slug, agent, warm).
+JobKey = tuple[str, str, str, bool]
+
+
 def utc_now() -> str:
     """The current time as ISO-8601 UTC text, the form every *_at column holds."""
     return iso(now())
@@ -88,6 +99,7 @@ class JobRow:
     usage: dict[str, Any] | None
     cost_micros: int
     error: str | None
+    warm: bool = False
 
 
 class Runs(SQLiteStore):
@@ -116,9 +128,9 @@ class Runs(SQLiteStore):
         requested_mode: str,
         out_dir: str,
         repos: list[Mapping[str, Any]],
-        jobs: list[tuple[str, str]],
+        jobs: Sequence[JobKey],
     ) -> None:
-        """Record a new run with its repos (slug, path, model, pack, pack_sha256) and jobs (slug, agent)."""
+        """Record a new run with its repos (slug, path, model, pack, pack_sha256) and jobs."""
         now = utc_now()
         with self._write() as db:
             db.execute(
@@ -140,12 +152,7 @@ class Runs(SQLiteStore):
                         repo["pack_sha256"],
                     ],
                 )
-            for slug, agent in jobs:
-                db.execute(
-                    "INSERT INTO jobs (id, run_id, slug, agent, status, updated_at)"
-                    " VALUES (?, ?, ?, ?, 'pending', ?)",
-                    [f"{run_id}/{slug}/{agent}", run_id, slug, agent, now],
-                )
+            self._insert_jobs(db, run_id, jobs, now)
 
     def update_run(self, run_id: str, **fields: Any) -> None:
         """Set some of a run's columns (status, mode, reason, pid)."""
@@ -154,16 +161,19 @@ class Runs(SQLiteStore):
         with self._write() as db:
             db.execute(f"UPDATE runs SET {columns} WHERE id = ?", [*fields.values(), run_id])
 
-    def add_jobs(self, run_id: str, jobs: list[tuple[str, str]]) -> None:
+    def add_jobs(self, run_id: str, jobs: Sequence[JobKey]) -> None:
         """Add jobs to a run (a resumed run whose repo gained agents); existing ones are kept."""
-        now = utc_now()
         with self._write() as db:
-            for slug, agent in jobs:
-                db.execute(
-                    "INSERT OR IGNORE INTO jobs (id, run_id, slug, agent, status, updated_at)"
-                    " VALUES (?, ?, ?, ?, 'pending', ?)",
-                    [f"{run_id}/{slug}/{agent}", run_id, slug, agent, now],
-                )
+            self._insert_jobs(db, run_id, jobs, utc_now())
+
+    @staticmethod
+    def _insert_jobs(db: sqlite3.Connection, run_id: str, jobs: Sequence[JobKey], now: str) -> None:
+        for job_id, slug, agent, warm in jobs:
+            db.execute(
+                "INSERT OR IGNORE INTO jobs (id, run_id, slug, agent, warm, status, updated_at)"
+                " VALUES (?, ?, ?, ?, ?, 'pending', ?)",
+                [job_id, run_id, slug, agent, int(warm), now],
+            )
 
     def finish_job(
         self,
@@ -241,6 +251,7 @@ class Runs(SQLiteStore):
                 usage=json.loads(row["usage"]) if row["usage"] else None,
                 cost_micros=row["cost_micros"],
                 error=row["error"],
+                warm=bool(row["warm"]),
             )
             for row in rows
         ]

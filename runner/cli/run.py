@@ -11,9 +11,8 @@ from typing import Any
 import click
 from tqdm import tqdm
 
+from ledger.modes import Decision, Mode, RequestedMode
 from ledger.prices import usd
-from runner.batch import Progress, RunOptions, RunResult, open_state
-from runner.batch import run as run_batch
 from runner.cli.common import (
     EXIT_BAD_INPUT,
     EXIT_BUDGET,
@@ -23,12 +22,15 @@ from runner.cli.common import (
     json_option,
 )
 from runner.client import api_configured
-from runner.plan import MODES, WARM
+from runner.kinds import JobStatus, RunStatus, StopReason
+from runner.run import PlanResult, Progress, RunOptions, RunResult, load_config
+from runner.run import plan as plan_run
+from runner.run import run as run_batch
 from statedb import state_dir
 
 __all__ = ["plan", "run"]
 
-MODE_CHOICE = click.Choice(["auto", "concurrent", "single"])
+MODE_CHOICE = click.Choice([str(m) for m in RequestedMode])
 SIMULATOR_KEY = "simulated-key"  # the embedded simulator accepts any key; this is no secret
 
 
@@ -49,7 +51,7 @@ def _limit_options(func: Any) -> Any:
 
 @contextmanager
 def _api(
-    simulate: bool, dry_run: bool, manifest_limits: dict[str, int]
+    simulate: bool, dry_run: bool, limits: dict[str, int | None]
 ) -> Iterator[tuple[str | None, str | None]]:
     """The API to talk to: the real one from the environment, or the embedded simulator.
 
@@ -61,9 +63,9 @@ def _api(
     from runner.simulator import SimConfig, Simulator
 
     config = SimConfig(
-        rpm=manifest_limits.get("rpm"),
-        itpm=manifest_limits.get("itpm"),
-        otpm=manifest_limits.get("otpm"),
+        rpm=limits.get("rpm"),
+        itpm=limits.get("itpm"),
+        otpm=limits.get("otpm"),
         latency=0.05,
         per_token=0.0002,
     )
@@ -96,9 +98,9 @@ class _Renderer:
             self.bar.set_postfix(
                 cost=f"${usd(p.cost_micros):.2f}", r429=p.rate_limited, in_flight=p.in_flight
             )
-        elif p.outcome is not None and p.outcome.agent != WARM:
+        elif p.outcome is not None and not p.outcome.job.warm:
             o = p.outcome
-            detail = f"${usd(o.cost_micros):.4f}" if o.status == "done" else (o.error or "")
+            detail = f"${usd(o.cost_micros):.4f}" if o.status == JobStatus.DONE else (o.error or "")
             click.echo(f"[{finished}/{p.total}] {o.job_id} {o.status} {detail}", err=True)
 
     def close(self) -> None:
@@ -162,27 +164,21 @@ def run(
         "max_concurrent": max_concurrent,
         "burst_seconds": burst_seconds,
     }
-    loaded = load_manifest(manifest) if manifest else None
-    sim_limits = dict(loaded.limits) if loaded else {}
-    sim_limits.update({k: v for k, v in limits.items() if v})
+    options = RunOptions(
+        mode=mode,
+        workers=workers,
+        out=out,
+        resume=resume,
+        dry_run=dry_run,
+        limits=limits,
+        max_attempts=max_attempts,
+    )
+    config = load_config(load_manifest(manifest) if manifest else None, options, state_dir())
     renderer = _Renderer()
-    with _api(simulate, dry_run, sim_limits) as (base_url, api_key):
-        options = RunOptions(
-            mode=mode,
-            workers=workers,
-            out=out,
-            resume=resume,
-            dry_run=dry_run,
-            base_url=base_url,
-            api_key=api_key,
-            limits={k: v for k, v in limits.items() if v is not None},
-            max_attempts=max_attempts,
-        )
+    with _api(simulate, dry_run, config.limits.simulator()) as (base_url, api_key):
         try:
             result = run_batch(
-                loaded,
-                options,
-                state_dir(),
+                config.with_api(base_url, api_key),
                 on_progress=renderer.progress,
                 on_message=renderer.message,
             )
@@ -193,13 +189,13 @@ def run(
 
 
 def _exit_code(result: RunResult) -> int:
-    if result.status == "interrupted":
+    if result.status == RunStatus.INTERRUPTED:
         return EXIT_INTERRUPTED
-    if result.stop == "auth":
+    if result.stop == StopReason.AUTH:
         return EXIT_BAD_INPUT
-    if result.status in ("refused", "deferred"):
+    if result.status in (RunStatus.REFUSED, RunStatus.DEFERRED):
         return EXIT_BUDGET
-    if result.status == "failed":
+    if result.status == RunStatus.FAILED:
         return EXIT_FAILED
     return 0
 
@@ -210,9 +206,9 @@ def _render_run(result: RunResult, as_json: bool) -> None:
         if result.plan is not None:
             doc["plan"] = result.plan.modes_json()
         echo_json(doc)
-    elif result.status == "refused":
+    elif result.status == RunStatus.REFUSED:
         click.echo(f"Refused: {result.reason}")
-    elif result.status == "planned":
+    elif result.status == RunStatus.PLANNED:
         click.echo(
             f"Dry run {result.run_id}: would run {result.mode} ({result.reason}); nothing sent."
         )
@@ -228,13 +224,13 @@ def _render_run(result: RunResult, as_json: bool) -> None:
         )
         if result.out_dir:
             click.echo(f"Reports: {result.out_dir}")
-    if result.status == "refused":
+    if result.status == RunStatus.REFUSED:
         click.echo(
             "Way out: run in single mode (--mode single), or raise the budget "
             "(review-runner budget set --usd X).",
             err=True,
         )
-    if result.status in ("interrupted", "deferred", "failed"):
+    if result.status in (RunStatus.INTERRUPTED, RunStatus.DEFERRED, RunStatus.FAILED):
         click.echo(f"Resume with: review-runner run --resume {result.run_id}", err=True)
 
 
@@ -252,41 +248,29 @@ def plan(manifest: Path, mode: str | None, as_json: bool) -> None:
         review-runner plan jobs/nightly.toml --json
     """
     from jobs.manifest import load_manifest
-    from runner.batch import limits_for, plan_run
 
-    loaded = load_manifest(manifest)
-    state = open_state(state_dir(), limits_for(loaded, {}))
-    concurrency = state.limiter.limits_in_force()["max_concurrent"]
-    the_plan = plan_run(loaded, state, client=None, concurrency=concurrency)
-    requested = mode or loaded.mode
-    decision = state.ledger.decide(
-        {m: p for m, p in the_plan.projections.items() if requested in ("auto", m)},
-        requested,
-        health_ok=the_plan.health.ok,
-        health_reason=the_plan.health.reason,
+    config = load_config(
+        load_manifest(manifest), RunOptions(mode=mode), state_dir(), check_runs=False
     )
-    status = state.ledger.status()
-    doc = {
-        "manifest": str(manifest),
-        "repos": len(the_plan.works),
-        "modes": the_plan.modes_json(),
-        "remaining_usd": status.to_json()["remaining_usd"],
-        "decision": {"mode": decision.mode, "reason": decision.reason},
-        "limits": dict(the_plan.limits),
-    }
+    result = plan_run(config)
     if as_json:
-        echo_json(doc)
+        echo_json(result.to_json())
     else:
-        click.echo(f"{manifest}: {doc['repos']} repositories")
-        for m in MODES:
-            d = doc["modes"][m]
-            click.echo(
-                f"  {m:<10} {d['requests']:>4} requests  {d['input_tokens']:>10,} in  "
-                f"{d['output_tokens']:>8,} out  ${d['cost_usd']:>8.2f}  ~{d['wall_time_s']:.0f}s"
-            )
-        remaining = doc["remaining_usd"]
+        _render_plan(result)
+    sys.exit(EXIT_BUDGET if result.decision == Decision.REFUSED else 0)
+
+
+def _render_plan(result: PlanResult) -> None:
+    doc = result.to_json()
+    click.echo(f"{result.manifest}: {doc['repos']} repositories")
+    for m in Mode:
+        d = doc["modes"][m]
         click.echo(
-            f"  remaining this month: {'no budget set' if remaining is None else f'${remaining:.2f}'}"
+            f"  {m:<10} {d['requests']:>4} requests  {d['input_tokens']:>10,} in  "
+            f"{d['output_tokens']:>8,} out  ${d['cost_usd']:>8.2f}  ~{d['wall_time_s']:.0f}s"
         )
-        click.echo(f"  decision: {decision.mode} ({decision.reason})")
-    sys.exit(EXIT_BUDGET if decision.mode == "refused" else 0)
+    remaining = result.remaining_usd
+    click.echo(
+        f"  remaining this month: {'no budget set' if remaining is None else f'${remaining:.2f}'}"
+    )
+    click.echo(f"  decision: {result.decision} ({result.reason})")

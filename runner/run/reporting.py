@@ -13,7 +13,7 @@ from typing import Any
 from jobs.findings import AgentResult
 from jobs.reports import RepoOutcome, write_repo_report
 from ledger.prices import USAGE_FIELDS, usd
-from runner.plan import WARM
+from runner.kinds import JobStatus
 from runner.runs import JobRow, Runs
 
 __all__ = ["finish_reports", "json_totals", "repo_outcome", "write_if_complete"]
@@ -21,13 +21,16 @@ __all__ = ["finish_reports", "json_totals", "repo_outcome", "write_if_complete"]
 
 def repo_outcome(repo: Mapping[str, Any], mode: str, rows: Sequence[JobRow]) -> RepoOutcome:
     """A repo's outcome from its job rows; the warm-up's tokens and cost count, its status not."""
-    statuses = {row.status for row in rows if row.agent != WARM}
-    status = "done" if statuses == {"done"} else "failed" if "failed" in statuses else "deferred"
+    statuses = {row.status for row in rows if not row.warm}
+    if statuses == {JobStatus.DONE}:
+        status = JobStatus.DONE
+    else:
+        status = JobStatus.FAILED if JobStatus.FAILED in statuses else JobStatus.DEFERRED
     usage = {key: sum(int((row.usage or {}).get(key) or 0) for row in rows) for key in USAGE_FIELDS}
     errors = [
         f"{row.agent}: {row.error}"
         for row in rows
-        if row.error and row.status != "done" and row.agent != WARM
+        if row.error and row.status != JobStatus.DONE and not row.warm
     ]
     return RepoOutcome(
         slug=repo["slug"],
@@ -43,7 +46,8 @@ def repo_outcome(repo: Mapping[str, Any], mode: str, rows: Sequence[JobRow]) -> 
 
 
 def _complete(rows: Sequence[JobRow]) -> bool:
-    return bool(rows) and all(r.status in ("done", "failed") for r in rows if r.agent != WARM)
+    finished = (JobStatus.DONE, JobStatus.FAILED)
+    return bool(rows) and all(r.status in finished for r in rows if not r.warm)
 
 
 def write_if_complete(run_id: str, slug: str, mode: str, out_dir: Path, runs: Runs) -> None:
@@ -72,6 +76,7 @@ def finish_reports(
 
 
 def json_totals(totals: Mapping[str, Any]) -> dict[str, Any]:
+    """The ledger's run totals as the JSON documents show them (tokens, USD, unknown requests)."""
     return {
         **{key: int(totals.get(key, 0)) for key in USAGE_FIELDS},
         "cost_usd": usd(int(totals.get("cost_micros", 0))),

@@ -1,6 +1,8 @@
-"""Before anything is sent: resolve and pack the repos, estimate every request, project each mode.
+"""Before anything is sent: pack the repos, build each prompt and each Job once, project each mode.
 
-A plan is what `review-runner plan` prints and what `run` asks the ledger to admit.
+A Plan is what `review-runner plan` renders and what `run` asks the ledger to admit. Each
+repo's prompt texts are built here once (RepoPrompts) and shipped to every worker process
+once with the pack (see runner.run.pool); Jobs carry only their own numbers.
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ import multiprocessing
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -17,25 +19,25 @@ from jobs.agents import COMBINED, build_prompt, load_prompts
 from jobs.manifest import Manifest, RepoSpec, resolve_repo
 from jobs.pack import Pack, estimate_tokens, pack_repo
 from ledger.ledger import JobEstimate, Ledger, Projection
+from ledger.modes import Mode
 from runner.limiter import Health
+from runner.run.job import Job
 
 __all__ = [
-    "MODES",
-    "WARM",
+    "MIN_CACHEABLE_TOKENS",
     "Plan",
-    "PlannedJob",
+    "RepoPrompts",
     "RepoWork",
+    "build_jobs",
     "count_prefixes",
     "latency_prior",
     "make_plan",
     "pack_all",
-    "planned_jobs",
+    "repo_prompts",
     "wall_time",
+    "with_prompts",
 ]
 
-MODES = ("concurrent", "single")
-# The pseudo-agent of the max_tokens=0 request that writes a repo's prefix to the cache.
-WARM = "_warm"
 # The platform caches no prefix shorter than this (1,024 tokens for Sonnet and Opus).
 MIN_CACHEABLE_TOKENS = 1024
 # Without measured latencies: time to first token plus output at a typical generation speed.
@@ -44,53 +46,45 @@ OUTPUT_TOKENS_PER_S = 60.0
 
 
 @dataclass(frozen=True)
+class RepoPrompts:
+    """A repo's request texts: the shared prefix (system + pack) and each agent's instructions."""
+
+    system: str
+    pack: str
+    instructions: Mapping[str, str]  # by agent
+
+
+@dataclass(frozen=True)
 class RepoWork:
-    """A repository ready for review: where it is and its pack."""
+    """A repository ready for review: where it is, its pack and its prompts."""
 
     spec: RepoSpec
     root: Path
     pack: Pack
-
-
-@dataclass(frozen=True)
-class PlannedJob:
-    """One request a mode would send. Input counts include the cached prefix."""
-
-    slug: str
-    agent: str
-    model: str
-    input_tokens: int
-    max_output: int
-    counted: bool
-    cache_write: int = 0  # prefix tokens this request writes to the cache
-    cache_read: int = 0  # prefix tokens it is expected to read from the cache
-    after: str | None = None  # the agent whose request must finish first (the cache warm-up)
-
-    @property
-    def rate_tokens(self) -> int:
-        """What counts toward ITPM: uncached input and cache writes, not cache reads."""
-        return self.input_tokens - self.cache_read
+    prompts: RepoPrompts | None = None
 
 
 @dataclass(frozen=True)
 class Plan:
+    """Both modes of a manifest: their jobs, projections and expected wall times."""
+
     manifest: Manifest
     works: tuple[RepoWork, ...]
-    prompts: Mapping[str, str]
-    jobs: Mapping[str, tuple[PlannedJob, ...]]  # by mode
-    projections: Mapping[str, Projection]  # by mode
-    wall_time_s: Mapping[str, float]  # by mode
+    jobs: Mapping[Mode, tuple[Job, ...]]  # Job, by mode
+    projections: Mapping[Mode, Projection]
+    wall_time_s: Mapping[Mode, float]
     limits: Mapping[str, int | None]
     health: Health
+    counted: bool  # input sizes from the API's count_tokens (exact), not local estimates
 
     def modes_json(self) -> dict[str, Any]:
         """The `modes` document of `plan --json`."""
         return {
-            mode: {
+            str(mode): {
                 **self.projections[mode].to_json(),
                 "wall_time_s": round(self.wall_time_s[mode], 1),
             }
-            for mode in MODES
+            for mode in Mode
         }
 
 
@@ -125,57 +119,85 @@ def pack_all(
         return collect(pool.map(_pack_one, repos, [cache_dir] * len(repos)))
 
 
+def repo_prompts(
+    pack: Pack, agents: Iterable[str], prompts: Mapping[str, str], max_output: int
+) -> RepoPrompts:
+    """Build `pack`'s prompt once for every agent in `agents` (the system text is agent-free)."""
+    built = {a: build_prompt(pack, a, prompts, max_output_tokens=max_output) for a in agents}
+    first = next(iter(built.values()))
+    return RepoPrompts(
+        system=first.system,
+        pack=first.pack,
+        instructions={a: p.instructions for a, p in built.items()},
+    )
+
+
+def with_prompts(works: Sequence[RepoWork], manifest: Manifest) -> tuple[RepoWork, ...]:
+    """`works` with their prompts built: the specialists and the combined agent of each repo."""
+    texts = load_prompts(manifest.prompts)
+    return tuple(
+        replace(
+            w,
+            prompts=repo_prompts(
+                w.pack, (*w.spec.agents, COMBINED), texts, manifest.max_output_tokens
+            ),
+        )
+        for w in works
+    )
+
+
 def count_prefixes(works: Sequence[RepoWork], counter: Callable[[RepoWork], int]) -> dict[str, int]:
     """Each repo's prefix (system + pack) as the API counts it, a few round trips at a time."""
     with ThreadPoolExecutor(4) as pool:
         return dict(zip((w.spec.slug for w in works), pool.map(counter, works), strict=True))
 
 
-def _estimate(
-    work: RepoWork, agent: str, prompts: Mapping[str, str], max_output: int
-) -> tuple[int, int]:
-    """(prefix, instructions) tokens by the local estimate: the prefix is system + pack."""
-    prompt = build_prompt(work.pack, agent, prompts, max_output_tokens=max_output)
-    prefix = estimate_tokens(prompt.system) + work.pack.token_estimate
-    return prefix, estimate_tokens(prompt.instructions)
-
-
-def planned_jobs(
+def build_jobs(
+    run_id: str,
     manifest: Manifest,
     works: Sequence[RepoWork],
-    prompts: Mapping[str, str],
-    mode: str,
+    mode: Mode,
     prefixes: Mapping[str, int] | None = None,
-) -> tuple[PlannedJob, ...]:
-    """Every request `mode` would send; `prefixes` are the API's counts by slug, if known.
+) -> tuple[Job, ...]:
+    """Every Job `mode` would send; `prefixes` are the API's counts by slug, if known.
 
     Concurrent mode warms the cache first when the prefix is long enough to cache: one
     max_tokens=0 request writes the prefix, then the agents read it (parallel requests
     sent before a cache entry exists would each pay to write it).
     """
     counted = prefixes is not None
-    prefixes = prefixes or {}
-    jobs: list[PlannedJob] = []
+    jobs: list[Job] = []
     max_output = manifest.max_output_tokens
     for work in works:
-        slug, model = work.spec.slug, work.spec.model
-        agents = work.spec.agents if mode == "concurrent" else (COMBINED,)
+        assert work.prompts is not None, "with_prompts() first"
+        prompts = work.prompts
+        agents = work.spec.agents if mode == Mode.CONCURRENT else (COMBINED,)
+        local_prefix = estimate_tokens(prompts.system) + work.pack.token_estimate
+        prefix = (prefixes or {}).get(work.spec.slug, local_prefix)
+        warm = mode == Mode.CONCURRENT and prefix >= MIN_CACHEABLE_TOKENS
+        common = {"run_id": run_id, "slug": work.spec.slug, "mode": mode, "model": work.spec.model}
+        warm_up = Job(
+            **common,
+            agent=agents[0],
+            input_tokens=prefix,
+            max_output=0,
+            counted=counted,
+            warm=True,
+            cache_write=prefix,
+        )
+        if warm:
+            jobs.append(warm_up)
         for agent in agents:
-            local_prefix, instructions = _estimate(work, agent, prompts, max_output)
-            prefix = prefixes.get(slug, local_prefix)
-            warm = mode == "concurrent" and prefix >= MIN_CACHEABLE_TOKENS
-            if warm and agent == agents[0]:
-                jobs.append(PlannedJob(slug, WARM, model, prefix, 0, counted, cache_write=prefix))
+            instructions = estimate_tokens(prompts.instructions[agent])
             jobs.append(
-                PlannedJob(
-                    slug,
-                    agent,
-                    model,
-                    prefix + instructions,
-                    max_output,
-                    counted,
+                Job(
+                    **common,
+                    agent=agent,
+                    input_tokens=prefix + instructions,
+                    max_output=max_output,
+                    counted=counted,
                     cache_read=prefix if warm else 0,
-                    after=WARM if warm else None,
+                    after=warm_up.id if warm else None,
                 )
             )
     return tuple(jobs)
@@ -212,30 +234,26 @@ def wall_time(
 
 
 def make_plan(
+    run_id: str,
     manifest: Manifest,
+    works: Sequence[RepoWork],
     ledger: Ledger,
     *,
-    cache_dir: Path,
     limits: Mapping[str, int | None],
     health: Health,
     concurrency: int,
-    works: Sequence[RepoWork] | None = None,
-    counter: Callable[[RepoWork], int] | None = None,
-    on_packed: Callable[[RepoWork], None] | None = None,
+    prefixes: Mapping[str, int] | None = None,
 ) -> Plan:
-    """Pack (unless `works` are given), estimate and project both modes."""
-    prompts = load_prompts(manifest.prompts)
-    if works is None:
-        works = pack_all(manifest.repos, cache_dir, on_packed=on_packed)
-    prefixes = count_prefixes(works, counter) if counter is not None else None
-    jobs: dict[str, tuple[PlannedJob, ...]] = {}
-    projections: dict[str, Projection] = {}
-    times: dict[str, float] = {}
-    for mode in MODES:
-        jobs[mode] = planned_jobs(manifest, works, prompts, mode, prefixes)
+    """Build every Job of both modes once and project each mode (`works` have their prompts)."""
+    jobs: dict[Mode, tuple[Job, ...]] = {}
+    projections: dict[Mode, Projection] = {}
+    times: dict[Mode, float] = {}
+    for mode in Mode:
+        planned = build_jobs(run_id, manifest, works, mode, prefixes)
+        # The ledger keys a warm-up apart (its output is always 0: it must not teach an agent's).
         estimates = [
             JobEstimate(
-                j.agent,
+                j.key,
                 j.model,
                 j.input_tokens,
                 j.max_output,
@@ -243,21 +261,25 @@ def make_plan(
                 cache_write_tokens=j.cache_write,
                 cache_read_tokens=j.cache_read,
             )
-            for j in jobs[mode]
+            for j in planned
         ]
         projection = ledger.project(mode, estimates)
-        projections[mode] = projection
         per_request = projection.output_tokens / max(1, projection.requests)
-        rate_tokens = sum(j.rate_tokens for j in jobs[mode])
-        latency = latency_prior(per_request, health)
-        times[mode] = wall_time(projection, rate_tokens, limits, latency, concurrency)
+        # The limiter debits each request's expected output up front, the same for every job.
+        expected = max(1, -(-projection.output_tokens // max(1, projection.requests)))
+        jobs[mode] = tuple(replace(j, output_estimate=min(expected, j.max_output)) for j in planned)
+        projections[mode] = projection
+        rate_tokens = sum(j.rate_tokens for j in planned)
+        times[mode] = wall_time(
+            projection, rate_tokens, limits, latency_prior(per_request, health), concurrency
+        )
     return Plan(
         manifest=manifest,
         works=tuple(works),
-        prompts=prompts,
         jobs=jobs,
         projections=projections,
         wall_time_s=times,
         limits=dict(limits),
         health=health,
+        counted=prefixes is not None,
     )

@@ -1,6 +1,8 @@
 """The worker pool: submits jobs as slots free up, collects outcomes, stops cleanly.
 
 Jobs are queued repo by repo, so in concurrent mode a repo's agent jobs go out together.
+Each worker process receives every repo's pack and prompts once, through the pool's
+initializer; a submitted Job is a few numbers and names.
 Ctrl-C once stops new submissions and waits for the requests in flight (they are paid
 for); a second Ctrl-C abandons them.
 """
@@ -10,13 +12,16 @@ from __future__ import annotations
 import multiprocessing
 import signal
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from types import FrameType
 from typing import Any
 
-from runner.worker import JobOutcome, JobSpec, WorkerConfig, init_worker, run_job
+from runner.kinds import JobStatus, StopReason
+from runner.run.job import Job, JobOutcome
+from runner.run.plan import RepoWork
+from runner.run.worker import WorkerConfig, init_worker, run_job
 
 __all__ = ["PoolResult", "run_pool"]
 
@@ -24,8 +29,8 @@ __all__ = ["PoolResult", "run_pool"]
 @dataclass(frozen=True)
 class PoolResult:
     outcomes: tuple[JobOutcome, ...]
-    unsent: tuple[JobSpec, ...]  # never submitted (stopped early)
-    stop: str | None  # why submissions stopped: "interrupted", "auth", "spend_cap", "budget"
+    unsent: tuple[Job, ...]  # never submitted (stopped early)
+    stop: StopReason | None  # why submissions stopped
 
 
 class _Interrupts:
@@ -52,27 +57,31 @@ class _Interrupts:
 
 
 def run_pool(
-    specs: Iterable[JobSpec],
+    jobs: Iterable[Job],
     config: WorkerConfig,
+    repos: Mapping[str, RepoWork],
     *,
     workers: int,
     on_outcome: Callable[[JobOutcome, int], None],
-    on_stopping: Callable[[str, int], None] | None = None,
+    on_stopping: Callable[[StopReason, int], None] | None = None,
 ) -> PoolResult:
-    """Run `specs` on `workers` processes; `on_outcome(outcome, in_flight)` is called in this process."""
-    specs = list(specs)
-    present = {spec.job_id for spec in specs}
-    # A job waits for the one it comes `after` (a repo's cache warm-up), if that one is to run.
-    ready = deque(s for s in specs if s.after not in present)
-    waiting: dict[str, list[JobSpec]] = {}
-    for spec in specs:
-        if spec.after in present:
-            waiting.setdefault(spec.after, []).append(spec)
-    in_flight: dict[Future[JobOutcome], JobSpec] = {}
-    outcomes: list[JobOutcome] = []
-    stop: str | None = None
+    """Run `jobs` on `workers` processes; `on_outcome(outcome, in_flight)` is called in this process.
 
-    def request_stop(reason: str) -> None:
+    `repos` (by slug, with packs and prompts) goes to each worker process once.
+    """
+    jobs = list(jobs)
+    present = {job.id for job in jobs}
+    # A job waits for the one it comes `after` (a repo's cache warm-up), if that one is to run.
+    ready = deque(j for j in jobs if j.after not in present)
+    waiting: dict[str, list[Job]] = {}
+    for job in jobs:
+        if job.after is not None and job.after in present:
+            waiting.setdefault(job.after, []).append(job)
+    in_flight: dict[Future[JobOutcome], Job] = {}
+    outcomes: list[JobOutcome] = []
+    stop: StopReason | None = None
+
+    def request_stop(reason: StopReason) -> None:
         nonlocal stop
         if stop is None:
             stop = reason
@@ -84,21 +93,21 @@ def run_pool(
         max_workers=max(1, workers),
         mp_context=context,
         initializer=init_worker,
-        initargs=(config,),
+        initargs=(config, {slug: repos[slug] for slug in {j.slug for j in jobs}}),
     )
     try:
-        with _Interrupts(lambda: request_stop("interrupted")):
+        with _Interrupts(lambda: request_stop(StopReason.INTERRUPTED)):
             while in_flight or (ready and stop is None):
                 while ready and stop is None and len(in_flight) < workers:
-                    spec = ready.popleft()
-                    in_flight[pool.submit(run_job, spec)] = spec
+                    job = ready.popleft()
+                    in_flight[pool.submit(run_job, job)] = job
                 done, _ = wait(in_flight, timeout=0.5, return_when=FIRST_COMPLETED)
                 for future in done:
-                    spec = in_flight.pop(future)
-                    outcome = _collect(future, spec)
+                    job = in_flight.pop(future)
+                    outcome = _collect(future, job)
                     outcomes.append(outcome)
                     # Whatever became of it, its followers may go now, and go first.
-                    ready.extendleft(reversed(waiting.pop(spec.job_id, [])))
+                    ready.extendleft(reversed(waiting.pop(job.id, [])))
                     on_outcome(outcome, len(in_flight))
                     if outcome.stop:
                         request_stop(outcome.stop)
@@ -114,14 +123,8 @@ def run_pool(
     return PoolResult(tuple(outcomes), tuple(unsent), stop)
 
 
-def _collect(future: Future[JobOutcome], spec: JobSpec) -> JobOutcome:
+def _collect(future: Future[JobOutcome], job: Job) -> JobOutcome:
     try:
         return future.result()
     except Exception as exc:  # a worker crashed or raised: the job failed, the run goes on
-        return JobOutcome(
-            job_id=spec.job_id,
-            slug=spec.slug,
-            agent=spec.agent,
-            status="failed",
-            error=f"{type(exc).__name__}: {exc}",
-        )
+        return JobOutcome(job, JobStatus.FAILED, error=f"{type(exc).__name__}: {exc}")

@@ -1,0 +1,62 @@
+"""The runner's closed sets, one enumeration each (the modes are ledger.modes).
+
+StrEnum members compare equal to their text, so rows written as plain text read back as
+members and JSON documents show the text.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+__all__ = ["Billed", "ErrorKind", "JobStatus", "RunStatus", "StopReason"]
+
+
+class JobStatus(StrEnum):
+    """A job's state in runs.db."""
+
+    PENDING = "pending"
+    DONE = "done"
+    FAILED = "failed"
+    DEFERRED = "deferred"
+
+
+class RunStatus(StrEnum):
+    """A run's state in runs.db and in `run --json`."""
+
+    PLANNED = "planned"  # recorded, or a dry run: nothing sent
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    DEFERRED = "deferred"
+    REFUSED = "refused"
+    INTERRUPTED = "interrupted"
+
+
+class StopReason(StrEnum):
+    """Why a run stopped submitting jobs before the end."""
+
+    INTERRUPTED = "interrupted"
+    BUDGET = "budget"
+    SPEND_CAP = "spend_cap"
+    AUTH = "auth"
+
+
+class ErrorKind(StrEnum):
+    """What a failed API call was (runner.client.CallError.kind)."""
+
+    RATE_LIMITED = "rate_limited"
+    SPEND_CAP = "spend_cap"
+    OVERLOADED = "overloaded"
+    SERVER = "server"
+    NOT_SENT = "not_sent"
+    DROPPED = "dropped"
+    AUTH = "auth"
+    TOO_LONG = "too_long"
+    BAD_REQUEST = "bad_request"
+
+
+class Billed(StrEnum):
+    """Whether a failed call may have been billed: release its reservation, or keep it charged."""
+
+    NO = "no"
+    UNKNOWN = "unknown"

@@ -1,0 +1,502 @@
+"""A whole run: plan, admission by the ledger, the pool, reports, and resume; and `plan` alone.
+
+Library code: it reports progress through callbacks and returns frozen result objects
+(RunResult, PlanResult); the CLI renders them and chooses the exit code.
+
+One source for each total: job counts come from runs.db (the rows the workers wrote),
+tokens and money from the ledger's run totals; progress counts start from the rows and
+add the outcomes as they arrive.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from jobs.manifest import Manifest
+from jobs.reports import write_summary
+from ledger.ledger import Admission, Ledger
+from ledger.modes import Decision, Mode
+from runner.client import ApiClient, CallError
+from runner.errors import RunnerInputError
+from runner.kinds import ErrorKind, JobStatus, RunStatus, StopReason
+from runner.limiter import Limiter
+from runner.run.config import RunConfig
+from runner.run.job import Job, JobOutcome
+from runner.run.plan import Plan, RepoWork, count_prefixes, make_plan, pack_all, with_prompts
+from runner.run.pool import run_pool
+from runner.run.reporting import finish_reports, json_totals, write_if_complete
+from runner.run.worker import WorkerConfig, request_blocks
+from runner.runs import JobRow, Runs
+from statedb import StatePaths
+
+__all__ = [
+    "PlanResult",
+    "Progress",
+    "RunResult",
+    "State",
+    "job_counts",
+    "open_state",
+    "plan",
+    "run",
+]
+
+# What each stop says on the progress line.
+STOP_MESSAGES = {
+    StopReason.INTERRUPTED: "interrupted: no new requests; waiting for the requests in flight "
+    "(Ctrl-C again to abandon them)",
+    StopReason.BUDGET: "the month's budget is used up: the remaining jobs are deferred",
+    StopReason.SPEND_CAP: "the account's spend limit is reached: sending nothing more",
+    StopReason.AUTH: "the API rejected the credentials: stopping",
+}
+_COUNTED = (JobStatus.DONE, JobStatus.FAILED, JobStatus.DEFERRED, JobStatus.PENDING)
+
+
+@dataclass(frozen=True)
+class Progress:
+    """A job finished (or the run is stopping)."""
+
+    total: int
+    done: int
+    failed: int
+    deferred: int
+    in_flight: int
+    cost_micros: int
+    rate_limited: int
+    outcome: JobOutcome | None = None
+    message: str | None = None
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """What a run did, for the CLI to render."""
+
+    run_id: str
+    mode: str
+    reason: str
+    status: RunStatus
+    stop: StopReason | None
+    jobs: Mapping[str, int]
+    totals: Mapping[str, Any]
+    out_dir: Path | None
+    plan: Plan | None
+
+    def to_json(self) -> dict[str, Any]:
+        """The `run --json` document (keys from DESIGN.md, and more)."""
+        resumable = (RunStatus.INTERRUPTED, RunStatus.DEFERRED, RunStatus.FAILED)
+        return {
+            "run_id": self.run_id,
+            "status": self.status,
+            "mode": self.mode,
+            "reason": self.reason,
+            "stop": self.stop,
+            "jobs": dict(self.jobs),
+            **json_totals(self.totals),
+            "out_dir": str(self.out_dir) if self.out_dir else None,
+            "resume": f"review-runner run --resume {self.run_id}"
+            if self.status in resumable
+            else None,
+        }
+
+
+@dataclass(frozen=True)
+class PlanResult:
+    """What `plan` found: both modes, the money left, and what admission would decide."""
+
+    manifest: Path
+    plan: Plan
+    remaining_usd: float | None
+    decision: Decision
+    reason: str
+
+    def to_json(self) -> dict[str, Any]:
+        """The `plan --json` document (keys from DESIGN.md, and more)."""
+        return {
+            "manifest": str(self.manifest),
+            "repos": len(self.plan.works),
+            "modes": self.plan.modes_json(),
+            "remaining_usd": self.remaining_usd,
+            "decision": {"mode": self.decision, "reason": self.reason},
+            "limits": dict(self.plan.limits),
+        }
+
+
+@dataclass
+class State:
+    """The three databases of a state directory."""
+
+    paths: StatePaths
+    limiter: Limiter
+    ledger: Ledger
+    runs: Runs
+
+
+def open_state(config: RunConfig) -> State:
+    """Open the limiter (storing the configured limits), the ledger and runs.db."""
+    paths = config.state
+    return State(
+        paths=paths,
+        limiter=Limiter(paths.root, config.limits.limiter(), burst=config.limits.burst_seconds),
+        ledger=Ledger(paths.ledger, price_override=paths.prices),
+        runs=Runs(paths.runs),
+    )
+
+
+def _concurrency(config: RunConfig, state: State) -> int:
+    return config.workers or int(state.limiter.limits_in_force()["max_concurrent"])
+
+
+def _counter(client: ApiClient) -> Callable[[RepoWork], int]:
+    """Count a repo's cacheable prefix (system + pack) with the API's count_tokens."""
+
+    def count(work: RepoWork) -> int:
+        assert work.prompts is not None
+        return client.count_tokens(
+            model=work.spec.model,
+            system=work.prompts.system,
+            blocks=request_blocks(work.prompts.pack, None),
+        )
+
+    return count
+
+
+def _make_plan(
+    run_id: str,
+    manifest: Manifest,
+    state: State,
+    *,
+    client: ApiClient | None,
+    concurrency: int,
+    on_message: Callable[[str], None],
+) -> Plan:
+    """Pack, build prompts and Jobs, and project both modes; input counted by the API if it can."""
+    works = pack_all(
+        manifest.repos,
+        state.paths.repos,
+        on_packed=lambda w: on_message(
+            f"packed {w.spec.slug}: {len(w.pack.files)} files, ~{w.pack.token_estimate:,} tokens"
+        ),
+    )
+    works = with_prompts(works, manifest)
+    prefixes = None
+    if client is not None:
+        try:
+            prefixes = count_prefixes(works, _counter(client))
+        except CallError as exc:
+            if exc.kind == ErrorKind.AUTH:  # a rejected key is bad input: exit 2, nothing sent
+                raise RunnerInputError(str(exc)) from None
+            on_message(f"count_tokens unavailable ({exc}); using local estimates")
+    return make_plan(
+        run_id,
+        manifest,
+        works,
+        state.ledger,
+        limits=state.limiter.limits_in_force(),
+        health=state.limiter.health(),
+        concurrency=concurrency,
+        prefixes=prefixes,
+    )
+
+
+def plan(config: RunConfig, *, on_message: Callable[[str], None] = lambda _: None) -> PlanResult:
+    """Pack and project both modes of `config.manifest` and say what admission would decide.
+
+    Sends nothing (local estimates only) and holds nothing.
+    """
+    state = open_state(config)
+    the_plan = _make_plan(
+        "plan",
+        config.manifest,
+        state,
+        client=None,
+        concurrency=_concurrency(config, state),
+        on_message=on_message,
+    )
+    decision = state.ledger.decide(
+        _wanted(the_plan, config),
+        config.mode,
+        health_ok=the_plan.health.ok,
+        health_reason=the_plan.health.reason,
+    )
+    return PlanResult(
+        manifest=config.manifest.path,
+        plan=the_plan,
+        remaining_usd=state.ledger.status().to_json()["remaining_usd"],
+        decision=Decision(decision.mode),
+        reason=decision.reason,
+    )
+
+
+def _wanted(the_plan: Plan, config: RunConfig) -> dict[Mode, Any]:
+    return {m: p for m, p in the_plan.projections.items() if config.mode in ("auto", m)}
+
+
+def run(
+    config: RunConfig,
+    *,
+    on_progress: Callable[[Progress], None] = lambda _: None,
+    on_message: Callable[[str], None] = lambda _: None,
+) -> RunResult:
+    """Plan, admit and run `config` (a new run, or the rest of `config.resume`)."""
+    previous = config.resume
+    run_id = previous.id if previous else _new_run_id()
+    _check_out_dir(config.out_root)
+    state = open_state(config)
+    concurrency = _concurrency(config, state)
+    manifest, done_rows = config.manifest, {}
+    if previous is not None:
+        recorded = state.runs.jobs(run_id)
+        done_rows = {j.id: j for j in recorded if j.status == JobStatus.DONE}
+        manifest = _remaining(manifest, recorded)
+    client = (
+        None
+        if config.dry_run or not config.count_tokens
+        else ApiClient(config.base_url, config.api_key)
+    )
+    the_plan = _make_plan(
+        run_id, manifest, state, client=client, concurrency=concurrency, on_message=on_message
+    )
+    _check_limits(the_plan)
+    admission = state.ledger.admit(
+        run_id,
+        _wanted(the_plan, config),
+        config.mode,
+        health_ok=the_plan.health.ok,
+        health_reason=the_plan.health.reason,
+    )
+    on_message(f"mode: {admission.mode} ({admission.reason})")
+    if admission.mode == Decision.REFUSED or config.dry_run:
+        state.ledger.end_run(run_id)
+        status = RunStatus.REFUSED if admission.mode == Decision.REFUSED else RunStatus.PLANNED
+        totals = state.ledger.run_totals(run_id)
+        return _result(run_id, admission, status, None, {}, totals, None, the_plan)
+    execution = _Execution(config, state, run_id, the_plan, admission, done_rows, concurrency)
+    try:
+        return execution.run(on_progress)
+    finally:
+        state.ledger.end_run(run_id)
+
+
+def _new_run_id() -> str:
+    return datetime.now(UTC).strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(2)
+
+
+def _check_out_dir(out: Path) -> None:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".write-test-{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise RunnerInputError(
+            f"{out}: the output folder is not writable ({exc.strerror})"
+        ) from exc
+
+
+def _check_limits(the_plan: Plan) -> None:
+    """Refuse, before anything is sent, a request no ITPM bucket could ever hold."""
+    itpm = the_plan.limits.get("itpm")
+    for job in (j for jobs in the_plan.jobs.values() for j in jobs):
+        if itpm and job.rate_tokens > itpm:
+            raise RunnerInputError(
+                f"repo {job.slug}: one request needs {job.rate_tokens:,} input tokens, more than "
+                f"the itpm limit of {itpm:,} per minute; lower max_input_tokens in the manifest"
+            )
+
+
+def _remaining(manifest: Manifest, jobs: Sequence[JobRow]) -> Manifest:
+    """The manifest narrowed to the repos of a resumed run that still have jobs to do."""
+    todo = {job.slug for job in jobs if job.status != JobStatus.DONE}
+    return replace(manifest, repos=tuple(r for r in manifest.repos if r.slug in todo))
+
+
+def job_counts(rows: Sequence[JobRow]) -> dict[str, int]:
+    """Reviews (warm-ups aside) by status: the run's job totals, from runs.db."""
+    return {str(key): sum(1 for r in rows if r.status == key and not r.warm) for key in _COUNTED}
+
+
+class _Tally:
+    """The progress counts: the done rows of earlier attempts, plus each outcome as it comes."""
+
+    def __init__(self, total: int, already_done: int) -> None:
+        self.total = total
+        self.counts = {JobStatus.DONE: already_done, JobStatus.FAILED: 0, JobStatus.DEFERRED: 0}
+        self.cost = self.rate_limited = 0
+
+    def add(self, outcome: JobOutcome) -> None:
+        self.counts[outcome.status] += not outcome.job.warm
+        self.cost += outcome.cost_micros
+        self.rate_limited += outcome.rate_limited
+
+    def progress(self, in_flight: int, **extra: Any) -> Progress:
+        return Progress(
+            total=self.total,
+            done=self.counts[JobStatus.DONE],
+            failed=self.counts[JobStatus.FAILED],
+            deferred=self.counts[JobStatus.DEFERRED],
+            in_flight=in_flight,
+            cost_micros=self.cost,
+            rate_limited=self.rate_limited,
+            **extra,
+        )
+
+
+@dataclass
+class _Execution:
+    """An admitted run, from recording its jobs to its summary."""
+
+    config: RunConfig
+    state: State
+    run_id: str
+    plan: Plan
+    admission: Admission
+    done_rows: Mapping[str, JobRow]
+    concurrency: int
+
+    @property
+    def mode(self) -> Mode:
+        return Mode(self.admission.mode)
+
+    @property
+    def out_dir(self) -> Path:
+        return self.config.out_root / self.run_id
+
+    def run(self, on_progress: Callable[[Progress], None]) -> RunResult:
+        self._record()
+        todo = self._todo()
+        reviews_done = sum(1 for j in self.done_rows.values() if not j.warm)
+        tally = _Tally(sum(1 for j in todo if not j.warm) + reviews_done, reviews_done)
+        runs = self.state.runs
+
+        def on_outcome(outcome: JobOutcome, in_flight: int) -> None:
+            if outcome.status != JobStatus.DONE:
+                runs.finish_job(
+                    outcome.job_id, outcome.status, error=outcome.error, attempts=outcome.attempts
+                )
+            tally.add(outcome)
+            write_if_complete(self.run_id, outcome.job.slug, self.mode, self.out_dir, runs)
+            on_progress(tally.progress(in_flight, outcome=outcome))
+
+        def on_stopping(reason: StopReason, in_flight: int) -> None:
+            on_progress(tally.progress(in_flight, message=STOP_MESSAGES[reason]))
+
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        on_progress(tally.progress(0))  # the starting line: what is left to do
+        try:
+            pool = run_pool(
+                todo,
+                self._worker_config(),
+                {w.spec.slug: w for w in self.plan.works},
+                workers=self.concurrency,
+                on_outcome=on_outcome,
+                on_stopping=on_stopping,
+            )
+        except BaseException:
+            runs.update_run(self.run_id, status=RunStatus.INTERRUPTED)
+            raise
+        if pool.stop in (StopReason.BUDGET, StopReason.SPEND_CAP):
+            for job in pool.unsent:
+                runs.finish_job(job.id, JobStatus.DEFERRED, error=f"not sent: {pool.stop}")
+        return self._finish(pool.stop)
+
+    def _record(self) -> None:
+        """Record the run (or the resumed run's new jobs) in runs.db, and mark it running."""
+        runs, run_id = self.state.runs, self.run_id
+        planned = [(j.id, j.slug, j.agent, j.warm) for j in self.plan.jobs[self.mode]]
+        if self.config.resume is not None:
+            runs.add_jobs(run_id, planned)
+        else:
+            runs.create_run(
+                run_id,
+                manifest=str(self.config.manifest.path),
+                name=self.config.manifest.name,
+                requested_mode=self.config.mode,
+                out_dir=str(self.config.out_root),
+                repos=[
+                    {
+                        "slug": w.spec.slug,
+                        "path": str(w.root),
+                        "model": w.spec.model,
+                        "pack": w.pack.summary(),
+                        "pack_sha256": w.pack.sha256,
+                    }
+                    for w in self.plan.works
+                ],
+                jobs=planned,
+            )
+        runs.update_run(
+            run_id,
+            status=RunStatus.RUNNING,
+            mode=self.mode,
+            reason=self.admission.reason,
+            pid=os.getpid(),
+        )
+
+    def _todo(self) -> list[Job]:
+        """The jobs still to send: reviews not done, and the warm-up of each repo they are in."""
+        jobs = self.plan.jobs[self.mode]
+        left = [j for j in jobs if not j.warm and j.id not in self.done_rows]
+        # A resumed repo's cache has likely expired: warm it again if any of its agents is left.
+        slugs_left = {j.slug for j in left}
+        return [j for j in jobs if j in left or (j.warm and j.slug in slugs_left)]
+
+    def _worker_config(self) -> WorkerConfig:
+        config = self.config
+        return WorkerConfig(
+            state_dir=config.state.root,
+            burst=config.limits.burst_seconds,
+            base_url=config.base_url,
+            api_key=config.api_key,
+            max_attempts=config.max_attempts,
+            prompts_folder=config.manifest.prompts,
+            max_output_tokens=config.manifest.max_output_tokens,
+        )
+
+    def _finish(self, stop: StopReason | None) -> RunResult:
+        """Reports of every repo, the run's status and summary, from runs.db and the ledger."""
+        runs, run_id = self.state.runs, self.run_id
+        rows = runs.jobs(run_id)
+        repo_outcomes = finish_reports(run_id, self.mode, self.out_dir, runs, rows)
+        tally = job_counts(rows)
+        if stop == StopReason.INTERRUPTED:
+            status = RunStatus.INTERRUPTED
+        elif stop == StopReason.AUTH:
+            status = RunStatus.FAILED
+        elif tally[JobStatus.DEFERRED] or stop in (StopReason.BUDGET, StopReason.SPEND_CAP):
+            status = RunStatus.DEFERRED
+        elif tally[JobStatus.FAILED] or tally[JobStatus.PENDING]:
+            status = RunStatus.FAILED
+        else:
+            status = RunStatus.DONE
+        totals = self.state.ledger.run_totals(run_id)
+        write_summary(self.out_dir, run_id, repo_outcomes, totals=json_totals(totals))
+        runs.update_run(run_id, status=status)
+        return _result(run_id, self.admission, status, stop, tally, totals, self.out_dir, self.plan)
+
+
+def _result(
+    run_id: str,
+    admission: Admission,
+    status: RunStatus,
+    stop: StopReason | None,
+    tally: Mapping[str, int],
+    totals: Mapping[str, int],
+    out_dir: Path | None,
+    the_plan: Plan,
+) -> RunResult:
+    return RunResult(
+        run_id=run_id,
+        mode=admission.mode,
+        reason=admission.reason,
+        status=status,
+        stop=stop,
+        jobs={str(key): int(tally.get(key, 0)) for key in _COUNTED},
+        totals=totals,
+        out_dir=out_dir,
+        plan=the_plan,
+    )

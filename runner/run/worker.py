@@ -1,0 +1,308 @@
+"""One review request, start to finish, inside a worker process.
+
+Each attempt goes: limiter acquire, ledger reserve, the call, then limiter observe and
+settle, the reply recorded in runs.db, ledger settle. Every path out of an attempt
+settles or releases both the lease and the reservation, so a failed request never
+leaves the account paced or the budget held.
+
+The process receives every repo's pack and prompt texts once, at start (`init_worker`);
+a Job names its repo by slug.
+"""
+
+from __future__ import annotations
+
+import random
+import signal
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from jobs.agents import load_prompts
+from jobs.findings import parse
+from jobs.pack import pack_repo
+from ledger.errors import BudgetExceeded
+from ledger.ledger import Ledger, Reservation
+from runner.client import ApiClient, CallError, Reply
+from runner.kinds import Billed, ErrorKind, JobStatus, StopReason
+from runner.limiter import AcquireTimeout, Lease, Limiter
+from runner.run.job import Job, JobOutcome
+from runner.run.plan import RepoWork, repo_prompts
+from runner.runs import Runs
+from statedb import StatePaths
+
+__all__ = ["WorkerConfig", "init_worker", "request_blocks", "run_job"]
+
+# A 429 is the limiter's business (shared cooldown), not a failure of the job, but a job
+# that keeps meeting them is not going to get through: give up after this many.
+MAX_RATE_LIMITED = 20
+# The share of the pack kept when the API says the prompt is too long (once per job).
+SHRINK = 0.7
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """What every worker process needs. Holds no secret: the SDK reads the key from the environment."""
+
+    state_dir: Path
+    base_url: str | None
+    burst: float = 0.0
+    api_key: str | None = None  # only ever the simulator's dummy key
+    max_attempts: int = 5
+    backoff_base: float = 0.5
+    backoff_cap: float = 30.0
+    acquire_timeout: float | None = 3600.0
+    request_timeout: float = 600.0
+    prompts_folder: Path | None = None  # the manifest's prompt folder, to rebuild a shrunk prompt
+    max_output_tokens: int = 4096  # the manifest's, written into the instructions
+
+
+@dataclass
+class _Context:
+    config: WorkerConfig
+    limiter: Limiter
+    ledger: Ledger
+    runs: Runs
+    client: ApiClient
+    repos: dict[str, RepoWork]
+
+
+@dataclass
+class _Attempts:
+    """One job's counters across its attempts."""
+
+    sent: int = 0
+    rate_limited: int = 0
+    shrunk: RepoWork | None = None  # this job's own smaller pack, after "prompt too long"
+
+
+_CTX: _Context | None = None
+
+
+def init_worker(config: WorkerConfig, repos: Mapping[str, RepoWork]) -> None:
+    """Pool initializer: this process's limiter, ledger, runs db, API client, and every repo's
+    pack and prompts (shipped once per process, not once per job).
+
+    Workers ignore SIGINT: the parent decides what a Ctrl-C means (finish what is in flight).
+    """
+    global _CTX
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    paths = StatePaths(config.state_dir)
+    _CTX = _Context(
+        config=config,
+        # limits None: the main process stored the configuration; workers share it.
+        limiter=Limiter(config.state_dir, None, burst=config.burst),
+        ledger=Ledger(paths.ledger, price_override=paths.prices),
+        runs=Runs(paths.runs),
+        client=ApiClient(config.base_url, config.api_key, timeout=config.request_timeout),
+        repos=dict(repos),
+    )
+
+
+def request_blocks(
+    pack_text: str, instructions: str | None, *, cache_ttl: str | None = None
+) -> list[dict[str, Any]]:
+    """The user content: the pack first (a cacheable prefix when `cache_ttl` is set), then the
+    agent's instructions (none for a cache warm-up)."""
+    pack: dict[str, Any] = {"type": "text", "text": pack_text}
+    if cache_ttl:
+        pack["cache_control"] = {"type": "ephemeral"}
+        if cache_ttl == "1h":
+            pack["cache_control"]["ttl"] = "1h"
+    return [pack] if instructions is None else [pack, {"type": "text", "text": instructions}]
+
+
+def _backoff(attempt: int, config: WorkerConfig) -> float:
+    # Full jitter: spreads retries of many workers hit by the same outage.
+    return random.uniform(0, min(config.backoff_cap, config.backoff_base * 2**attempt))
+
+
+def run_job(job: Job) -> JobOutcome:
+    """Run one job to an outcome, retrying as its errors allow. Never raises for API errors."""
+    assert _CTX is not None, "init_worker was not called"
+    ctx = _CTX
+    tries = _Attempts()
+    while True:
+        try:
+            lease = ctx.limiter.acquire(
+                job.rate_tokens, job.output_estimate, timeout=ctx.config.acquire_timeout
+            )
+        except AcquireTimeout as exc:
+            return JobOutcome(job, JobStatus.FAILED, error=str(exc), attempts=tries.sent)
+        try:
+            reservation = ctx.ledger.reserve(
+                job.run_id,
+                job.id,
+                job.model,
+                job.input_tokens,
+                job.max_output,
+                counted=job.counted,  # an exact count is reserved as it is
+                agent=job.key,
+                review=job.review,
+                mode=job.mode,
+            )
+        except BudgetExceeded as exc:
+            ctx.limiter.release(lease)
+            return JobOutcome(
+                job, JobStatus.DEFERRED, error=str(exc), stop=StopReason.BUDGET, attempts=tries.sent
+            )
+        except BaseException:
+            ctx.limiter.release(lease)
+            raise
+        tries.sent += 1
+        try:
+            system, blocks = _request(tries.shrunk or ctx.repos[job.slug], job)
+            reply = ctx.client.create(
+                model=job.model,
+                system=system,
+                blocks=blocks,
+                max_tokens=job.max_output,
+                extra_headers={"x-review-job": job.id},
+            )
+        except CallError as err:
+            _account_failure(ctx, err, lease, reservation, job)
+            outcome, job = _after_failure(ctx, job, err, tries)
+            if outcome is None:
+                continue
+            return outcome
+        except BaseException:
+            # Interrupted mid-request: it may have been processed, keep it charged.
+            ctx.ledger.mark_unknown(reservation)
+            ctx.limiter.release(lease)
+            raise
+        return _account_success(ctx, job, reply, (lease, reservation), tries)
+
+
+def _after_failure(
+    ctx: _Context, job: Job, err: CallError, tries: _Attempts
+) -> tuple[JobOutcome | None, Job]:
+    """What a failed attempt leads to: an outcome, or None to try again (with this job)."""
+    if err.kind == ErrorKind.RATE_LIMITED:
+        tries.rate_limited += 1
+        ctx.ledger.record_event("rate_limited", run_id=job.run_id)
+        # The shared cooldown makes every process wait, this one included.
+        ctx.limiter.penalize(err.retry_after or 1.0, err.limit)
+        if tries.rate_limited <= MAX_RATE_LIMITED:
+            tries.sent -= 1
+            return None, job
+    elif err.kind == ErrorKind.SPEND_CAP:
+        ctx.ledger.record_event("spend_cap", run_id=job.run_id)
+        stop = StopReason.SPEND_CAP
+        return JobOutcome(
+            job, JobStatus.DEFERRED, error=str(err), stop=stop, attempts=tries.sent
+        ), job
+    elif err.kind == ErrorKind.AUTH:
+        stop = StopReason.AUTH
+        return JobOutcome(
+            job, JobStatus.FAILED, error=str(err), stop=stop, attempts=tries.sent
+        ), job
+    elif err.kind == ErrorKind.TOO_LONG and tries.shrunk is None:
+        tries.shrunk = _shrunk(ctx, ctx.repos[job.slug])
+        return None, _scaled(job)
+    elif err.retryable and tries.sent < ctx.config.max_attempts:
+        time.sleep(_backoff(tries.sent, ctx.config))
+        return None, job
+    failed = JobOutcome(
+        job,
+        JobStatus.FAILED,
+        error=f"{err} (after {tries.sent} attempts)",
+        attempts=tries.sent,
+        rate_limited=tries.rate_limited,
+    )
+    return failed, job
+
+
+def _request(work: RepoWork, job: Job) -> tuple[str, list[dict[str, Any]]]:
+    """The system prompt and user content blocks of `job`, from its repo's prompts."""
+    prompts = work.prompts
+    assert prompts is not None
+    # A warm-up sends only the prefix (system + pack), the same for every agent.
+    blocks = request_blocks(
+        prompts.pack,
+        None if job.warm else prompts.instructions[job.agent],
+        cache_ttl=job.cache_ttl if job.cache else None,
+    )
+    return prompts.system, blocks
+
+
+def _account_failure(
+    ctx: _Context, err: CallError, lease: Lease, reservation: Reservation, job: Job
+) -> None:
+    if err.headers:
+        ctx.limiter.observe(err.headers)
+    if err.status is not None:
+        ctx.limiter.record(status=err.status, latency=err.latency)
+    if err.billed == Billed.UNKNOWN:
+        # Sent, no answer: the API may have processed and billed it.
+        ctx.ledger.mark_unknown(reservation)
+        ctx.limiter.settle(
+            lease, {"input_tokens": job.rate_tokens, "output_tokens": job.output_estimate}
+        )
+    else:
+        ctx.ledger.release(reservation)
+        ctx.limiter.release(lease)
+
+
+def _account_success(
+    ctx: _Context,
+    job: Job,
+    reply: Reply,
+    held: tuple[Lease, Reservation],
+    tries: _Attempts,
+) -> JobOutcome:
+    lease, reservation = held
+    ctx.limiter.observe(reply.headers)
+    ctx.limiter.settle(lease, reply.usage)
+    ctx.limiter.record(status=200, latency=reply.latency)
+    result = None
+    if not job.warm:
+        pack = (tries.shrunk or ctx.repos[job.slug]).pack
+        result = parse(reply.text, reply.stop_reason, agent=job.agent, pack=pack).to_dict()
+    # The reply is recorded before the ledger settles: if this process dies in between,
+    # the job is not sent again and its reservation shows as unknown, never as free.
+    ctx.runs.finish_job(
+        job.id,
+        JobStatus.DONE,
+        result=result,
+        usage=reply.usage,
+        request_id=reply.request_id,
+        attempts=tries.sent,
+    )
+    cost = ctx.ledger.settle(
+        reservation, reply.usage, request_id=reply.request_id, service_tier=reply.service_tier
+    )
+    ctx.runs.set_job_cost(job.id, cost)
+    return JobOutcome(
+        job,
+        JobStatus.DONE,
+        result=result,
+        usage=reply.usage,
+        cost_micros=cost,
+        attempts=tries.sent,
+        rate_limited=tries.rate_limited,
+    )
+
+
+def _shrunk(ctx: _Context, work: RepoWork) -> RepoWork:
+    """`work` repacked to SHRINK of its size, with its prompts rebuilt (for one job only)."""
+    pack = pack_repo(
+        work.root, slug=work.spec.slug, max_input_tokens=int(work.pack.token_estimate * SHRINK)
+    )
+    assert work.prompts is not None
+    texts = load_prompts(ctx.config.prompts_folder)
+    agents = tuple(work.prompts.instructions)
+    return replace(
+        work, pack=pack, prompts=repo_prompts(pack, agents, texts, ctx.config.max_output_tokens)
+    )
+
+
+def _scaled(job: Job) -> Job:
+    """`job` with its sizes scaled to the shrunk pack: an estimate now, never counted."""
+    return replace(
+        job,
+        input_tokens=int(job.input_tokens * SHRINK),
+        cache_write=int(job.cache_write * SHRINK),
+        cache_read=int(job.cache_read * SHRINK),
+        counted=False,
+    )
