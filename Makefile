@@ -8,11 +8,16 @@ MANIFEST ?= jobs/nightly.toml
 
 .PHONY: install test lint nightly plan budget limits demo bench clean
 
+PIP_LOG := $(VENV)/pip.log
+
+# pip's output goes to a log, shown only when it fails: the first lines on screen are ours.
 $(STAMP): setup.cfg pyproject.toml
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
-	touch $(STAMP)
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@echo "Installing review-runner and its dependencies into $(VENV) (log: $(PIP_LOG))"
+	@( $(BIN)/python -m pip install --quiet --upgrade pip \
+	   && $(BIN)/python -m pip install --quiet -e '.[test]' ) > $(PIP_LOG) 2>&1 \
+	   || { cat $(PIP_LOG); echo "pip install failed (log: $(PIP_LOG))"; exit 1; }
+	@touch $(STAMP)
 
 install: $(STAMP)
 
@@ -20,8 +25,9 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)
-	$(BIN)/ruff check runner ledger jobs tests benchmarks
-	$(BIN)/ruff format --check runner ledger jobs tests benchmarks
+	$(BIN)/ruff check runner ledger jobs statedb tests benchmarks
+	$(BIN)/ruff format --check runner ledger jobs statedb tests benchmarks
+	$(BIN)/mypy
 
 nightly: $(STAMP)
 	$(BIN)/review-runner run $(MANIFEST)
@@ -40,7 +46,8 @@ demo: $(STAMP)
 
 # The peers: pyrate-limiter from PyPI, repomix through npx (the npm registry).
 bench: $(STAMP)
-	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
+	@$(BIN)/python -m pip install --quiet -e '.[test,bench]' > $(PIP_LOG) 2>&1 \
+	   || { cat $(PIP_LOG); echo "pip install failed (log: $(PIP_LOG))"; exit 1; }
 	for script in benchmarks/*_bench.py; do echo "== $$script"; $(BIN)/python $$script || exit 1; done
 
 clean:

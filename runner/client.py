@@ -151,12 +151,14 @@ class ApiClient:
         import anthropic
 
         started = time.monotonic()
+        # Our blocks are plain dicts; the SDK's TypedDicts cannot tell which param type they are.
+        messages: Any = [{"role": "user", "content": blocks}]
         try:
             raw = self.sdk.messages.with_raw_response.create(
                 model=model,
                 max_tokens=max_tokens,
                 system=system,
-                messages=[{"role": "user", "content": blocks}],
+                messages=messages,
                 extra_headers=dict(extra_headers or {}),
             )
             message = raw.parse()
@@ -180,10 +182,9 @@ class ApiClient:
         """The API's own count of a request's input tokens."""
         import anthropic
 
+        messages: Any = [{"role": "user", "content": blocks}]
         try:
-            result = self.sdk.messages.count_tokens(
-                model=model, system=system, messages=[{"role": "user", "content": blocks}]
-            )
+            result = self.sdk.messages.count_tokens(model=model, system=system, messages=messages)
         except anthropic.APIStatusError as exc:
             raise _classify_status(exc, None) from None
         except anthropic.APIConnectionError as exc:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import sys
 import threading
 from pathlib import Path
 from types import FrameType
@@ -166,7 +167,7 @@ def serve(
     try:
         url = sim.start(port)
         click.echo(url)
-        click.get_text_stream("stdout").flush()
+        sys.stdout.flush()  # the URL line reaches a reading parent at once
         click.echo(f"simulator listening on {url} (Ctrl-C or SIGTERM to stop)", err=True)
         while not stop.wait(0.5):
             pass

@@ -20,7 +20,7 @@ from typing import Any
 
 from jobs.manifest import Manifest
 from jobs.reports import write_summary
-from ledger.ledger import Admission, Ledger
+from ledger.ledger import Admission, Ledger, Projection
 from ledger.modes import Decision, Mode
 from runner.client import ApiClient, CallError
 from runner.errors import RunnerInputError
@@ -232,7 +232,8 @@ def plan(config: RunConfig, *, on_message: Callable[[str], None] = lambda _: Non
     )
 
 
-def _wanted(the_plan: Plan, config: RunConfig) -> dict[Mode, Any]:
+def _wanted(the_plan: Plan, config: RunConfig) -> dict[str, Projection]:
+    """The projections of the modes the run may take (both for auto)."""
     return {m: p for m, p in the_plan.projections.items() if config.mode in ("auto", m)}
 
 

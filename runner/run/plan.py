@@ -175,10 +175,13 @@ def build_jobs(
         local_prefix = estimate_tokens(prompts.system) + work.pack.token_estimate
         prefix = (prefixes or {}).get(work.spec.slug, local_prefix)
         warm = mode == Mode.CONCURRENT and prefix >= MIN_CACHEABLE_TOKENS
-        common = {"run_id": run_id, "slug": work.spec.slug, "mode": mode, "model": work.spec.model}
+        slug, model = work.spec.slug, work.spec.model
         warm_up = Job(
-            **common,
-            agent=agents[0],
+            run_id,
+            slug,
+            agents[0],
+            mode,
+            model,
             input_tokens=prefix,
             max_output=0,
             counted=counted,
@@ -191,8 +194,11 @@ def build_jobs(
             instructions = estimate_tokens(prompts.instructions[agent])
             jobs.append(
                 Job(
-                    **common,
-                    agent=agent,
+                    run_id,
+                    slug,
+                    agent,
+                    mode,
+                    model,
                     input_tokens=prefix + instructions,
                     max_output=max_output,
                     counted=counted,
