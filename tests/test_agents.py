@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from test_findings import PACK, make_pack
 
+import jobs.manifest
 from jobs.agents import (
     AGENT_NAMES,
     COMBINED,
@@ -21,6 +22,7 @@ from jobs.agents import (
 )
 from jobs.errors import JobsInputError
 from jobs.findings import parse
+from jobs.pack import pack_repo
 
 AGENT_PROMPT = "Review {repo} as {agent}. Answer in at most {max_output_tokens} tokens as JSON."
 
@@ -42,8 +44,7 @@ def test_shipped_prompts_cover_every_agent_and_ask_for_the_findings_json() -> No
 
 
 def test_manifest_agents_match() -> None:
-    manifest = pytest.importorskip("jobs.manifest")
-    assert tuple(manifest.AGENTS) == SPECIALISTS
+    assert tuple(jobs.manifest.AGENTS) == SPECIALISTS
 
 
 def test_build_prompt_shares_system_and_pack_across_agents() -> None:
@@ -179,7 +180,6 @@ def test_json_examples_are_not_placeholders(tmp_path: Path) -> None:
 
 def test_real_pack_end_to_end(tmp_path: Path) -> None:
     """A prompt built from jobs.pack on a real folder, and a reply citing it, parsed against that pack."""
-    pack_repo = pytest.importorskip("jobs.pack").pack_repo
     repo = tmp_path / "repo"
     (repo / "src").mkdir(parents=True)
     (repo / "src" / "app.py").write_text(

@@ -304,21 +304,19 @@ def test_threads_of_one_process_share_the_in_flight_cap(tmp_path: Path) -> None:
         t.start()
     for t in threads:
         t.join(timeout=60)
-    assert len(granted) == 120 and len(set(granted)) <= 120
+    assert len(granted) == 120
     assert peak <= 2
     assert limiter.status()["in_flight"] == []
 
 
 @pytest.mark.parametrize(
-    ("burst", "granted"),
+    "burst",
     [
-        pytest.param(0.0, 1, id="strict-pacing-keeps-only-one-request"),
-        pytest.param(60.0, 2, id="platform-bucket-keeps-idle-refill"),
+        pytest.param(0.0, id="strict-pacing-keeps-only-one-request"),
+        pytest.param(60.0, id="platform-bucket-keeps-idle-refill"),
     ],
 )
-def test_idle_refill_is_kept_only_as_burst_allows(
-    tmp_path: Path, burst: float, granted: int
-) -> None:
+def test_idle_refill_is_kept_only_as_burst_allows(tmp_path: Path, burst: float) -> None:
     limiter = Limiter(tmp_path, Limits(rpm=120, itpm=10**9, otpm=10**9), burst=burst)
     # A new limiter is as if idle for a minute: strict pacing keeps one request of it, the
     # platform's bucket all 120. Spend it, so that only the idle time below refills.
@@ -330,13 +328,21 @@ def test_idle_refill_is_kept_only_as_burst_allows(
             )
             drained += 1
     assert drained == (120 if burst else 1)
-    # 2 requests per second; 1.2 s idle refills 2.4 requests' worth.
+    # 2 requests per second: at least 1.2 s idle refills at least 2.4 requests' worth. A busy
+    # machine only sleeps longer, so the counts below are bounds by the time measured.
+    idle_from = time.monotonic()
     time.sleep(1.2)
     leases = []
     with pytest.raises(AcquireTimeout):
-        for _ in range(3):
+        for _ in range(130):
             leases.append(limiter.acquire(1, 1, timeout=0))
-    assert len(leases) == granted
+    refilled = 2 * (time.monotonic() - idle_from)
+    if burst:
+        assert 2 <= len(leases) <= int(refilled) + 1
+    else:
+        # Strict pacing keeps one request's worth however long the idle time was; a second
+        # needs another 0.5 s, which only a stalled acquire loop could have waited.
+        assert 1 <= len(leases) <= 1 + int(refilled - 2 * 1.2 + 0.5)
     with pytest.raises(RunnerInputError, match="burst must be zero or positive, got -1"):
         Limiter(tmp_path, burst=-1)
 
