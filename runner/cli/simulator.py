@@ -157,6 +157,11 @@ def serve(
         batch_delay=batch_delay,
         prices_path=prices_path,
     )
+    _serve_until_signal(config, port)
+
+
+def _serve_until_signal(config: SimConfig, port: int) -> None:
+    """Serve `config` on `port`, print its URL, stop on SIGINT/SIGTERM and print its stats."""
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:

@@ -11,9 +11,10 @@ reporting.py  reports from runs.db rows
 
 from __future__ import annotations
 
-from runner.run.batch import PlanResult, Progress, RunResult, plan, run
+from runner.run.batch import plan, run
 from runner.run.config import LimitsConfig, RunConfig, RunOptions, load_config
 from runner.run.job import Job, JobOutcome
+from runner.run.results import PlanResult, Progress, RunResult
 
 __all__ = [
     "Job",

@@ -3,9 +3,7 @@
 Library code: it reports progress through callbacks and returns frozen result objects
 (RunResult, PlanResult); the CLI renders them and chooses the exit code.
 
-One source for each total: job counts come from runs.db (the rows the workers wrote),
-tokens and money from the ledger's run totals; progress counts start from the rows and
-add the outcomes as they arrive.
+Totals: see runner.run.results (job counts from runs.db, money from the ledger).
 """
 
 from __future__ import annotations
@@ -16,7 +14,6 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 from jobs.manifest import Manifest
 from jobs.reports import write_summary
@@ -31,20 +28,12 @@ from runner.run.job import Job, JobOutcome
 from runner.run.plan import Plan, RepoWork, count_prefixes, make_plan, pack_all, with_prompts
 from runner.run.pool import run_pool
 from runner.run.reporting import finish_reports, json_totals, write_if_complete
+from runner.run.results import PlanResult, Progress, RunResult, Tally, job_counts, make_result
 from runner.run.worker import WorkerConfig, request_blocks
 from runner.runs import JobRow, Runs
 from statedb import StatePaths
 
-__all__ = [
-    "PlanResult",
-    "Progress",
-    "RunResult",
-    "State",
-    "job_counts",
-    "open_state",
-    "plan",
-    "run",
-]
+__all__ = ["State", "open_state", "plan", "run"]
 
 # What each stop says on the progress line.
 STOP_MESSAGES = {
@@ -54,76 +43,6 @@ STOP_MESSAGES = {
     StopReason.SPEND_CAP: "the account's spend limit is reached: sending nothing more",
     StopReason.AUTH: "the API rejected the credentials: stopping",
 }
-_COUNTED = (JobStatus.DONE, JobStatus.FAILED, JobStatus.DEFERRED, JobStatus.PENDING)
-
-
-@dataclass(frozen=True)
-class Progress:
-    """A job finished (or the run is stopping)."""
-
-    total: int
-    done: int
-    failed: int
-    deferred: int
-    in_flight: int
-    cost_micros: int
-    rate_limited: int
-    outcome: JobOutcome | None = None
-    message: str | None = None
-
-
-@dataclass(frozen=True)
-class RunResult:
-    """What a run did, for the CLI to render."""
-
-    run_id: str
-    mode: str
-    reason: str
-    status: RunStatus
-    stop: StopReason | None
-    jobs: Mapping[str, int]
-    totals: Mapping[str, Any]
-    out_dir: Path | None
-    plan: Plan | None
-
-    def to_json(self) -> dict[str, Any]:
-        """The `run --json` document (keys from DESIGN.md, and more)."""
-        resumable = (RunStatus.INTERRUPTED, RunStatus.DEFERRED, RunStatus.FAILED)
-        return {
-            "run_id": self.run_id,
-            "status": self.status,
-            "mode": self.mode,
-            "reason": self.reason,
-            "stop": self.stop,
-            "jobs": dict(self.jobs),
-            **json_totals(self.totals),
-            "out_dir": str(self.out_dir) if self.out_dir else None,
-            "resume": f"review-runner run --resume {self.run_id}"
-            if self.status in resumable
-            else None,
-        }
-
-
-@dataclass(frozen=True)
-class PlanResult:
-    """What `plan` found: both modes, the money left, and what admission would decide."""
-
-    manifest: Path
-    plan: Plan
-    remaining_usd: float | None
-    decision: Decision
-    reason: str
-
-    def to_json(self) -> dict[str, Any]:
-        """The `plan --json` document (keys from DESIGN.md, and more)."""
-        return {
-            "manifest": str(self.manifest),
-            "repos": len(self.plan.works),
-            "modes": self.plan.modes_json(),
-            "remaining_usd": self.remaining_usd,
-            "decision": {"mode": self.decision, "reason": self.reason},
-            "limits": dict(self.plan.limits),
-        }
 
 
 @dataclass
@@ -275,7 +194,7 @@ def run(
         state.ledger.end_run(run_id)
         status = RunStatus.REFUSED if admission.mode == Decision.REFUSED else RunStatus.PLANNED
         totals = state.ledger.run_totals(run_id)
-        return _result(run_id, admission, status, None, {}, totals, None, the_plan)
+        return make_result(run_id, admission, status, None, {}, totals, None, the_plan)
     execution = _Execution(config, state, run_id, the_plan, admission, done_rows, concurrency)
     try:
         return execution.run(on_progress)
@@ -316,37 +235,6 @@ def _remaining(manifest: Manifest, jobs: Sequence[JobRow]) -> Manifest:
     return replace(manifest, repos=tuple(r for r in manifest.repos if r.slug in todo))
 
 
-def job_counts(rows: Sequence[JobRow]) -> dict[str, int]:
-    """Reviews (warm-ups aside) by status: the run's job totals, from runs.db."""
-    return {str(key): sum(1 for r in rows if r.status == key and not r.warm) for key in _COUNTED}
-
-
-class _Tally:
-    """The progress counts: the done rows of earlier attempts, plus each outcome as it comes."""
-
-    def __init__(self, total: int, already_done: int) -> None:
-        self.total = total
-        self.counts = {JobStatus.DONE: already_done, JobStatus.FAILED: 0, JobStatus.DEFERRED: 0}
-        self.cost = self.rate_limited = 0
-
-    def add(self, outcome: JobOutcome) -> None:
-        self.counts[outcome.status] += not outcome.job.warm
-        self.cost += outcome.cost_micros
-        self.rate_limited += outcome.rate_limited
-
-    def progress(self, in_flight: int, **extra: Any) -> Progress:
-        return Progress(
-            total=self.total,
-            done=self.counts[JobStatus.DONE],
-            failed=self.counts[JobStatus.FAILED],
-            deferred=self.counts[JobStatus.DEFERRED],
-            in_flight=in_flight,
-            cost_micros=self.cost,
-            rate_limited=self.rate_limited,
-            **extra,
-        )
-
-
 @dataclass
 class _Execution:
     """An admitted run, from recording its jobs to its summary."""
@@ -371,7 +259,7 @@ class _Execution:
         self._record()
         todo = self._todo()
         reviews_done = sum(1 for j in self.done_rows.values() if not j.warm)
-        tally = _Tally(sum(1 for j in todo if not j.warm) + reviews_done, reviews_done)
+        tally = Tally(sum(1 for j in todo if not j.warm) + reviews_done, reviews_done)
         runs = self.state.runs
 
         def on_outcome(outcome: JobOutcome, in_flight: int) -> None:
@@ -477,27 +365,6 @@ class _Execution:
         totals = self.state.ledger.run_totals(run_id)
         write_summary(self.out_dir, run_id, repo_outcomes, totals=json_totals(totals))
         runs.update_run(run_id, status=status)
-        return _result(run_id, self.admission, status, stop, tally, totals, self.out_dir, self.plan)
-
-
-def _result(
-    run_id: str,
-    admission: Admission,
-    status: RunStatus,
-    stop: StopReason | None,
-    tally: Mapping[str, int],
-    totals: Mapping[str, int],
-    out_dir: Path | None,
-    the_plan: Plan,
-) -> RunResult:
-    return RunResult(
-        run_id=run_id,
-        mode=admission.mode,
-        reason=admission.reason,
-        status=status,
-        stop=stop,
-        jobs={str(key): int(tally.get(key, 0)) for key in _COUNTED},
-        totals=totals,
-        out_dir=out_dir,
-        plan=the_plan,
-    )
+        return make_result(
+            run_id, self.admission, status, stop, tally, totals, self.out_dir, self.plan
+        )

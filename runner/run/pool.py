@@ -70,13 +70,7 @@ def run_pool(
     `repos` (by slug, with packs and prompts) goes to each worker process once.
     """
     jobs = list(jobs)
-    present = {job.id for job in jobs}
-    # A job waits for the one it comes `after` (a repo's cache warm-up), if that one is to run.
-    ready = deque(j for j in jobs if j.after not in present)
-    waiting: dict[str, list[Job]] = {}
-    for job in jobs:
-        if job.after is not None and job.after in present:
-            waiting.setdefault(job.after, []).append(job)
+    ready, waiting = _queues(jobs)
     in_flight: dict[Future[JobOutcome], Job] = {}
     outcomes: list[JobOutcome] = []
     stop: StopReason | None = None
@@ -121,6 +115,18 @@ def run_pool(
     pool.shutdown(wait=True)
     unsent = [*ready, *(s for group in waiting.values() for s in group)]
     return PoolResult(tuple(outcomes), tuple(unsent), stop)
+
+
+def _queues(jobs: list[Job]) -> tuple[deque[Job], dict[str, list[Job]]]:
+    """The jobs ready to go, and those waiting (by the id of the job they come after)."""
+    present = {job.id for job in jobs}
+    # A job waits for the one it comes `after` (a repo's cache warm-up), if that one is to run.
+    ready = deque(j for j in jobs if j.after not in present)
+    waiting: dict[str, list[Job]] = {}
+    for job in jobs:
+        if job.after is not None and job.after in present:
+            waiting.setdefault(job.after, []).append(job)
+    return ready, waiting
 
 
 def _collect(future: Future[JobOutcome], job: Job) -> JobOutcome:
