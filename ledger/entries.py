@@ -228,56 +228,21 @@ def transition(
     old = entry["state"]
     if old in FINAL_STATES or (old == "unknown" and new_state == "unknown"):
         raise AlreadyFinal(f"reservation {entry_id} is already {old}; nothing was changed")
-    month, worst, worst_t = entry["month"], entry["worst_micros"], entry["worst_tokens"]
-    run_id, review = entry["run_id"], entry["review"]
+    worst = entry["worst_micros"]
     # Take the old state out of the aggregates...
     if old == "reserved":
-        conn.execute(
-            "UPDATE month_totals SET reserved_micros = reserved_micros - ?,"
-            " reserved_tokens = reserved_tokens - ? WHERE month = ?",
-            (worst, worst_t, month),
-        )
-        conn.execute(
-            "UPDATE runs SET reserved_micros = reserved_micros - ?,"
-            " reserved_tokens = reserved_tokens - ? WHERE run_id = ?",
-            (worst, worst_t, run_id),
-        )
-        if review:
-            conn.execute(
-                "UPDATE reviews SET outstanding = outstanding - 1 WHERE review = ?", (review,)
-            )
+        _unreserve(conn, entry)
     else:  # unknown: charged at the worst case until now
         _unknown(conn, entry, -1)
     # ...and put the new one in.
     usage = usage or dict.fromkeys(USAGE_FIELDS, 0)
-    tokens = sum(usage[field] for field in USAGE_FIELDS)
     if new_state == "settled":
-        conn.execute(
-            "UPDATE month_totals SET spent_micros = spent_micros + ?,"
-            " input_tokens = input_tokens + ?, output_tokens = output_tokens + ?,"
-            " cache_creation_input_tokens = cache_creation_input_tokens + ?,"
-            " cache_read_input_tokens = cache_read_input_tokens + ?, settled = settled + 1"
-            " WHERE month = ?",
-            (cost, *(usage[f] for f in USAGE_FIELDS), month),
-        )
-        conn.execute(
-            "UPDATE runs SET charged_micros = charged_micros + ?, charged_tokens = charged_tokens + ?,"
-            " cost_micros = cost_micros + ?, input_tokens = input_tokens + ?,"
-            " output_tokens = output_tokens + ?,"
-            " cache_creation_input_tokens = cache_creation_input_tokens + ?,"
-            " cache_read_input_tokens = cache_read_input_tokens + ? WHERE run_id = ?",
-            (cost, tokens, cost, *(usage[f] for f in USAGE_FIELDS), run_id),
-        )
-        _bump_day(conn, entry["day"], month, cost, tokens)
-        if review:
-            conn.execute(
-                "UPDATE reviews SET tokens = tokens + ?, cost_micros = cost_micros + ?,"
-                " settled = settled + 1, last_at = ? WHERE review = ?",
-                (tokens, cost, now, review),
-            )
-        _calibrate(conn, entry, usage, now)
+        _add_settled(conn, entry, usage, cost, now)
     elif new_state == "released":
-        conn.execute("UPDATE month_totals SET released = released + 1 WHERE month = ?", (month,))
+        conn.execute(
+            "UPDATE month_totals SET released = released + 1 WHERE month = ?",
+            (entry["month"],),
+        )
     elif new_state == "unknown":
         _unknown(conn, entry, +1)
     else:
@@ -298,6 +263,58 @@ def transition(
         ),
     )
     return entry
+
+
+def _unreserve(conn: sqlite3.Connection, entry: sqlite3.Row) -> None:
+    """Take a reserved entry's worst case out of the month's, the run's and the review's sums."""
+    worst, worst_t = entry["worst_micros"], entry["worst_tokens"]
+    conn.execute(
+        "UPDATE month_totals SET reserved_micros = reserved_micros - ?,"
+        " reserved_tokens = reserved_tokens - ? WHERE month = ?",
+        (worst, worst_t, entry["month"]),
+    )
+    conn.execute(
+        "UPDATE runs SET reserved_micros = reserved_micros - ?,"
+        " reserved_tokens = reserved_tokens - ? WHERE run_id = ?",
+        (worst, worst_t, entry["run_id"]),
+    )
+    if entry["review"]:
+        conn.execute(
+            "UPDATE reviews SET outstanding = outstanding - 1 WHERE review = ?",
+            (entry["review"],),
+        )
+
+
+def _add_settled(
+    conn: sqlite3.Connection, entry: sqlite3.Row, usage: dict[str, Any], cost: int, now: str
+) -> None:
+    """Add a settled entry's cost and usage to every aggregate, and teach calibration."""
+    month, run_id, review = entry["month"], entry["run_id"], entry["review"]
+    tokens = sum(usage[field] for field in USAGE_FIELDS)
+    conn.execute(
+        "UPDATE month_totals SET spent_micros = spent_micros + ?,"
+        " input_tokens = input_tokens + ?, output_tokens = output_tokens + ?,"
+        " cache_creation_input_tokens = cache_creation_input_tokens + ?,"
+        " cache_read_input_tokens = cache_read_input_tokens + ?, settled = settled + 1"
+        " WHERE month = ?",
+        (cost, *(usage[f] for f in USAGE_FIELDS), month),
+    )
+    conn.execute(
+        "UPDATE runs SET charged_micros = charged_micros + ?, charged_tokens = charged_tokens + ?,"
+        " cost_micros = cost_micros + ?, input_tokens = input_tokens + ?,"
+        " output_tokens = output_tokens + ?,"
+        " cache_creation_input_tokens = cache_creation_input_tokens + ?,"
+        " cache_read_input_tokens = cache_read_input_tokens + ? WHERE run_id = ?",
+        (cost, tokens, cost, *(usage[f] for f in USAGE_FIELDS), run_id),
+    )
+    _bump_day(conn, entry["day"], month, cost, tokens)
+    if review:
+        conn.execute(
+            "UPDATE reviews SET tokens = tokens + ?, cost_micros = cost_micros + ?,"
+            " settled = settled + 1, last_at = ? WHERE review = ?",
+            (tokens, cost, now, review),
+        )
+    _calibrate(conn, entry, usage, now)
 
 
 def _unknown(conn: sqlite3.Connection, entry: sqlite3.Row, sign: int) -> None:
