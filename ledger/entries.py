@@ -376,3 +376,32 @@ def check_fits(
 
 def _tokens(count: int) -> str:
     return f"{count:,} tokens"
+
+
+def mark_dead(
+    conn: sqlite3.Connection,
+    dead: list[tuple[int, str | None, str]],
+    dead_runs: list[str],
+    now: str,
+) -> int:
+    """Mark the reservations of `dead` processes unknown and end the holds of `dead_runs`.
+
+    Returns how many entries and runs changed.
+    """
+    count = 0
+    for pid, start, host in dead:
+        ids = conn.execute(
+            "SELECT id FROM entries WHERE state = 'reserved' AND pid = ?"
+            " AND host = ? AND pid_start IS ?",
+            (pid, host, start),
+        ).fetchall()
+        for (entry_id,) in ids:
+            transition(conn, entry_id, "unknown", now)
+            count += 1
+    for run_id in dead_runs:
+        conn.execute(
+            "UPDATE runs SET active = 0, ended_at = ?, end_reason = 'process died'"
+            " WHERE run_id = ? AND active = 1",
+            (now, run_id),
+        )
+    return count + len(dead_runs)

@@ -15,7 +15,7 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,7 @@ from ledger.prices import (
     cost_micros,
     load_prices,
     price_for,
+    usd_to_micros,
     worst_case_micros,
 )
 from ledger.projection import INPUT_RATIO_BOUNDS, JobEstimate, Projection, project
@@ -49,18 +50,6 @@ class Reservation:
     id: int
     month: str
     worst_micros: int
-
-
-def _usd_to_micros(value: Decimal | str | float | int, what: str) -> int:
-    if isinstance(value, bool):
-        raise LedgerInputError(f"{what}: expected a non-negative number of USD, got {value!r}")
-    try:
-        amount = Decimal(str(value).strip().lstrip("$").replace(",", ""))
-    except (InvalidOperation, ValueError):
-        amount = Decimal("NaN")
-    if not amount.is_finite() or amount < 0:
-        raise LedgerInputError(f"{what}: expected a non-negative number of USD, got {value!r}")
-    return int((amount * 1_000_000).quantize(Decimal(1), rounding=ROUND_HALF_UP))
 
 
 class Ledger:
@@ -125,7 +114,7 @@ class Ledger:
         """
         if usd is None and tokens is None:
             raise LedgerInputError("give a budget in USD or in tokens (or both)")
-        micros = None if usd is None else _usd_to_micros(usd, "budget")
+        micros = None if usd is None else usd_to_micros(usd, "budget")
         if tokens is not None and (
             isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 0
         ):
@@ -397,7 +386,7 @@ class Ledger:
             if cost_usd is None:
                 ops.transition(conn, entry_id, "released", iso(self._now()))
                 return 0
-            cost = _usd_to_micros(cost_usd, "cost")
+            cost = usd_to_micros(cost_usd, "cost")
             ops.transition(conn, entry_id, "settled", iso(self._now()), cost=cost)
             return cost
 
@@ -414,25 +403,8 @@ class Ledger:
         dead_runs = [r[0] for r in runs if r[1] is not None and not process_alive(*r[1:])]
         if not dead and not dead_runs:
             return 0
-        count = 0
-        now = iso(self._now())
         with self._store.write() as conn:
-            for pid, start, host in dead:
-                ids = conn.execute(
-                    "SELECT id FROM entries WHERE state = 'reserved' AND pid = ?"
-                    " AND host = ? AND pid_start IS ?",
-                    (pid, host, start),
-                ).fetchall()
-                for (entry_id,) in ids:
-                    ops.transition(conn, entry_id, "unknown", now)
-                    count += 1
-            for run_id in dead_runs:
-                conn.execute(
-                    "UPDATE runs SET active = 0, ended_at = ?, end_reason = 'process died'"
-                    " WHERE run_id = ? AND active = 1",
-                    (now, run_id),
-                )
-        return count + len(dead_runs)
+            return ops.mark_dead(conn, dead, dead_runs, iso(self._now()))
 
     # -- reporting ------------------------------------------------------------------------------
 

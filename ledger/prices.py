@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from decimal import ROUND_HALF_UP, Decimal
+from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,7 @@ __all__ = [
     "money",
     "price_for",
     "usd",
+    "usd_to_micros",
     "worst_case_micros",
 ]
 
@@ -139,3 +140,16 @@ def money(micros: int) -> str:
     """Micro-dollars as text for people: $1,234.56 (negative with a leading minus)."""
     sign = "-" if micros < 0 else ""
     return f"{sign}${abs(micros) / 1_000_000:,.2f}"
+
+
+def usd_to_micros(value: Decimal | str | float | int, what: str) -> int:
+    """USD as given by a person or a price table ("$1,250.50", 0.5) as integer micro-dollars."""
+    if isinstance(value, bool):
+        raise LedgerInputError(f"{what}: expected a non-negative number of USD, got {value!r}")
+    try:
+        amount = Decimal(str(value).strip().lstrip("$").replace(",", ""))
+    except (InvalidOperation, ValueError):
+        amount = Decimal("NaN")
+    if not amount.is_finite() or amount < 0:
+        raise LedgerInputError(f"{what}: expected a non-negative number of USD, got {value!r}")
+    return int((amount * 1_000_000).quantize(Decimal(1), rounding=ROUND_HALF_UP))
