@@ -124,6 +124,8 @@ def run_job(job: Job) -> JobOutcome:
     ctx = _CTX
     tries = _Attempts()
     while True:
+        # Built before anything is held: nothing below the acquire may fail unaccounted.
+        system, blocks = _request(tries.shrunk or ctx.repos[job.slug], job)
         try:
             lease = ctx.limiter.acquire(
                 job.rate_tokens, job.output_estimate, timeout=ctx.config.acquire_timeout
@@ -152,7 +154,6 @@ def run_job(job: Job) -> JobOutcome:
             raise
         tries.sent += 1
         try:
-            system, blocks = _request(tries.shrunk or ctx.repos[job.slug], job)
             reply = ctx.client.create(
                 model=job.model,
                 system=system,
