@@ -21,6 +21,7 @@ __all__ = ["Admission", "ClassLimits", "RateLimits", "TokenBucket", "parse_class
 
 # Header name part for each limit, in the order admission checks them.
 LIMIT_NAMES = ("requests", "input_tokens", "output_tokens")
+_EPSILON = 1e-9
 _LIMIT_KEYS = {"rpm": "requests", "itpm": "input_tokens", "otpm": "output_tokens"}
 
 
@@ -54,7 +55,8 @@ class TokenBucket:
         """
         need = min(float(amount), self.capacity)
         level = self.refill(now)
-        return 0.0 if level >= need else (need - level) / self.net_rate
+        # The tolerance absorbs float drift, so that a wait of exactly retry-after is enough.
+        return 0.0 if level >= need - _EPSILON else (need - level) / self.net_rate
 
     def take(self, amount: float, now: float) -> None:
         """Debit `amount` (the level may go below zero)."""
