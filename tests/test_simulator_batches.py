@@ -228,6 +228,13 @@ def test_a_batch_not_done_within_24_hours_expires() -> None:
         assert ended.processing_status == "ended" and ended.request_counts.expired == 3
         assert {r.result.type for r in api.messages.batches.results(batch.id)} == {"expired"}
     assert sim.stats()["billed_micros"] == 0 and sim.stats()["batch_expired"] == 3
+    # Looked at only after its delay had passed: still expired, never processed late.
+    clock = Clock()
+    with Simulator(batch_delay=30 * 3600, clock=clock) as sim:
+        api = client(sim.base_url)
+        late = api.messages.batches.create(requests=[{"custom_id": "a", "params": params("x")}])
+        clock.advance(31 * 3600)
+        assert api.messages.batches.retrieve(late.id).request_counts.expired == 1
 
 
 def test_batch_log_records_every_submission(tmp_path: Path) -> None:

@@ -210,3 +210,36 @@ def test_no_limit_headers_mode_keeps_retry_after() -> None:
 def test_bad_config_is_refused(change: dict[str, Any], message: str) -> None:
     with pytest.raises(RunnerInputError, match=message):
         SimConfig(**change)
+
+
+def test_simulator_modules_import_no_cycle() -> None:
+    """The import graph of runner/simulator (every import, TYPE_CHECKING ones too) is acyclic."""
+    import ast
+    from pathlib import Path
+
+    import runner.simulator
+
+    root = Path(runner.simulator.__file__).parent
+    graph: dict[str, set[str]] = {}
+    for path in root.glob("*.py"):
+        if path.stem == "__init__":
+            continue
+        deps = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            module = getattr(node, "module", None) if isinstance(node, ast.ImportFrom) else None
+            if module and module.startswith("runner.simulator."):
+                deps.add(module.rsplit(".", 1)[1])
+        graph[path.stem] = deps
+    assert "server" not in graph["http"] and "server" not in graph["exchange"]
+    done: set[str] = set()
+
+    def visit(module: str, stack: tuple[str, ...]) -> None:
+        assert module not in stack, " -> ".join((*stack, module))
+        if module in done:
+            return
+        for dep in graph.get(module, ()):
+            visit(dep, (*stack, module))
+        done.add(module)
+
+    for module in graph:
+        visit(module, ())

@@ -126,7 +126,7 @@ class BatchStore:
         for batch in sorted(self._pending, key=lambda b: (b.ready_at, b.created_at)):
             if batch.processing_status == "canceling":
                 results = self._unprocessed(batch, "canceled", unprocessed)
-            elif now >= batch.created_at + EXPIRY_SECONDS and batch.ready_at > now:
+            elif self._expired(batch, now):
                 results = self._unprocessed(batch, "expired", unprocessed)
             elif now >= batch.ready_at:
                 results = process(batch.id, batch.requests, now)
@@ -141,6 +141,12 @@ class BatchStore:
             batch.ended_at = now
             self._note_end(batch)
         self._pending = sorted(still, key=lambda b: b.created_at)
+
+    @staticmethod
+    def _expired(batch: _Batch, now: float) -> bool:
+        """True once 24 hours have passed for a batch that would not have ended by then."""
+        deadline = batch.created_at + EXPIRY_SECONDS
+        return batch.ready_at > deadline and now >= deadline
 
     @staticmethod
     def _unprocessed(batch: _Batch, kind: str, notify: Unprocessed) -> list[dict[str, Any]]:
