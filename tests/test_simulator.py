@@ -258,6 +258,13 @@ def test_max_tokens_zero_prewarms_the_cache(simulator_url: str) -> None:
     )
 
 
+def test_max_tokens_zero_cannot_stream(simulator_url: str) -> None:
+    with pytest.raises(anthropic.BadRequestError) as err:
+        client(simulator_url).messages.create(**cached_request(max_tokens=0, stream=True))
+    assert err.value.body["error"]["type"] == "invalid_request_error"
+    assert "max_tokens: 0 is not supported with streaming" in err.value.body["error"]["message"]
+
+
 def test_no_hit_before_the_writers_response_began() -> None:
     with Simulator(latency=1.0) as sim:
         api = client(sim.base_url)

@@ -56,6 +56,41 @@ def test_serve_prints_url_serves_and_stops_on_signal(tmp_path: Path, sig: signal
     assert records[2]["limit"] == "requests"
 
 
+def test_serve_limit_flags_reach_the_simulator() -> None:
+    proc, url = start(
+        "--rpm", "6", "--enforce-interval", "10", "--class-limit", "opus-5:rpm=1",
+        "--no-limit-headers", "--batch-error-rate", "1",
+    )  # fmt: skip
+    try:
+        api = anthropic.Anthropic(api_key="x", base_url=url, max_retries=0, timeout=20)
+        statuses: dict[str, list[int]] = {}
+        for model in (MODEL, "claude-opus-5-5"):
+            for _ in range(2):
+                body = {
+                    "model": model,
+                    "max_tokens": 5,
+                    "messages": [{"role": "user", "content": "q"}],
+                }
+                try:
+                    raw = api.messages.with_raw_response.create(**body)
+                    status, headers = raw.status_code, raw.headers
+                except anthropic.RateLimitError as exc:
+                    status, headers = 429, exc.response.headers
+                    # A bucket of one request refilled in 10 s; Opus: 1 RPM, a bucket of 1/6.
+                    wait = int(headers["retry-after"])
+                    assert 1 <= wait <= 10 if model == MODEL else 50 <= wait <= 60
+                assert not [h for h in headers if h.startswith("anthropic-ratelimit-")]
+                statuses.setdefault(model, []).append(status)
+        batch = api.messages.batches.create(requests=[{"custom_id": "a", "params": body}])
+        result = next(iter(api.messages.batches.results(batch.id))).result
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=15)
+    assert statuses == {MODEL: [200, 429], "claude-opus-5-5": [200, 429]}
+    assert result.type == "errored"
+    assert result.error.error.type in {"api_error", "overloaded_error"}
+
+
 def test_fault_rate_shorthand_splits_three_ways(tmp_path: Path) -> None:
     proc, url = start("--fault-rate", "0.9", "--seed", "3")
     try:
@@ -100,6 +135,12 @@ def test_serve_help() -> None:
         "--spend-cap-usd",
         "--seed",
         "--log",
+        "--enforce-interval",
+        "--external-load",
+        "--class-limit",
+        "--no-limit-headers",
+        "--batch-expire-rate",
+        "--batch-error-rate",
     ):
         assert option in result.stdout
 
@@ -110,6 +151,12 @@ def test_serve_help() -> None:
         pytest.param(("--fault-rate", "2"), "--fault-rate", id="rate-above-one"),
         pytest.param(("--rpm", "0"), "--rpm", id="zero-rpm"),
         pytest.param(("--latency", "-1"), "--latency", id="negative-latency"),
+        pytest.param(("--enforce-interval", "0"), "--enforce-interval", id="interval-zero"),
+        pytest.param(("--external-load", "1"), "--external-load", id="load-one"),
+        pytest.param(
+            ("--class-limit", "opus-5:tpm=3"), "'tpm=3' is not rpm=N", id="class-limit-key"
+        ),
+        pytest.param(("--class-limit", "opus-5"), "expected CLASS:rpm=N", id="class-limit-shape"),
     ],
 )
 def test_serve_rejects_bad_options(args: tuple[str, ...], message: str) -> None:

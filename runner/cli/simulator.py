@@ -10,7 +10,8 @@ from types import FrameType
 
 import click
 
-from runner.simulator import SimConfig, Simulator
+from runner.errors import RunnerInputError
+from runner.simulator import ClassLimits, SimConfig, Simulator, parse_class_limit
 
 __all__ = ["serve", "simulator"]
 
@@ -96,6 +97,47 @@ def simulator() -> None:
     help="Seconds before a Message Batch ends.",
 )
 @click.option(
+    "--batch-expire-rate",
+    type=click.FloatRange(0, 1),
+    default=0.0,
+    show_default=True,
+    help="Probability that a batch request ends expired (not billed).",
+)
+@click.option(
+    "--batch-error-rate",
+    type=click.FloatRange(0, 1),
+    default=0.0,
+    show_default=True,
+    help="Probability that a batch request ends errored (api_error or overloaded_error).",
+)
+@click.option(
+    "--enforce-interval",
+    type=click.FloatRange(0, 60, min_open=True),
+    default=60.0,
+    show_default=True,
+    help="Seconds over which each limit is enforced: 1 makes 60 RPM mean 1 request per second.",
+)
+@click.option(
+    "--external-load",
+    type=click.FloatRange(0, 1, max_open=True),
+    default=0.0,
+    show_default=True,
+    help="Share of every limit spent by another client of the same key.",
+)
+@click.option(
+    "--class-limit",
+    "class_limits",
+    multiple=True,
+    metavar="CLASS:rpm=N,itpm=N,otpm=N",
+    help="Limits of one model class (e.g. opus-5:rpm=5,itpm=2000); unset ones come from "
+    "--rpm/--itpm/--otpm. Repeatable.",
+)
+@click.option(
+    "--no-limit-headers",
+    is_flag=True,
+    help="Send no anthropic-ratelimit-* headers, like a gateway (429s keep retry-after).",
+)
+@click.option(
     "--log",
     "log_path",
     type=click.Path(dir_okay=False, path_type=Path),
@@ -125,6 +167,12 @@ def serve(
     seed: int,
     min_cacheable_tokens: int,
     batch_delay: float,
+    batch_expire_rate: float,
+    batch_error_rate: float,
+    enforce_interval: float,
+    external_load: float,
+    class_limits: tuple[str, ...],
+    no_limit_headers: bool,
     log_path: Path | None,
     prices_path: Path | None,
 ) -> None:
@@ -135,10 +183,17 @@ def serve(
     \b
     Example:
         review-runner simulator serve --port 8765 --rpm 50 --itpm 30000 --otpm 8000
+        review-runner simulator serve --rpm 60 --enforce-interval 1 --external-load 0.3
         ANTHROPIC_BASE_URL=http://127.0.0.1:8765 ANTHROPIC_API_KEY=x review-runner run jobs/nightly.toml
     """
     share = (fault_rate or 0.0) / 3
     config = SimConfig(
+        enforce_interval=enforce_interval,
+        external_load=external_load,
+        class_limits=_class_limits(class_limits),
+        send_limit_headers=not no_limit_headers,
+        batch_expire_rate=batch_expire_rate,
+        batch_error_rate=batch_error_rate,
         rpm=rpm,
         itpm=itpm,
         otpm=otpm,
@@ -186,3 +241,14 @@ def _serve_until_signal(config: SimConfig, port: int) -> None:
         f"${stats['cost_usd']:.4f} billed",
         err=True,
     )
+
+
+def _class_limits(specs: tuple[str, ...]) -> dict[str, ClassLimits]:
+    out: dict[str, ClassLimits] = {}
+    for spec in specs:
+        try:
+            cls, limits = parse_class_limit(spec)
+        except RunnerInputError as exc:
+            raise click.BadParameter(str(exc), param_hint="--class-limit") from None
+        out[cls] = limits
+    return out

@@ -1,4 +1,8 @@
-"""The simulator's HTTP side: HTTP/1.1 keep-alive, routes, error bodies, SSE streaming, drops."""
+"""The simulator's HTTP side: HTTP/1.1 keep-alive, routes, error bodies, SSE streaming, drops.
+
+It serves any `Backend` (runner/simulator/exchange.py) and never imports server.py, which
+imports this module: no import cycle.
+"""
 
 from __future__ import annotations
 
@@ -9,21 +13,21 @@ import socketserver
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from ledger.prices import USAGE_FIELDS
 from runner.simulator.batches import new_id
+from runner.simulator.exchange import Admitted, Backend
 from runner.simulator.prompt import ApiError
-
-if TYPE_CHECKING:
-    from runner.simulator.server import Admitted, Simulator
 
 __all__ = ["SimHTTPServer"]
 
 STREAM_CHUNK_CHARS = 64  # a multiple of 4, so chunk token counts add up to the total
 PRODUCE_CHUNK_TOKENS = 16
 _REASONS = {529: "Overloaded"}
+BATCHES_PATH = "/v1/messages/batches"
+_DRAIN_CHUNK = 1 << 20
 
 
 class SimHTTPServer(ThreadingHTTPServer):
@@ -33,7 +37,7 @@ class SimHTTPServer(ThreadingHTTPServer):
     allow_reuse_address = True
     request_queue_size = 512
 
-    def __init__(self, address: tuple[str, int], sim: Simulator) -> None:
+    def __init__(self, address: tuple[str, int], sim: Backend) -> None:
         self.sim = sim
         self._conns: set[socket.socket] = set()
         self._conns_lock = threading.Lock()
@@ -91,8 +95,28 @@ class Handler(BaseHTTPRequestHandler):
 
     # -- plumbing ----------------------------------------------------------------------------
 
-    def _read_body(self) -> bytes:
+    def _body_limit(self, method: str, path: str) -> int | None:
+        if method == "POST" and path == BATCHES_PATH:
+            return self.server.sim.config.batch_max_bytes
+        return None
+
+    def _read_body(self, limit: int | None = None) -> bytes:
+        """The request body; over `limit` bytes it is read and dropped, then a 413 is raised."""
         length = int(self.headers.get("content-length") or 0)
+        if limit is not None and length > limit:
+            # Drain it, so the client gets the 413 instead of a reset while still sending.
+            left = length
+            while left > 0:
+                chunk = self.rfile.read(min(left, _DRAIN_CHUNK))
+                if not chunk:
+                    break
+                left -= len(chunk)
+            raise ApiError(
+                413,
+                "request_too_large",
+                f"Request exceeds the maximum allowed number of bytes: a Message Batch may be "
+                f"at most {limit} bytes, this one is {length}.",
+            )
         return self.rfile.read(length) if length > 0 else b""
 
     def _json_body(self, raw: bytes) -> Any:
@@ -137,13 +161,13 @@ class Handler(BaseHTTPRequestHandler):
         url = urlsplit(self.path)
         path = url.path.rstrip("/")
         record = sim.new_record(method, path, self.headers.get("x-review-job"))
-        raw = self._read_body()
         try:
+            raw = self._read_body(limit=self._body_limit(method, path))
             sim.check_key(self._api_key())
             if method == "POST" and path == "/v1/messages":
                 self._messages(record, self._json_body(raw))
                 return
-            status, obj, ctype = self._route(method, path, url.query, raw)
+            status, obj, ctype = self._route(record, method, path, url.query, raw)
         except ApiError as exc:
             self._fail(record, exc)
             return
@@ -168,15 +192,18 @@ class Handler(BaseHTTPRequestHandler):
             headers["x-should-retry"] = "false"
         self._send_json(exc.status, _error_body(exc, record["id"]), record["id"], headers)
 
-    def _route(self, method: str, path: str, query: str, raw: bytes) -> tuple[int, Any, str]:
+    def _route(
+        self, record: dict[str, Any], method: str, path: str, query: str, raw: bytes
+    ) -> tuple[int, Any, str]:
         sim = self.server.sim
         json_ct = "application/json"
         if method == "POST" and path == "/v1/messages/count_tokens":
             return 200, sim.count_tokens(self._json_body(raw)), json_ct
-        prefix = "/v1/messages/batches"
+        prefix = BATCHES_PATH
         if path == prefix:
             if method == "POST":
-                return 200, sim.batches("create", body=self._json_body(raw)), json_ct
+                created = sim.batches("create", body=self._json_body(raw), record=record)
+                return 200, created, json_ct
             if method == "GET":
                 return 200, sim.batches("list", query=dict(parse_qsl(query))), json_ct
         elif path.startswith(prefix + "/"):
@@ -206,7 +233,7 @@ class Handler(BaseHTTPRequestHandler):
                 released = True  # _stream releases before its last events
                 self._stream(adm)
                 return
-            self._generate(reply.text)
+            self._generate(adm, reply.text)
             sim.bill(record, sim.usage_of(adm), adm.price)
             sim.release()
             released = True
@@ -222,18 +249,18 @@ class Handler(BaseHTTPRequestHandler):
             if not released:
                 sim.release()
 
-    def _generate(self, text: str) -> None:
+    def _generate(self, adm: Admitted, text: str) -> None:
         """Spend the per-token time and debit OTPM as output is produced (no streaming)."""
         sim = self.server.sim
         total = len(text)
         step = PRODUCE_CHUNK_TOKENS * 4
         if not sim.config.per_token:
-            sim.produce(-(-total // 4))
+            sim.produce(adm, -(-total // 4))
             return
         for i in range(0, total, step):
             tokens = -(-len(text[i : i + step]) // 4)
             time.sleep(sim.config.per_token * tokens)
-            sim.produce(tokens)
+            sim.produce(adm, tokens)
 
     def _drop(self) -> None:
         self.close_connection = True
@@ -290,7 +317,7 @@ class Handler(BaseHTTPRequestHandler):
                 tokens = -(-len(piece) // 4)
                 if per_token:
                     time.sleep(per_token * tokens)
-                sim.produce(tokens)
+                sim.produce(adm, tokens)
                 self._chunk(
                     self._event(
                         "content_block_delta",

@@ -188,4 +188,7 @@ def validate_message_request(body: Any) -> Prompt:
         raise _invalid("max_tokens: Input should be a non-negative integer")
     if "stream" in body and not isinstance(body["stream"], bool):
         raise _invalid("stream: Input should be a valid boolean")
+    if max_tokens == 0 and body.get("stream"):
+        # Pre-warming writes the cache without a response to stream.
+        raise _invalid("max_tokens: 0 is not supported with streaming")
     return parse_prompt(body)

@@ -1,8 +1,9 @@
-"""The simulator's state and lifecycle: config, admission, billing, the request log and counters.
+"""The simulator's state and lifecycle: admission, per-class buckets, billing, the logs, counters.
 
-One lock guards everything shared (buckets, cache, batches, counters, the fault generator), so
+One lock guards everything shared (buckets, cache, batches, counters, the fault generators), so
 a check-and-debit is atomic and a fixed seed gives reproducible fault counts for a fixed order
-of requests. The HTTP side lives in runner/simulator/http.py.
+of requests. The HTTP side lives in runner/simulator/http.py and knows this class only through
+the `Backend` protocol (runner/simulator/exchange.py).
 """
 
 from __future__ import annotations
@@ -11,86 +12,43 @@ import json
 import random
 import threading
 import time
-from dataclasses import dataclass, fields, replace
+from dataclasses import fields, replace
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from ledger.errors import UnknownModel
 from ledger.prices import USAGE_FIELDS, Price, cost_micros, load_prices, price_for, usd
 from runner.errors import RunnerError, RunnerInputError
+from runner.modelclass import model_class
 from runner.simulator.batches import BatchStore, new_id
+from runner.simulator.batchside import BatchSide
 from runner.simulator.buckets import RateLimits
-from runner.simulator.cache import CachePlan, PromptCache
-from runner.simulator.prompt import ApiError, Prompt, validate_message_request
+from runner.simulator.cache import PromptCache
+from runner.simulator.config import SimConfig
+from runner.simulator.exchange import Admitted
+from runner.simulator.http import SimHTTPServer
+from runner.simulator.prompt import ApiError, validate_message_request
 from runner.simulator.replies import Reply, make_reply, request_digest
 
 __all__ = ["Admitted", "SimConfig", "Simulator"]
 
 COUNTERS = (
     "requests", "messages", "ok", "rate_limited", "spend_capped", "overloaded", "server_errors",
-    "dropped", "bad_requests", "auth_errors", "not_found", "max_in_flight", "input_tokens",
-    "output_tokens", "cache_creation_input_tokens", "cache_read_input_tokens", "billed_micros",
+    "dropped", "bad_requests", "auth_errors", "not_found", "too_large", "max_in_flight",
+    "input_tokens", "output_tokens", "cache_creation_input_tokens", "cache_read_input_tokens",
+    "billed_micros", "batch_billed_micros", "batches", "batch_succeeded", "batch_errored",
+    "batch_expired", "batch_canceled",
 )  # fmt: skip
 LIMIT_KEYS = ("requests", "input_tokens", "output_tokens", "concurrency")
-
-
-@dataclass(frozen=True)
-class SimConfig:
-    """How the simulated account behaves. Rates are probabilities per /v1/messages request."""
-
-    rpm: int | None = None  # None = no limit
-    itpm: int | None = None  # uncached input + cache writes
-    otpm: int | None = None  # actual output tokens
-    max_concurrent: int | None = None  # in-flight cap -> 429 rate_limit_error when exceeded
-    latency: float = 0.0  # seconds to first byte
-    per_token: float = 0.0  # seconds per output token
-    output_mean: int = 400  # output length: uniform in mean*(1±spread), capped by max_tokens
-    output_spread: float = 0.5
-    overloaded_rate: float = 0.0  # 529 overloaded_error
-    server_error_rate: float = 0.0  # 500 api_error
-    drop_rate: float = 0.0  # connection closed with no response after processing and billing
-    spend_cap_usd: float | None = None  # then 429 enforced_spend_limit_reached, no retry-after
-    seed: int = 0
-    min_cacheable_tokens: int = 1024
-    api_key: str | None = None  # if set, only this key is accepted; else any non-empty key
-    log_path: Path | None = None  # JSONL request log
-    batch_delay: float = 0.0  # seconds before a batch ends
-    prices_path: Path | None = None  # a prices.json overriding the shipped table
-
-    def __post_init__(self) -> None:
-        for name in ("rpm", "itpm", "otpm", "max_concurrent"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise RunnerInputError(
-                    f"simulator {name} must be at least 1 (or unset), got {value}"
-                )
-        rates = (self.overloaded_rate, self.server_error_rate, self.drop_rate)
-        if any(r < 0 for r in rates) or sum(rates) > 1:
-            raise RunnerInputError("simulator fault rates must be >= 0 and sum to at most 1")
-        if self.latency < 0 or self.per_token < 0 or self.output_mean < 1 or self.output_spread < 0:
-            raise RunnerInputError("simulator latency/per_token must be >= 0, output_mean >= 1")
-
-
-@dataclass
-class Admitted:
-    """A /v1/messages request that passed admission and is being served."""
-
-    record: dict[str, Any]
-    body: dict[str, Any]
-    prompt: Prompt
-    plan: CachePlan
-    price: Price
-    drop: bool
-    headers: dict[str, str]
-    reply: Reply | None = None
+_STATUS_COUNTERS = {529: "overloaded", 500: "server_errors", 400: "bad_requests"}
+_STATUS_COUNTERS.update({401: "auth_errors", 404: "not_found", 413: "too_large"})
 
 
 def _now_iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-class Simulator:
+class Simulator(BatchSide):
     """An Anthropic-compatible API server on 127.0.0.1, for tests, the embedded default and planning."""
 
     def __init__(self, config: SimConfig | None = None, **overrides: Any) -> None:
@@ -101,26 +59,31 @@ class Simulator:
             raise RunnerInputError(f"unknown simulator option(s): {', '.join(sorted(unknown))}")
         self.config = replace(config, **overrides) if overrides else config
         self.base_url = ""
+        self._clock = self.config.clock or time.time
         self._lock = threading.Lock()
         self._rng = random.Random(self.config.seed)
+        # Batch outcomes draw from their own generator, so adding batches to a test does not
+        # change the fault sequence its Messages requests see.
+        self._batch_rng = random.Random(f"batch-{self.config.seed}")
         self._prices = load_prices(self.config.prices_path)
-        now = time.time()
-        self._limits = RateLimits(self.config.rpm, self.config.itpm, self.config.otpm, now)
+        self._limits: dict[str, RateLimits] = {}  # per model class, made on first use
         self._cache = PromptCache(self.config.min_cacheable_tokens)
         self._batches = BatchStore(lambda: self.base_url, self.config.batch_delay)
         self._log: list[dict[str, Any]] = []
         self._log_file: Any = None
         self._in_flight = 0
         self._stats = self._zero_stats()
-        self._server: Any = None
+        self._server: SimHTTPServer | None = None
         self._thread: threading.Thread | None = None
+
+    def now(self) -> float:
+        """The simulator's clock (epoch seconds): `SimConfig.clock` if given, else time.time."""
+        return self._clock()
 
     # -- lifecycle ---------------------------------------------------------------------------
 
     def start(self, port: int = 0) -> str:
         """Bind 127.0.0.1:`port` (0 = any free port), serve in a daemon thread, return the base URL."""
-        from runner.simulator.http import SimHTTPServer  # the HTTP side imports this module
-
         if self._server is not None:
             raise RunnerError(f"simulator already running at {self.base_url}")
         if self.config.log_path is not None:
@@ -174,8 +137,9 @@ class Simulator:
         """One record per request, in completion order (copies).
 
         Times (`arrival`, `start`, `end`) are epoch seconds; `start` is None for a request that
-        was refused. Each processed Message Batches request adds a record of its own (method
-        "BATCH", `batch: True`), so the sum of `cost_micros` is always `stats()["billed_micros"]`.
+        was refused. Each Message Batches request adds a record of its own when its batch ends
+        (method "BATCH", `batch: True`, `batch_id`, `custom_id`, `result`), so the sum of
+        `cost_micros` is always `stats()["billed_micros"]`.
         """
         with self._lock:
             return [dict(r) for r in self._log]
@@ -184,13 +148,18 @@ class Simulator:
         """Counters since start: requests, outcomes, 429s by limit, tokens, cost.
 
         `requests` counts every HTTP request, `messages` only POST /v1/messages; `rate_limited`
-        excludes the spend-cap 429s (`spend_capped`); tokens and cost include batches.
+        excludes the spend-cap 429s (`spend_capped`). Tokens and `billed_micros` include batches;
+        `batch_billed_micros` is the batches' part (already at the batch discount), so the
+        Messages part is the difference. `batches` counts accepted batches, `batch_<result>`
+        their requests by result.
         """
         with self._lock:
+            self._advance_batches(self.now())
             out = dict(self._stats)
             out["rate_limited_by"] = dict(self._stats["rate_limited_by"])
             out["in_flight"] = self._in_flight
         out["cost_usd"] = usd(out["billed_micros"])
+        out["batch_cost_usd"] = usd(out["batch_billed_micros"])
         return out
 
     @staticmethod
@@ -203,7 +172,7 @@ class Simulator:
 
     def new_record(self, method: str, path: str, job: str | None) -> dict[str, Any]:
         """A fresh log record for a request that just arrived."""
-        now = time.time()
+        now = self.now()
         return {
             "id": new_id("req_"),
             "arrival": now,
@@ -216,6 +185,7 @@ class Simulator:
             "error_type": None,
             "limit": None,
             "model": None,
+            "model_class": None,
             "stream": False,
             "usage": None,
             "cost_micros": 0,
@@ -249,6 +219,23 @@ class Simulator:
             limit="spend",
         )
 
+    def _class_limits(self, cls: str, now: float) -> RateLimits:
+        """The buckets of model class `cls`; a class seen for the first time starts full."""
+        limits = self._limits.get(cls)
+        if limits is None:
+            cfg = self.config
+            limits = RateLimits(
+                cfg.limits_of(cls),
+                now,
+                interval=cfg.enforce_interval,
+                external_load=cfg.external_load,
+            )
+            self._limits[cls] = limits
+        return limits
+
+    def _headers(self, limits: RateLimits, now: float) -> dict[str, str]:
+        return limits.headers(now) if self.config.send_limit_headers else {}
+
     def count_tokens(self, body: Any) -> dict[str, int]:
         """POST /v1/messages/count_tokens: the total input tokens, as messages would bill them."""
         if isinstance(body, dict) and "max_tokens" not in body:
@@ -260,12 +247,14 @@ class Simulator:
     def admit(self, record: dict[str, Any], body: Any) -> Admitted:
         """Validate, then atomically: spend cap, concurrency, faults, rate limits, cache plan."""
         prompt = validate_message_request(body)
-        record["model"] = prompt.model
-        record["stream"] = bool(body.get("stream"))
+        cls = model_class(prompt.model)
+        record.update(model=prompt.model, model_class=cls, stream=bool(body.get("stream")))
         price = self._price(prompt.model)
         cfg = self.config
         with self._lock:
-            now = time.time()
+            now = self.now()
+            self._advance_batches(now)  # an ended batch's cache writes are readable from now
+            limits = self._class_limits(cls, now)
             if self._spend_capped():
                 raise self._spend_cap_error()
             if cfg.max_concurrent is not None and self._in_flight >= cfg.max_concurrent:
@@ -274,7 +263,7 @@ class Simulator:
                     "rate_limit_error",
                     f"Number of concurrent requests exceeds the limit of {cfg.max_concurrent}.",
                     # A slot frees when any response ends: the shortest whole-second wait.
-                    headers={"retry-after": "1", **self._limits.headers(now)},
+                    headers={"retry-after": "1", **self._headers(limits, now)},
                     limit="concurrency",
                 )
             draw = self._rng.random()
@@ -284,15 +273,17 @@ class Simulator:
                 raise ApiError(500, "api_error", "Internal server error (simulated)")
             drop = draw < cfg.overloaded_rate + cfg.server_error_rate + cfg.drop_rate
             plan = self._cache.plan(prompt, now)
-            admission = self._limits.admit(plan.input_tokens + plan.write_tokens, now)
-            headers = self._limits.headers(now)
+            admission = limits.admit(plan.input_tokens + plan.write_tokens, now)
+            headers = self._headers(limits, now)
             if admission.limit is not None:
                 what = admission.limit.replace("_", " ")
                 raise ApiError(
                     429,
                     "rate_limit_error",
                     f"This request would exceed the rate limit for your organization of "
-                    f"{self._limits.buckets[admission.limit].limit} {what} per minute.",
+                    f"{limits.buckets[admission.limit].limit} {what} per minute "
+                    f"(model class {cls}).",
+                    # retry-after stays without the ratelimit headers: a gateway passes it on.
                     headers={"retry-after": str(admission.retry_after), **headers},
                     limit=admission.limit,
                 )
@@ -300,7 +291,7 @@ class Simulator:
             self._in_flight += 1
             self._stats["max_in_flight"] = max(self._stats["max_in_flight"], self._in_flight)
         record["start"] = now
-        return Admitted(record, body, prompt, plan, price, drop, headers)
+        return Admitted(record, body, prompt, plan, price, drop, headers, limits)
 
     def reply_for(self, adm: Admitted) -> Reply:
         """The reply text for an admitted request (deterministic in its content and the seed)."""
@@ -317,10 +308,12 @@ class Simulator:
         )
         return adm.reply
 
-    def produce(self, tokens: int) -> None:
-        """Debit output tokens from the OTPM bucket as they are generated."""
+    def produce(self, adm: Admitted, tokens: int) -> None:
+        """Debit output tokens from the OTPM bucket of the request's class as they are generated."""
+        if adm.limits is None:
+            return
         with self._lock:
-            self._limits.debit_output(tokens, time.time())
+            adm.limits.debit_output(tokens, self.now())
 
     def usage_of(self, adm: Admitted, *, tier: str = "standard") -> dict[str, Any]:
         """The platform's usage object for an admitted request."""
@@ -329,21 +322,21 @@ class Simulator:
         usage["service_tier"] = tier
         return usage
 
-    def bill(
-        self, record: dict[str, Any], usage: dict[str, Any], price: Price, *, batch: bool = False
-    ) -> None:
-        """Add a processed request's usage and cost to the record and the counters."""
-        micros = cost_micros(price, usage, batch=batch)
+    def bill(self, record: dict[str, Any], usage: dict[str, Any], price: Price) -> None:
+        """Add a processed /v1/messages request's usage and cost to the record and the counters."""
+        micros = cost_micros(price, usage)
         record.update(usage=usage, cost_micros=micros, billed=True)
         with self._lock:
             self._count_billed(usage, micros)
 
-    def _count_billed(self, usage: dict[str, Any], micros: int) -> None:
+    def _count_billed(self, usage: dict[str, Any], micros: int, *, batch: bool = False) -> None:
         """Add billed usage to the counters; the caller holds the lock."""
         st = self._stats
         for key in USAGE_FIELDS:
             st[key] += int(usage.get(key) or 0)
         st["billed_micros"] += micros
+        if batch:
+            st["batch_billed_micros"] += micros
 
     def release(self) -> None:
         """A served /v1/messages request is no longer in flight."""
@@ -370,7 +363,7 @@ class Simulator:
         self, record: dict[str, Any], status: int | None, error: ApiError | None = None
     ) -> None:
         """Close a request's record: counters, the in-memory log and the JSONL file."""
-        record["end"] = time.time()
+        record["end"] = self.now()
         record["status"] = status
         if error is not None:
             record["error_type"] = error.error_type
@@ -389,16 +382,8 @@ class Simulator:
             elif status == 429:
                 st["rate_limited"] += 1
                 st["rate_limited_by"][error.limit if error and error.limit else "requests"] += 1
-            elif status == 529:
-                st["overloaded"] += 1
-            elif status == 500:
-                st["server_errors"] += 1
-            elif status == 400:
-                st["bad_requests"] += 1
-            elif status == 401:
-                st["auth_errors"] += 1
-            elif status == 404:
-                st["not_found"] += 1
+            elif status in _STATUS_COUNTERS:
+                st[_STATUS_COUNTERS[status]] += 1
             self._write_record(record)
 
     def _write_record(self, record: dict[str, Any]) -> None:
@@ -406,75 +391,3 @@ class Simulator:
         if self._log_file is not None:
             self._log_file.write(json.dumps(record) + "\n")
             self._log_file.flush()
-
-    # -- batches -----------------------------------------------------------------------------
-
-    def _process_batch_item(
-        self, batch_id: str, custom_id: str, params: dict[str, Any]
-    ) -> dict[str, Any]:
-        # Called under the lock (from BatchStore.advance): no rate limits or faults for batches.
-        record = self.new_record("BATCH", f"/v1/messages/batches/{batch_id}#{custom_id}", None)
-        try:
-            if "stream" in params:
-                raise ApiError(400, "invalid_request_error", "stream: not supported in batches")
-            prompt = validate_message_request(params)
-            price = self._price(prompt.model)
-        except ApiError as exc:
-            record.update(status=exc.status, error_type=exc.error_type, end=record["arrival"])
-            self._write_record(record)
-            return {
-                "type": "errored",
-                "error": {
-                    "type": "error",
-                    "request_id": record["id"],
-                    "error": {"type": exc.error_type, "message": exc.message},
-                },
-            }
-        now = time.time()
-        plan = self._cache.plan(prompt, now)
-        self._cache.commit(plan, now, ready_at=now)
-        adm = Admitted(record, params, prompt, plan, price, False, {})
-        self.reply_for(adm)
-        message = self.message_of(adm, new_id("msg_"))
-        message["usage"]["service_tier"] = "batch"
-        micros = cost_micros(price, message["usage"], batch=True)
-        record.update(
-            usage=message["usage"],
-            cost_micros=micros,
-            billed=True,
-            status=200,
-            model=prompt.model,
-            start=now,
-            end=now,
-            batch=True,
-        )
-        self._count_billed(message["usage"], micros)
-        self._write_record(record)
-        return {"type": "succeeded", "message": message}
-
-    def batches(
-        self,
-        action: str,
-        batch_id: str | None = None,
-        body: Any = None,
-        query: dict[str, str] | None = None,
-    ) -> Any:
-        """Dispatch one Message Batches call under the lock (create/retrieve/list/cancel/delete/results)."""
-        with self._lock:
-            now = time.time()
-            if action == "create" and self._spend_capped():
-                raise self._spend_cap_error()
-            store = self._batches
-            store.advance(now, self._process_batch_item)
-            if action == "create":
-                return store.create(body, now)
-            if action == "list":
-                return store.list(query or {})
-            assert batch_id is not None
-            if action == "retrieve":
-                return store.retrieve(batch_id)
-            if action == "cancel":
-                return store.cancel(batch_id, now)
-            if action == "delete":
-                return store.delete(batch_id)
-            return store.results(batch_id)
