@@ -44,7 +44,15 @@ from typing import Any
 
 from jobs.errors import JobsError, JobsInputError
 from jobs.secrets import redact
-from jobs.select import PRIORITY_NAMES, PackError, exclusion_reason, list_candidates, priority
+from jobs.select import (
+    PRIORITY_NAMES,
+    PackError,
+    exclusion_reason,
+    list_candidates,
+    parent_inside,
+    priority,
+    shown_name,
+)
 
 __all__ = [
     "MIN_TRUNCATED_LINES",
@@ -198,30 +206,6 @@ class _Scanned:
     digest: bytes
 
 
-def shown_name(rel: str) -> str:
-    """`rel` as reports show it: bytes that are not UTF-8 as \\xNN, control characters escaped."""
-    if rel.isascii() and rel.isprintable():
-        return rel
-    text = os.fsencode(rel).decode("utf-8", "backslashreplace")
-    return "".join(
-        c if c.isprintable() else (f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}")
-        for c in text
-    )
-
-
-def _parent_ok(root: str, rel: str, cache: dict[str, bool]) -> bool:
-    """True if the folder holding `rel` resolves inside `root` (no symlinked folder leads out)."""
-    parent = rel.rpartition("/")[0]
-    if not parent:
-        return True
-    ok = cache.get(parent)
-    if ok is None:
-        real = os.path.realpath(os.path.join(root, parent))
-        ok = real == os.path.join(root, parent) or real.startswith(root + os.sep)
-        cache[parent] = ok
-    return ok
-
-
 def _unreadable(exc: OSError) -> _Skip:
     if type(exc) is OSError:  # no subclass names the cause (ENXIO: a socket, EIO, ...)
         return _Skip(f"unreadable (OSError: {exc.strerror or exc.errno})")
@@ -235,7 +219,7 @@ def _nonblocking(path: str, flags: int) -> int:
 
 def _read(root: str, rel: str, size_cap: int, parents: dict[str, bool]) -> bytes:
     """The bytes of one candidate, or _Skip with the reason; symlinks are followed only inside root."""
-    if not _parent_ok(root, rel, parents):
+    if not parent_inside(root, rel, parents):
         raise _Skip("symlink outside the repo")
     full = os.path.join(root, rel)
     try:
@@ -469,54 +453,37 @@ def _pack_once(
     redactions: Counter[str] = Counter()
     scanned = _scan(real_root, paths, size_cap, unstable, skipped, redactions)
     reader = _Reader(real_root, size_cap)
-
     tree = "".join(_escape(item.path) + "\n" for item in scanned)
     head = f'<repository name="{_escape(slug)}">\n<tree>\n{tree}</tree>\n'
     foot = "</repository>\n"
     remaining = max_input_tokens - estimate_tokens(head) - estimate_tokens(foot)
     status = _fit(scanned, remaining, reader)
-
-    digest = hashlib.sha256()
-    parts = [head]
-    files: list[PackedFile] = []
-    total_bytes = shown_bytes = 0
+    parts, files = [head], []
     for item in scanned:
-        state, shown, block, used = status[item.path]
-        total_bytes += item.size
-        shown_bytes += used
-        tokens = item.tokens
+        state, shown, block, _ = status[item.path]
         if state == "included":
             block = _block(item.path, reader.lines(item))
-        elif state == "truncated":
-            assert block is not None
-            tokens = estimate_tokens(block)
         if block is not None:
             parts.append(block)
+        tokens = estimate_tokens(block) if state == "truncated" and block else item.tokens
         files.append(
-            PackedFile(
-                path=item.path,
-                bytes=item.size,
-                lines=item.lines,
-                tokens=tokens,
-                status=state,
-                shown=(1, shown) if shown else None,
-                priority=PRIORITY_NAMES[item.rank],
-            )
-        )
+            PackedFile(item.path, item.size, item.lines, tokens, state,
+                       (1, shown) if shown else None, PRIORITY_NAMES[item.rank])
+        )  # fmt: skip
     parts.append(foot)
     text = "".join(parts)
     del parts
-    digest.update(text.encode("utf-8"))
+    total_bytes = sum(item.size for item in scanned)
     shown_files = sum(1 for f in files if f.status != "omitted")
     coverage = {
         "files": shown_files / len(files) if files else 1.0,
-        "bytes": shown_bytes / total_bytes if total_bytes else 1.0,
+        "bytes": sum(v[3] for v in status.values()) / total_bytes if total_bytes else 1.0,
     }
     return Pack(
         slug=slug,
         root=Path(real_root),
         text=text,
-        sha256=digest.hexdigest(),
+        sha256=hashlib.sha256(text.encode("utf-8")).hexdigest(),
         token_estimate=estimate_tokens(text),
         files=tuple(files),
         skipped=tuple(skipped),

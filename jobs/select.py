@@ -35,7 +35,9 @@ __all__ = [
     "PackError",
     "exclusion_reason",
     "list_candidates",
+    "parent_inside",
     "priority",
+    "shown_name",
 ]
 
 EXCLUDED_DIRS = frozenset(
@@ -249,6 +251,30 @@ def read_ignore_file(path: str) -> str | None:
     except OSError as exc:
         raise PackError(f"cannot read ignore file {path}: {exc.strerror or exc}") from None
     return data.decode("utf-8", "replace")
+
+
+def shown_name(rel: str) -> str:
+    """`rel` as reports show it: bytes that are not UTF-8 as \\xNN, control characters escaped."""
+    if rel.isascii() and rel.isprintable():
+        return rel
+    text = os.fsencode(rel).decode("utf-8", "backslashreplace")
+    return "".join(
+        c if c.isprintable() else (f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}")
+        for c in text
+    )
+
+
+def parent_inside(root: str, rel: str, cache: dict[str, bool]) -> bool:
+    """True if the folder holding `rel` resolves inside `root` (no symlinked folder leads out)."""
+    parent = rel.rpartition("/")[0]
+    if not parent:
+        return True
+    ok = cache.get(parent)
+    if ok is None:
+        real = os.path.realpath(os.path.join(root, parent))
+        ok = real == os.path.join(root, parent) or real.startswith(root + os.sep)
+        cache[parent] = ok
+    return ok
 
 
 def exclusion_reason(path: str) -> str | None:
