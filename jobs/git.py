@@ -25,8 +25,10 @@ name programs that git runs by itself: `core.fsmonitor` on any index read, filte
   runs nothing. An empty program makes git fail ("cannot run") rather than run anything.
 - Diffing commands (diff, log, show) always get `--no-ext-diff --no-textconv`, so their output is
   the plain diff whatever the repository says.
-- Only the subcommands listed in ALLOWED run; the keys that only other commands read (aliases,
-  sendemail, trailers, merge and diff tools, browsers) are therefore never reached.
+- Only the subcommands listed in ALLOWED run (read-only ones, plus init/fetch/checkout/clean for
+  our own cache clones; not `config`, so nothing can write a repository's config through here);
+  the keys that only other commands read (aliases, sendemail, trailers, merge and diff tools,
+  browsers, `remote.<x>.vcs`) are therefore never reached.
 
 Hooks in `.git/hooks/` need no config: core.hooksPath=/dev/null hides them too.
 """
@@ -78,7 +80,6 @@ ALLOWED = frozenset(
         "cat-file",
         "ls-tree",
         "for-each-ref",
-        "config",
     }
 )
 _DIFFING = frozenset({"diff", "log", "show"})
