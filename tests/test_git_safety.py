@@ -201,8 +201,12 @@ def test_upload_pack_in_a_ref_runs_nothing(tmp_path: Path) -> None:
 # --- item 2: a hostile .git/config, included files and hooks --------------------------------
 
 
-def _hostile_repo(tmp_path: Path, marks: Marks) -> tuple[Path, str]:
-    """A repo whose config names a marker program for every key git could run, some included."""
+def _hostile_repo(tmp_path: Path, marks: Marks, where: str = "config") -> tuple[Path, str]:
+    """A repo whose config names a marker program for every key git could run.
+
+    `where`: "config" plants every key in .git/config (plus a few more in included files),
+    "include" plants every key in a file that .git/config only includes.
+    """
     _, other_url = _origin(tmp_path, "other")
     root = tmp_path / "hostile"
     root.mkdir()
@@ -253,8 +257,11 @@ def _hostile_repo(tmp_path: Path, marks: Marks) -> tuple[Path, str]:
         "difftool.evil.cmd": s("difftool"),
         "diff.tool": "evil",
     }
+    target = [] if where == "config" else ["--file", str(tmp_path / "all-keys.config")]
     for key, value in keys.items():
-        plain_git(root, "config", key, value)
+        plain_git(root, "config", *target, key, value)
+    if where == "include":
+        plain_git(root, "config", "include.path", str(tmp_path / "all-keys.config"))
     for hook in marks.hooks("dothooks").iterdir():  # hooks in .git/hooks need no config at all
         (root / ".git" / "hooks" / hook.name).write_bytes(hook.read_bytes())
         (root / ".git" / "hooks" / hook.name).chmod(0o755)
@@ -276,9 +283,10 @@ def _hostile_repo(tmp_path: Path, marks: Marks) -> tuple[Path, str]:
     return root, other_url
 
 
-def test_hostile_config_runs_nothing(tmp_path: Path) -> None:
+@pytest.mark.parametrize("where", ["config", "include"])
+def test_hostile_config_runs_nothing(tmp_path: Path, where: str) -> None:
     marks = Marks(tmp_path)
-    root, _ = _hostile_repo(tmp_path, marks)
+    root, _ = _hostile_repo(tmp_path, marks, where)
     # Control: plain git in this repo runs the planted programs.
     plain_git(root, "ls-files", check=False)
     plain_git(root, "diff", check=False)
@@ -309,9 +317,10 @@ def test_hostile_config_runs_nothing(tmp_path: Path) -> None:
     assert marks.made() == []
 
 
-def test_overrides_neutralise_each_named_driver(tmp_path: Path) -> None:
+@pytest.mark.parametrize("where", ["config", "include"])
+def test_overrides_neutralise_each_named_driver(tmp_path: Path, where: str) -> None:
     marks = Marks(tmp_path)
-    root, _ = _hostile_repo(tmp_path, marks)
+    root, _ = _hostile_repo(tmp_path, marks, where)
     pairs = jgit.overrides(root)
     assert marks.made() == [], "reading the config runs nothing"
     got = dict(pairs)  # the last value of a key is the one in force
