@@ -172,8 +172,8 @@ def url_problem(url: str) -> str | None:
     """Why `url` is not a safe git URL to fetch (an option in disguise), or None."""
     if url.startswith("-"):
         return "it starts with '-'"
-    if any(ord(c) < 0x20 or c == "\x7f" for c in url) or " " in url:
-        return "it holds a space or a control character"
+    if any(ord(c) < 0x20 or c == "\x7f" for c in url):
+        return "it holds a control character"
     m = _URL_HOST.match(url) or _SCP.match(url)
     if m and any(part and part.startswith("-") for part in m.groups()):
         return "its user or host starts with '-' (ssh would read it as an option)"

@@ -157,7 +157,7 @@ def test_manifest_accepts_good_refs(tmp_path: Path, ref: str) -> None:
         ("ssh://-oProxyCommand=touch/x", "repos[0]"),
         ("-oProxy@host:path", "repos[0]"),
         ("ssh://me@-host/x.git", "repos[0]"),
-        ("https://example.invalid/x y.git", "repos[0]"),
+        ("https://example.invalid/x\\ty.git", "repos[0]"),  # a TAB, by TOML's escape
     ],
 )
 def test_manifest_refuses_option_like_urls(tmp_path: Path, url: str, key: str) -> None:
