@@ -9,11 +9,20 @@ repomix packs exactly the files we selected (`--stdin`), with line numbers and i
 (we redact too), XML style, written to a file. Both timings are wall clock, best of --runs, and
 repomix's include its node start-up, as a user would run it. repomix comes from the npm registry,
 installed once into benchmarks/.work/npm (git-ignored); the script stops by itself within ~2 minutes.
+
+    python benchmarks/pack_bench.py --memory [--memory-mb 200] [--tokens 150000] [--before f06b30e]
+
+Peak memory instead: a generated repository of --memory-mb MB (~100 kB source, test and doc files)
+is packed to --tokens tokens in a fresh interpreter, which reports its peak RSS (ru_maxrss) above
+its own baseline (the RSS after importing jobs.pack), then packs again under tracemalloc for the
+peak of the Python heap alone. The same run is made with the jobs package
+of the --before commit (extracted with `git archive` into a temporary folder), side by side.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import random
 import shutil
@@ -143,11 +152,113 @@ def time_repomix(root: Path, paths: list[str], runs: int, out: Path) -> tuple[fl
     return best, sum(1 for line in text.splitlines() if line.startswith("<file path="))
 
 
+def generate_big(root: Path, total_mb: int, seed: int = 11) -> int:
+    """A deterministic tree of ~100 kB text files adding up to `total_mb` MB; returns the bytes."""
+    rng = random.Random(seed)
+    line = "    {w}_{j} = compute_{w}({j}, {k}) + offset  # {w} step {j} of an ordinary module\n"
+    written, i = 0, 0
+    while written < total_mb * 1_000_000:
+        kind = i % 10
+        rel = (
+            f"src/pkg{i % 40:02d}/mod_{i:05d}.py"
+            if kind < 6
+            else f"tests/pkg{i % 40:02d}/test_{i:05d}.py"
+            if kind < 9
+            else f"docs/pkg{i % 40:02d}/page_{i:05d}.md"
+        )
+        w = rng.choice(WORDS)
+        body = "def run():\n" + "".join(
+            line.format(w=w, j=j, k=rng.randint(0, 999)) for j in range(1100)
+        )
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(body)
+        written += len(body)
+        i += 1
+    return written
+
+
+_CHILD = """
+import json, resource, sys
+from pathlib import Path
+from jobs.pack import pack_repo
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+pack = pack_repo(Path(sys.argv[1]), slug="big", max_input_tokens=int(sys.argv[2]))
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+import tracemalloc  # a second pack, traced: the Python heap's own peak, finer than RSS pages
+tracemalloc.start()
+pack_repo(Path(sys.argv[1]), slug="big", max_input_tokens=int(sys.argv[2]))
+traced = tracemalloc.get_traced_memory()[1]
+tracemalloc.stop()
+print(json.dumps({"base_kb": base, "peak_kb": peak, "tokens": pack.token_estimate, "sha": pack.sha256, "traced": traced,
+                  "pack_bytes": len(pack.text.encode()), "files": len(pack.files),
+                  "shown": sum(1 for f in pack.files if f.status != "omitted")}))
+"""
+
+
+def measure_memory(jobs_parent: Path, root: Path, tokens: int) -> dict[str, int]:
+    """Pack `root` in a fresh interpreter importing jobs from `jobs_parent`; its RSS figures."""
+    env = {**os.environ, "PYTHONPATH": str(jobs_parent)}
+    out = subprocess.run(
+        [sys.executable, "-c", _CHILD, str(root), str(tokens)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=jobs_parent,
+        check=True,
+    )
+    return json.loads(out.stdout)
+
+
+def memory_main(args: argparse.Namespace) -> int:
+    work = Path(tempfile.mkdtemp(prefix="pack-mem-"))
+    try:
+        root = work / "big"
+        total = generate_big(root, args.memory_mb)
+        before = work / "before"
+        before.mkdir()
+        archive = subprocess.run(
+            ["git", "-C", str(ROOT), "archive", args.before, "jobs"],
+            capture_output=True,
+            check=True,
+        )
+        subprocess.run(["tar", "-x", "-C", str(before)], input=archive.stdout, check=True)
+        rows = [
+            ("this tree", measure_memory(ROOT, root, args.tokens)),
+            (args.before, measure_memory(before, root, args.tokens)),
+        ]
+        print(
+            f"peak RSS above baseline, packing a generated {total / 1e6:.0f} MB repo "
+            f"to {args.tokens} tokens (ru_maxrss of a fresh interpreter)"
+        )
+        print(
+            f"{'jobs from':<12}{'baseline MB':>13}{'peak MB':>9}{'above MB':>10}{'tokens':>9}{'pack kB':>9}{'shown/files':>13}"
+        )
+        for label, r in rows:
+            above = (r["peak_kb"] - r["base_kb"]) / 1024
+            print(
+                f"{label:<12}{r['base_kb'] / 1024:>13.1f}{r['peak_kb'] / 1024:>9.1f}{above:>10.1f}"
+                f"{r['tokens']:>9}{r['pack_bytes'] / 1000:>9.0f}{r['shown']:>7}/{r['files']:<5}"
+                f"{r['traced'] / 2**20:>11.1f}"
+            )
+        same = "yes" if rows[0][1]["sha"] == rows[1][1]["sha"] else "NO"
+        print(f"same pack text (sha256) from both: {same}; target: under 100 MB above the baseline")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--files", type=int, default=10_000)
     parser.add_argument("--runs", type=int, default=2)
+    parser.add_argument("--memory", action="store_true", help="measure peak memory instead")
+    parser.add_argument("--memory-mb", type=int, default=200)
+    parser.add_argument("--tokens", type=int, default=150_000)
+    parser.add_argument("--before", default="f06b30e", help="commit whose jobs/ to compare")
     args = parser.parse_args()
+    if args.memory:
+        return memory_main(args)
     work = Path(tempfile.mkdtemp(prefix="pack-bench-"))
     try:
         gen = work / "generated"

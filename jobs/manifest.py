@@ -11,6 +11,8 @@ Repos are given in `repos` (and/or `repos_file`, one per line, `#` comments) as:
   max_input_tokens = ...}` (exactly one of path/url) for per-repo overrides.
 A repository listed twice (same resolved folder, or same URL and ref) is reviewed once: the first
 entry wins. Slugs are unique and filesystem-safe; an automatic one gets `-2`, `-3` on a clash.
+A URL or ref that git could read as an option (a leading '-', an ssh host starting with '-') or a
+ref that breaks `git check-ref-format` (a commit sha is fine) is refused here, naming the repo.
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ from types import MappingProxyType
 from typing import Any
 
 from jobs.errors import JobsInputError
-from jobs.gitcache import resolve_repo
+from jobs.git import ref_problem, scrub_url, url_problem
+from jobs.gitcache import resolve_repo  # re-exported: callers resolve what they load
 
 __all__ = [
     "AGENTS",
@@ -240,6 +243,7 @@ def _entries(c: _Checker, key: str, raw: Any, base: Path, defaults: dict[str, An
         raise c.fail(key, "a path, glob or git URL string, or a table", _show(raw))
     settings = {**defaults, **over}
     if url is not None:
+        _check_git(c, key, url, ref, raw)
         return [
             _Entry(key, url if ref is None else f"{url}#{ref}", None, url, ref, slug, **settings)
         ]
@@ -252,6 +256,25 @@ def _entries(c: _Checker, key: str, raw: Any, base: Path, defaults: dict[str, An
             f"{len(folders)} folders matched",
         )
     return [_Entry(key, local, folder, None, None, slug, **settings) for folder in folders]
+
+
+def _check_git(c: _Checker, key: str, url: str, ref: str | None, raw: Any) -> None:
+    """Refuse a URL or ref that git could take for an option, or a malformed ref."""
+    table = isinstance(raw, dict)
+    problem = url_problem(url)
+    if problem is not None:
+        raise c.fail(
+            f"{key}.url" if table else key,
+            "a git URL that cannot be read as an option",
+            f"{scrub_url(url)!r} ({problem})",
+        )
+    problem = ref_problem(ref) if ref is not None else None
+    if problem is not None:
+        raise c.fail(
+            f"{key}.ref" if table else f"{key} (ref after '#')",
+            "a git ref (git check-ref-format rules) or a commit sha",
+            f"{ref!r} ({problem}) for repo {scrub_url(url)}",
+        )
 
 
 def _auto_slug(entry: _Entry) -> str:

@@ -12,13 +12,25 @@ source code and English, so this tends to overestimate a little, which keeps a p
 the runner may replace it with the API's count_tokens. The estimate is additive per block up to
 rounding, and each block's share is rounded up, so the sum of the parts bounds the whole.
 
-Each file is read once; its text is normalised (BOM dropped, CRLF to LF, stray line separators such
-as \\x0c or U+2028 shown as escapes so that no reader can split a line where we did not), redacted
+Each file's text is normalised (BOM dropped, CRLF to LF, stray line separators such as \\x0c or
+U+2028 shown as escapes so that no reader can split a line where we did not), redacted
 (jobs/secrets.py), then numbered. The same repo state gives the same pack byte for byte.
+
+Memory, stated: packing holds what it will send, not the repository. A first pass reads each file
+once, one at a time, and keeps only its measurements (size, lines, block tokens, a 16-byte digest).
+The fit runs on those. Only the files shown are read again (a truncated one when its truncation is
+tried), and each re-read must match its digest: a file that changed in between is skipped as
+"changed while packing" and the pack is made again without it, so a pack never shows content other
+than what its measurements describe. Opens never follow a final symlink and never block (a FIFO).
+
+An odd file fails alone: it is listed in `skipped` with its reason and its name escaped
+(`shown_name`: non-UTF-8 bytes as \\xNN), whatever went wrong with it. A repo-level failure is a
+PackError (a JobsError) naming the repo and the cause, so that the runner can fail that repo alone.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import re
@@ -30,13 +42,31 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from jobs.errors import JobsInputError
+from jobs.errors import JobsError, JobsInputError
 from jobs.secrets import redact
-from jobs.select import PRIORITY_NAMES, exclusion_reason, list_candidates, priority
+from jobs.select import (
+    PRIORITY_NAMES,
+    PackError,
+    exclusion_reason,
+    list_candidates,
+    parent_inside,
+    priority,
+    shown_name,
+)
 
-__all__ = ["MIN_TRUNCATED_LINES", "Pack", "PackedFile", "estimate_tokens", "pack_repo"]
+__all__ = [
+    "MIN_TRUNCATED_LINES",
+    "Pack",
+    "PackError",
+    "PackedFile",
+    "estimate_tokens",
+    "pack_repo",
+    "shown_name",
+]
 
 MIN_TRUNCATED_LINES = 10
+# Each attempt that meets a changed file skips it and packs again; a repo rewritten faster fails.
+MAX_PACK_ATTEMPTS = 4
 _SNIFF = 8192
 _UNSAFE = re.compile("[\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029]")
 _UNSAFE_TABLE = {
@@ -121,7 +151,7 @@ class Pack:
         counts = Counter(f.status for f in self.files)
         return {
             "slug": self.slug,
-            "root": str(self.root),
+            "root": shown_name(str(self.root)),
             "method": self.method,
             "sha256": self.sha256,
             "token_estimate": self.token_estimate,
@@ -156,32 +186,40 @@ class _Skip(Exception):
     """A file that cannot be packed, with the reason shown in the report."""
 
 
+class _Changed(Exception):
+    """A file changed between the scan and the read that puts it in the pack: pack again."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(path)
+        self.path = path
+
+
 @dataclass
-class _Loaded:
+class _Scanned:
+    """What the fit needs of one file, without its content (read again only if it is sent)."""
+
     path: str
     size: int
-    lines: list[str]
-    block: str
+    lines: int
     tokens: int
     rank: int
+    digest: bytes
 
 
-def _parent_ok(root: str, rel: str, cache: dict[str, bool]) -> bool:
-    """True if the folder holding `rel` resolves inside `root` (no symlinked folder leads out)."""
-    parent = rel.rpartition("/")[0]
-    if not parent:
-        return True
-    ok = cache.get(parent)
-    if ok is None:
-        real = os.path.realpath(os.path.join(root, parent))
-        ok = real == os.path.join(root, parent) or real.startswith(root + os.sep)
-        cache[parent] = ok
-    return ok
+def _unreadable(exc: OSError) -> _Skip:
+    if type(exc) is OSError:  # no subclass names the cause (ENXIO: a socket, EIO, ...)
+        return _Skip(f"unreadable (OSError: {exc.strerror or exc.errno})")
+    return _Skip(f"unreadable ({type(exc).__name__})")
 
 
-def _read(root: str, rel: str, size_cap: int, parents: dict[str, bool]) -> tuple[bytes, int]:
+def _nonblocking(path: str, flags: int) -> int:
+    # A FIFO swapped in after the lstat must not block the run; fstat below refuses it.
+    return os.open(path, flags | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+
+
+def _read(root: str, rel: str, size_cap: int, parents: dict[str, bool]) -> bytes:
     """The bytes of one candidate, or _Skip with the reason; symlinks are followed only inside root."""
-    if not _parent_ok(root, rel, parents):
+    if not parent_inside(root, rel, parents):
         raise _Skip("symlink outside the repo")
     full = os.path.join(root, rel)
     try:
@@ -189,15 +227,16 @@ def _read(root: str, rel: str, size_cap: int, parents: dict[str, bool]) -> tuple
     except FileNotFoundError:
         raise _Skip("missing (listed by git, not in the work tree)") from None
     except OSError as exc:
-        raise _Skip(f"unreadable ({type(exc).__name__})") from None
+        raise _unreadable(exc) from None
     if stat.S_ISLNK(st.st_mode):
         target = os.path.realpath(full)
         if not target.startswith(root + os.sep):
             raise _Skip("symlink outside the repo")
         try:
             st = os.stat(target)
-        except OSError:
-            raise _Skip("broken symlink") from None
+        except OSError as exc:
+            loop = exc.errno == errno.ELOOP
+            raise _Skip("symlink loop" if loop else "broken symlink") from None
         if stat.S_ISDIR(st.st_mode):
             raise _Skip("symlink to a folder")
         full = target
@@ -206,16 +245,21 @@ def _read(root: str, rel: str, size_cap: int, parents: dict[str, bool]) -> tuple
     if st.st_size > size_cap:
         raise _Skip(f"too large ({st.st_size} bytes > {size_cap})")
     try:
-        with open(full, "rb") as fh:
+        with open(full, "rb", opener=_nonblocking) as fh:
+            now = os.fstat(fh.fileno())
+            if not stat.S_ISREG(now.st_mode):
+                raise _Skip("not a regular file")
             data = fh.read(size_cap + 1)
+    except FileNotFoundError:
+        raise _Skip("missing (gone while packing)") from None
     except OSError as exc:
-        raise _Skip(f"unreadable ({type(exc).__name__})") from None
+        raise _unreadable(exc) from None
     if len(data) > size_cap:
         raise _Skip(f"too large (over {size_cap} bytes)")
-    return data, len(data)
+    return data
 
 
-def _text_lines(data: bytes, rel: str, redactions: Counter[str]) -> list[str]:
+def _text_lines(data: bytes, rel: str, redactions: Counter[str] | None) -> list[str]:
     if b"\0" in data[:_SNIFF]:
         raise _Skip("binary (NUL byte)")
     try:
@@ -229,7 +273,7 @@ def _text_lines(data: bytes, rel: str, redactions: Counter[str]) -> list[str]:
     if "\r" in text:
         text = text.replace("\r\n", "\n")
     text, counts = redact(text, rel)
-    if counts:
+    if counts and redactions is not None:
         redactions.update(counts)
     if _UNSAFE.search(text):
         text = text.translate(_UNSAFE_TABLE)
@@ -250,32 +294,123 @@ def _block(path: str, lines: list[str], shown: int | None = None) -> str:
     return f"{_open_tag(path, len(lines), shown)}{numbered}</file>\n"
 
 
-def _truncate(item: _Loaded, budget: int) -> int | None:
-    """The most leading lines of `item` whose block fits `budget` tokens, or None if too few fit."""
-    n = len(item.lines)
-    room = (budget * 7) // 2 - len(_open_tag(item.path, n, n).encode()) - len("</file>\n")
+def _truncate(path: str, lines: list[str], budget: int) -> int | None:
+    """The most leading lines of `lines` whose block fits `budget` tokens, or None if too few fit."""
+    n = len(lines)
+    room = (budget * 7) // 2 - len(_open_tag(path, n, n).encode()) - len("</file>\n")
     shown, used = 0, 0
-    for i, line in enumerate(item.lines, 1):
+    for i, line in enumerate(lines, 1):
         cost = len(f"{i}| {line}\n".encode())
         if used + cost > room:
             break
         used += cost
         shown = i
-    while (
-        shown >= MIN_TRUNCATED_LINES
-        and estimate_tokens(_block(item.path, item.lines, shown)) > budget
-    ):
+    while shown >= MIN_TRUNCATED_LINES and estimate_tokens(_block(path, lines, shown)) > budget:
         shown -= 1
     if shown < min(MIN_TRUNCATED_LINES, n) or shown >= n:
         return None
     return shown
 
 
+def _may_truncate(item: _Scanned, budget: int) -> bool:
+    """False when even the shortest possible lines could not fill MIN_TRUNCATED_LINES: no read."""
+    if budget <= 0 or item.lines == 0:
+        return False
+    room = (budget * 7) // 2 - len(_open_tag(item.path, item.lines, item.lines).encode()) - 8
+    need = min(MIN_TRUNCATED_LINES, item.lines)
+    return room >= sum(len(str(i)) + 3 for i in range(1, need + 1))
+
+
+class _Reader:
+    """Reads a scanned file again, for the pack or a truncation, and checks it did not change."""
+
+    def __init__(self, root: str, size_cap: int) -> None:
+        self.root, self.size_cap, self.parents = root, size_cap, {}
+
+    def lines(self, item: _Scanned) -> list[str]:
+        try:
+            data = _read(self.root, item.path, self.size_cap, self.parents)
+            if hashlib.blake2b(data, digest_size=16).digest() != item.digest:
+                raise _Changed(item.path)
+            return _text_lines(data, item.path, None)
+        except _Skip:
+            raise _Changed(item.path) from None
+
+
+def _scan(
+    root: str,
+    paths: list[str],
+    size_cap: int,
+    unstable: Mapping[str, str],
+    skipped: list[tuple[str, str]],
+    redactions: Counter[str],
+) -> list[_Scanned]:
+    """Read each candidate once, one at a time, and keep only its measurements."""
+    scanned: list[_Scanned] = []
+    parents: dict[str, bool] = {}
+    for rel in paths:
+        reason = exclusion_reason(rel) or unstable.get(rel)
+        if reason is None and not rel.isascii():
+            try:
+                rel.encode("utf-8")
+            except UnicodeEncodeError:
+                reason = "file name is not valid UTF-8"
+        if reason is None:
+            try:
+                data = _read(root, rel, size_cap, parents)
+                lines = _text_lines(data, rel, redactions)
+                tokens = estimate_tokens(_block(rel, lines))
+            except _Skip as skip:
+                reason = str(skip)
+            except Exception as exc:  # one odd file fails alone, whatever went wrong with it
+                reason = f"could not be packed ({type(exc).__name__}: {exc})"
+        if reason is not None:
+            skipped.append((shown_name(rel), reason))
+            continue
+        digest = hashlib.blake2b(data, digest_size=16).digest()
+        scanned.append(_Scanned(rel, len(data), len(lines), tokens, priority(rel), digest))
+        del data, lines  # only the measurements stay
+    return scanned
+
+
+_Fitted = tuple[str, int | None, str | None, int]  # status, lines shown, truncated block, its bytes
+
+
+def _fit(scanned: list[_Scanned], remaining: int, reader: _Reader) -> dict[str, _Fitted]:
+    """The fit rule (module docstring): each path's status; truncated blocks are made here."""
+    status: dict[str, _Fitted] = {}
+    for rank in range(len(PRIORITY_NAMES)):
+        group = sorted((it for it in scanned if it.rank == rank), key=lambda it: it.path)
+        for item in group:  # whole files first
+            if item.tokens <= remaining:
+                status[item.path] = ("included", None, None, item.size)
+                remaining -= item.tokens
+        for item in group:  # then what did not fit whole, truncated if enough of it fits
+            if item.path in status:
+                continue
+            shown = None
+            if _may_truncate(item, remaining):
+                lines = reader.lines(item)
+                shown = _truncate(item.path, lines, remaining)
+            if shown is None:
+                status[item.path] = ("omitted", None, None, 0)
+            else:
+                block = _block(item.path, lines, shown)
+                used = min(item.size, sum(len(line.encode()) + 1 for line in lines[:shown]))
+                status[item.path] = ("truncated", shown, block, used)
+                remaining -= estimate_tokens(block)
+    return status
+
+
 def pack_repo(root: Path, *, slug: str, max_input_tokens: int, size_cap: int = 256_000) -> Pack:
     """Select, read, redact and fit the files of `root` into one pack of at most `max_input_tokens`.
 
-    Unreadable, binary, invalid-UTF-8, oversized and excluded files are listed in `skipped` with a
-    reason; selected files that did not fit are `omitted` in `files`. Never raises for a bad file.
+    Unreadable, binary, invalid-UTF-8, oversized, excluded files and names that are not UTF-8 are
+    listed in `skipped` with a reason (names escaped); selected files that did not fit are
+    `omitted` in `files`. Never raises for a bad file. A file that changes while it is packed is
+    skipped as changed and the pack made again. Memory: the measurements of every file, the text
+    of one file at a time, and the pack itself. Raises PackError (naming the repo and the cause)
+    when the repo as a whole cannot be packed, e.g. an unreadable ignore file.
     """
     if not root.is_dir():
         raise JobsInputError(f"{root}: not a folder to pack")
@@ -284,85 +419,65 @@ def pack_repo(root: Path, *, slug: str, max_input_tokens: int, size_cap: int = 2
             f"max_input_tokens: expected a positive integer, got {max_input_tokens}"
         )
     real_root = os.path.realpath(root)
-    paths, method = list_candidates(Path(real_root))
-    skipped: list[tuple[str, str]] = []
-    loaded: list[_Loaded] = []
-    redactions: Counter[str] = Counter()
-    parents: dict[str, bool] = {}
-    for rel in paths:
-        reason = exclusion_reason(rel)
-        if reason is None and not rel.isascii():
+    where = f"{slug}: cannot pack {shown_name(real_root)}"
+    try:
+        paths, method = list_candidates(Path(real_root))
+        unstable: dict[str, str] = {}
+        for _ in range(MAX_PACK_ATTEMPTS):
             try:
-                rel.encode("utf-8")
-            except UnicodeEncodeError:
-                reason = "file name is not valid UTF-8"
-        if reason is None:
-            try:
-                data, size = _read(real_root, rel, size_cap, parents)
-                lines = _text_lines(data, rel, redactions)
-            except _Skip as skip:
-                reason = str(skip)
-        if reason is not None:
-            skipped.append((rel, reason))
-            continue
-        block = _block(rel, lines)
-        loaded.append(_Loaded(rel, size, lines, block, estimate_tokens(block), priority(rel)))
+                return _pack_once(
+                    real_root, paths, method, slug, max_input_tokens, size_cap, unstable
+                )
+            except _Changed as changed:
+                unstable[changed.path] = "changed while packing"
+    except PackError as exc:
+        raise PackError(f"{where}: {exc}") from None
+    except JobsError:
+        raise
+    except Exception as exc:  # a repo-level surprise fails this repo, named, not the whole run
+        raise PackError(f"{where}: {type(exc).__name__}: {exc}") from exc
+    changed_names = ", ".join(shown_name(p) for p in sorted(unstable))
+    raise PackError(f"{where}: files kept changing while packing ({changed_names})")
 
-    tree = "".join(_escape(item.path) + "\n" for item in loaded)
+
+def _pack_once(
+    real_root: str,
+    paths: list[str],
+    method: str,
+    slug: str,
+    max_input_tokens: int,
+    size_cap: int,
+    unstable: Mapping[str, str],
+) -> Pack:
+    skipped: list[tuple[str, str]] = []
+    redactions: Counter[str] = Counter()
+    scanned = _scan(real_root, paths, size_cap, unstable, skipped, redactions)
+    reader = _Reader(real_root, size_cap)
+    tree = "".join(_escape(item.path) + "\n" for item in scanned)
     head = f'<repository name="{_escape(slug)}">\n<tree>\n{tree}</tree>\n'
     foot = "</repository>\n"
     remaining = max_input_tokens - estimate_tokens(head) - estimate_tokens(foot)
-    over_budget = remaining < 0
-
-    status: dict[str, tuple[str, int | None]] = {}
-    for rank in range(len(PRIORITY_NAMES)):
-        group = sorted((it for it in loaded if it.rank == rank), key=lambda it: it.path)
-        for item in group:  # whole files first
-            if item.tokens <= remaining:
-                status[item.path] = ("included", None)
-                remaining -= item.tokens
-        for item in group:  # then what did not fit whole, truncated if enough of it fits
-            if item.path in status:
-                continue
-            shown = _truncate(item, remaining) if remaining > 0 else None
-            if shown is None:
-                status[item.path] = ("omitted", None)
-            else:
-                item.block = _block(item.path, item.lines, shown)
-                status[item.path] = ("truncated", shown)
-                remaining -= estimate_tokens(item.block)
-
-    parts = [head]
-    files: list[PackedFile] = []
-    total_bytes = shown_bytes = 0
-    for item in loaded:
-        state, shown = status[item.path]
-        total_bytes += item.size
+    status = _fit(scanned, remaining, reader)
+    parts, files = [head], []
+    for item in scanned:
+        state, shown, block, _ = status[item.path]
         if state == "included":
-            parts.append(item.block)
-            shown_bytes += item.size
-        elif state == "truncated":
-            parts.append(item.block)
-            shown_bytes += min(
-                item.size, sum(len(line.encode()) + 1 for line in item.lines[:shown])
-            )
+            block = _block(item.path, reader.lines(item))
+        if block is not None:
+            parts.append(block)
+        tokens = estimate_tokens(block) if state == "truncated" and block else item.tokens
         files.append(
-            PackedFile(
-                path=item.path,
-                bytes=item.size,
-                lines=len(item.lines),
-                tokens=estimate_tokens(item.block) if state == "truncated" else item.tokens,
-                status=state,
-                shown=(1, shown) if shown else None,
-                priority=PRIORITY_NAMES[item.rank],
-            )
-        )
+            PackedFile(item.path, item.size, item.lines, tokens, state,
+                       (1, shown) if shown else None, PRIORITY_NAMES[item.rank])
+        )  # fmt: skip
     parts.append(foot)
     text = "".join(parts)
+    del parts
+    total_bytes = sum(item.size for item in scanned)
     shown_files = sum(1 for f in files if f.status != "omitted")
     coverage = {
         "files": shown_files / len(files) if files else 1.0,
-        "bytes": shown_bytes / total_bytes if total_bytes else 1.0,
+        "bytes": sum(v[3] for v in status.values()) / total_bytes if total_bytes else 1.0,
     }
     return Pack(
         slug=slug,
@@ -376,5 +491,5 @@ def pack_repo(root: Path, *, slug: str, max_input_tokens: int, size_cap: int = 2
         coverage=MappingProxyType(coverage),
         method=method,
         max_input_tokens=max_input_tokens,
-        over_budget=over_budget,
+        over_budget=remaining < 0,
     )

@@ -6,25 +6,38 @@ replicates git's matching (last matching pattern wins, `!` re-includes, a deeper
 shallower one, nothing is re-included below an ignored folder). Then the default exclusions apply to
 both: vendored and generated folders, lock files, minified files and binary extensions (by name here;
 content checks happen where the file is read, in jobs/pack.py).
+
+An ignore file that exists but cannot be read (a folder, a FIFO, a socket, a symlink, which git
+does not follow in a work tree, or an open that fails) is a PackError naming it: without its rules
+the files it excludes would be packed and sent. Git itself only warns and goes on. The files
+checked are the .gitignore of every folder that holds a listed file (and of the folders from the
+work tree's top down to the packed folder) and `.git/info/exclude`. git runs through jobs.git, so
+nothing the repository's config names is executed.
 """
 
 from __future__ import annotations
 
 import os
 import re
-import subprocess
+import stat
 from pathlib import Path
 
 from pathspec import GitIgnoreSpec
+
+from jobs.errors import JobsError
+from jobs.git import GitError, run
 
 __all__ = [
     "BINARY_SUFFIXES",
     "EXCLUDED_DIRS",
     "LOCK_FILES",
     "PRIORITY_NAMES",
+    "PackError",
     "exclusion_reason",
     "list_candidates",
+    "parent_inside",
     "priority",
+    "shown_name",
 ]
 
 EXCLUDED_DIRS = frozenset(
@@ -209,6 +222,61 @@ _DOC_NAMES = frozenset(
 )
 
 
+class PackError(JobsError):
+    """One repository cannot be packed (not a run-wide failure); the message names repo and cause."""
+
+
+def read_ignore_file(path: str) -> str | None:
+    """The text of an ignore file, None if there is none; PackError if it exists but is unreadable.
+
+    Opened without following symlinks and without blocking (a FIFO must not hang the run).
+    """
+    try:
+        st = os.lstat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except OSError as exc:
+        raise PackError(f"cannot read ignore file {path}: {exc.strerror or exc}") from None
+    if stat.S_ISLNK(st.st_mode):
+        raise PackError(f"cannot read ignore file {path}: it is a symlink (git does not follow it)")
+    if not stat.S_ISREG(st.st_mode):
+        raise PackError(f"cannot read ignore file {path}: not a regular file")
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        fd = os.open(path, flags)
+        with open(fd, "rb", closefd=True) as fh:
+            if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+                raise PackError(f"cannot read ignore file {path}: not a regular file")
+            data = fh.read()
+    except OSError as exc:
+        raise PackError(f"cannot read ignore file {path}: {exc.strerror or exc}") from None
+    return data.decode("utf-8", "replace")
+
+
+def shown_name(rel: str) -> str:
+    """`rel` as reports show it: bytes that are not UTF-8 as \\xNN, control characters escaped."""
+    if rel.isascii() and rel.isprintable():
+        return rel
+    text = os.fsencode(rel).decode("utf-8", "backslashreplace")
+    return "".join(
+        c if c.isprintable() else (f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}")
+        for c in text
+    )
+
+
+def parent_inside(root: str, rel: str, cache: dict[str, bool]) -> bool:
+    """True if the folder holding `rel` resolves inside `root` (no symlinked folder leads out)."""
+    parent = rel.rpartition("/")[0]
+    if not parent:
+        return True
+    ok = cache.get(parent)
+    if ok is None:
+        real = os.path.realpath(os.path.join(root, parent))
+        ok = real == os.path.join(root, parent) or real.startswith(root + os.sep)
+        cache[parent] = ok
+    return ok
+
+
 def exclusion_reason(path: str) -> str | None:
     """Why `path` (relative, posix) is excluded by name, or None if it is a candidate."""
     parts = path.split("/")
@@ -244,27 +312,58 @@ def priority(path: str) -> int:
     return 0
 
 
-def _git(root: Path, *args: str) -> subprocess.CompletedProcess[bytes]:
-    env = {**os.environ, "GIT_TERMINAL_PROMPT": "0", "GIT_OPTIONAL_LOCKS": "0"}
-    for var in ("GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE"):
-        env.pop(var, None)
-    return subprocess.run(
-        ["git", "-C", str(root), *args], capture_output=True, env=env, timeout=300, check=False
-    )
+_UNABLE = re.compile(r"^warning: unable to access '(.*)': (.*)$")
+
+
+def _work_tree(root: Path) -> tuple[Path, Path] | None:
+    """(top of the work tree, the common git folder) holding `root`, or None outside one."""
+    res = run(root, "rev-parse", "--path-format=absolute", "--show-toplevel", "--git-common-dir")
+    lines = res.stdout.decode("utf-8", "surrogateescape").splitlines()
+    if res.returncode != 0 or len(lines) != 2:
+        return None
+    return Path(lines[0]), Path(lines[1])
+
+
+def _check_ignore_files(
+    root: Path, paths: list[str], stderr: bytes, where: tuple[Path, Path]
+) -> None:
+    """PackError if an ignore file git should have applied to `root` could not be read."""
+    for line in stderr.decode("utf-8", "backslashreplace").splitlines():
+        m = _UNABLE.match(line)  # git's words (LC_ALL=C) for an ignore file it skipped
+        if m:
+            raise PackError(f"cannot read ignore file {root / m.group(1)}: {m.group(2)}")
+    folders = {""} | {p.rpartition("/")[0] for p in paths}
+    for folder in sorted(folders):
+        read_ignore_file(os.path.join(root, folder, ".gitignore"))
+    top, common = where
+    read_ignore_file(str(common / "info" / "exclude"))
+    above = root
+    while above != top and top in above.parents:  # .gitignore files above the packed folder
+        above = above.parent
+        read_ignore_file(str(above / ".gitignore"))
 
 
 def _git_listing(root: Path) -> list[str] | None:
     """The paths git would consider for `root`, or None when `root` is not (usefully) in a work tree."""
     try:
-        res = _git(root, "ls-files", "-z", "--cached", "--others", "--exclude-standard")
-    except (OSError, subprocess.SubprocessError):
-        return None
+        where = _work_tree(root)
+        if where is None:
+            return None
+        res = run(root, "ls-files", "-z", "--cached", "--others", "--exclude-standard", timeout=300)
+    except GitError:
+        return (
+            None  # no git, or it hung (a FIFO as .gitignore): the plain walk reads the rules itself
+        )
     if res.returncode != 0:
-        return None
+        # Inside a work tree git refused to list: say why rather than pack without its rules.
+        read_ignore_file(str(where[1] / "info" / "exclude"))
+        detail = res.stderr.decode("utf-8", "backslashreplace").strip().splitlines()
+        raise PackError(f"git ls-files failed: {detail[-1] if detail else res.returncode}")
     paths = [p for p in res.stdout.decode("utf-8", "surrogateescape").split("\0") if p]
+    _check_ignore_files(root, paths, res.stderr, where)
     if not paths:
         # An ignored folder inside some enclosing repo lists nothing: review it as a plain folder.
-        check = _git(root.parent, "check-ignore", "-q", "--", root.name)
+        check = run(root.parent, "check-ignore", "-q", "--", root.name)
         if check.returncode == 0:
             return None
     return paths
@@ -291,15 +390,10 @@ def _walk_plain(root: Path) -> list[str]:
         except OSError:
             continue  # an unreadable folder: its files cannot be listed, let alone read
         for entry in entries:
-            if entry.name == ".gitignore" and entry.is_file(follow_symlinks=False):
-                try:
-                    with open(entry.path, encoding="utf-8", errors="replace") as fh:
-                        specs = [
-                            *specs,
-                            (rel_dir, GitIgnoreSpec.from_lines(fh.read().splitlines())),
-                        ]
-                except OSError:
-                    pass
+            if entry.name == ".gitignore":
+                text = read_ignore_file(entry.path)
+                if text is not None:
+                    specs = [*specs, (rel_dir, GitIgnoreSpec.from_lines(text.splitlines()))]
                 break
         for entry in entries:
             if entry.name == ".git":
@@ -323,7 +417,8 @@ def _walk_plain(root: Path) -> list[str]:
 def list_candidates(root: Path) -> tuple[list[str], str]:
     """Sorted relative posix paths under `root` that git (or the .gitignore rules) selects, and how.
 
-    The second item is "git" or "gitignore". Paths are not yet filtered by `exclusion_reason`.
+    The second item is "git" or "gitignore". Paths are not yet filtered by `exclusion_reason`;
+    names that are not UTF-8 come as surrogate escapes. PackError for an unreadable ignore file.
     """
     paths = _git_listing(root)
     method = "git"
