@@ -8,7 +8,6 @@ whatever complete findings could be salvaged from it). Only ``ok`` means the age
 from __future__ import annotations
 
 import difflib
-import hashlib
 import json
 import re
 import unicodedata
@@ -17,6 +16,8 @@ from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from jobs.errors import JobsInputError
+from jobs.evidence import evidence_fingerprint, locate, packed_files
+from jobs.replyjson import extract, finding_list, salvage
 
 if TYPE_CHECKING:
     from jobs.pack import Pack
@@ -30,6 +31,7 @@ __all__ = [
     "fingerprint",
     "merge",
     "parse",
+    "parse_tool_input",
 ]
 
 SEVERITIES = ("critical", "high", "medium", "low", "info")
@@ -57,11 +59,8 @@ _CATEGORY_ALIASES = {
 }  # fmt: skip
 _MAX_TITLE = 200
 _MAX_TEXT = 8000
-_FENCE = re.compile(r"```[A-Za-z0-9_-]*[ \t]*\n(.*?)(?:\n```|\Z)", re.S)
-_SUMMARY = re.compile(r'"summary"\s*:\s*("(?:[^"\\]|\\.)*")', re.S)
+_MAX_EVIDENCE = 4000
 _WINDOWS_DRIVE = re.compile(r"^[A-Za-z]:")
-# How many "{" positions to try when looking for the JSON object in prose; replies are bounded by max_tokens.
-_MAX_STARTS = 500
 
 
 @dataclass(frozen=True)
@@ -79,6 +78,10 @@ class Finding:
     confidence: float | None
     agents: tuple[str, ...]
     fingerprint: str
+    # The quoted line(s); ``verified`` True when found in the packed file (lines corrected to it), False when
+    # not found, None when no pack was given to check it against.
+    evidence: str = ""
+    verified: bool | None = None
 
     def to_dict(self) -> dict:
         """Return a JSON-able dict."""
@@ -100,6 +103,8 @@ class Finding:
                 suggestion=str(data.get("suggestion") or ""),
                 confidence=None if opt["confidence"] is None else float(opt["confidence"]),
                 agents=tuple(str(a) for a in data.get("agents") or ()),
+                evidence=str(data.get("evidence") or ""),
+                verified=None if data.get("verified") is None else bool(data["verified"]),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise JobsInputError(f"malformed finding record: {exc!r}") from exc
@@ -143,49 +148,91 @@ class AgentResult:
             raise JobsInputError(f"malformed agent result record: {exc}") from exc
 
 
-def fingerprint(file: str | None, title: str, category: str) -> str:
-    """Return a stable id from the file, the normalised title and the category (never lines, which drift)."""
-    key = "\x1f".join((file or "", _norm_title(title), category))
-    return hashlib.sha256(key.encode("utf-8")).hexdigest()[:32]
+def fingerprint(repo: str, file: str | None, category: str, evidence: str, title: str = "") -> str:
+    """Return a finding's identity from repo, path, category and the normalised evidence (jobs.evidence).
+
+    Never from the title or a line number. Only a finding that quotes nothing falls back to its normalised
+    title, so that two such findings stay apart; it cannot be verified, so it is never tracked across nights.
+    """
+    quote = evidence if evidence.strip() else ("\x00title:" + _norm_title(title) if title else "")
+    return evidence_fingerprint(repo, file, category, quote)
 
 
 def parse(
-    reply_text: str, stop_reason: str | None, *, agent: str, pack: Pack | None = None
+    reply_text: str,
+    stop_reason: str | None,
+    *,
+    agent: str,
+    pack: Pack | None = None,
+    repo: str | None = None,
 ) -> AgentResult:
-    """Parse one reply into an AgentResult; never raises on a bad reply, only records how bad it was.
+    """Parse one text reply into an AgentResult; never raises on a bad reply, only records how bad it was.
 
     ``stop_reason`` "refusal" gives ``refused``; "max_tokens" gives ``truncated`` even when the JSON happens to
     parse (the model may have had more to say), with the complete findings salvaged. With ``pack``, a finding
-    must cite a file in the pack and a line inside it (inside the shown part of a truncated file).
+    must cite a file in the pack, and its evidence is checked against the packed file (``verified``, lines
+    corrected). Several different findings objects in one reply (one may be quoted from the code under review)
+    are resolved by ````jobs.replyjson.extract``'s rule, which text planted in the code cannot win.
     """
     text = reply_text or ""
     if stop_reason == "refusal":
         return AgentResult(
             agent, "refused", "", (), 0, text, "the model refused to review this repository"
         )
-    data = _extract(text)
-    if _finding_list(data):
+    data, why = extract(text)
+    if finding_list(data):
         data = {"summary": "", "findings": data}
+    context = _Context(agent, pack, repo)
     if stop_reason == "max_tokens":
-        if data is None:
-            data = _salvage(text)
-        items = data.get("findings") if isinstance(data, dict) else None
-        findings, dropped = _validate_all(items if isinstance(items, list) else [], agent, pack)
-        summary = _text(data.get("summary")) if isinstance(data, dict) else ""
-        note = (
-            "the reply was cut off at max_output_tokens: the review is incomplete "
-            f"({len(findings)} complete finding(s) salvaged)"
-        )
-        return AgentResult(agent, "truncated", summary, findings, dropped, text, note)
+        if why is None and not (isinstance(data, dict) and isinstance(data.get("findings"), list)):
+            # Cut inside the object: what decodes is a finding nested in it, not the answer.
+            data = salvage(text) or data
+        return _truncated(data, text, context)
     if not isinstance(data, dict) or not isinstance(data.get("findings"), list):
-        why = (
+        why = why or (
             "no findings JSON object found in the reply"
             if data is None
             else "the JSON has no findings list"
         )
         return AgentResult(agent, "unparsed", "", (), 0, text, why)
-    findings, dropped = _validate_all(data["findings"], agent, pack)
+    findings, dropped = _validate_all(data["findings"], context)
     return AgentResult(agent, "ok", _text(data.get("summary")), findings, dropped, None, "")
+
+
+def parse_tool_input(
+    tool_input: Any,
+    stop_reason: str | None,
+    *,
+    agent: str,
+    pack: Pack | None = None,
+    repo: str | None = None,
+) -> AgentResult:
+    """Parse the ``input`` of the forced findings tool call (a dict already decoded by the SDK).
+
+    A refusal is ``refused``; a call cut at max_tokens ``truncated`` with what it holds; an input that is not
+    an object with a findings list ``unparsed`` (its JSON kept as the raw text).
+    """
+    raw = json.dumps(tool_input, ensure_ascii=False, default=str)
+    if stop_reason == "refusal":
+        return AgentResult(agent, "refused", "", (), 0, raw, "the model refused to review this repository")  # fmt: skip
+    context = _Context(agent, pack, repo)
+    if stop_reason == "max_tokens":
+        return _truncated(tool_input if isinstance(tool_input, dict) else None, raw, context)
+    if not isinstance(tool_input, dict) or not isinstance(tool_input.get("findings"), list):
+        return AgentResult(agent, "unparsed", "", (), 0, raw, "the tool input has no findings list")
+    findings, dropped = _validate_all(tool_input["findings"], context)
+    return AgentResult(agent, "ok", _text(tool_input.get("summary")), findings, dropped, None, "")
+
+
+def _truncated(data: Any, raw: str, context: _Context) -> AgentResult:
+    items = data.get("findings") if isinstance(data, dict) else None
+    findings, dropped = _validate_all(items if isinstance(items, list) else [], context)
+    summary = _text(data.get("summary")) if isinstance(data, dict) else ""
+    note = (
+        "the reply was cut off at max_output_tokens: the review is incomplete "
+        f"({len(findings)} complete finding(s) salvaged)"
+    )
+    return AgentResult(context.agent, "truncated", summary, findings, dropped, raw, note)
 
 
 def merge(results: Sequence[AgentResult]) -> tuple[Finding, ...]:
@@ -207,90 +254,30 @@ def merge(results: Sequence[AgentResult]) -> tuple[Finding, ...]:
     return tuple(sorted(clusters, key=_sort_key))
 
 
-# --- extraction ---------------------------------------------------------------------------------------------
-
-
-def _extract(text: str) -> Any:
-    """Return the findings object (or a bare list) found in ``text``, or None."""
-    candidates = [m.group(1) for m in _FENCE.finditer(text)] + [text]
-    fallback = None
-    for candidate in candidates:
-        stripped = candidate.strip()
-        try:
-            value = json.loads(stripped)
-        except ValueError:
-            value = _scan(stripped)
-        if isinstance(value, dict) and "findings" in value:
-            return value
-        if fallback is None and value is not None:
-            fallback = value
-    return fallback
-
-
-def _scan(text: str) -> Any:
-    """Find the first decodable JSON object with a findings key in prose; else the first list of objects."""
-    decoder = json.JSONDecoder()
-    first_list = None
-    starts = [m.start() for m in re.finditer(r"[{\[]", text)][:_MAX_STARTS]
-    for start in starts:
-        try:
-            value, _ = decoder.raw_decode(text, start)
-        except ValueError:
-            continue
-        if isinstance(value, dict) and "findings" in value:
-            return value
-        if first_list is None and _finding_list(value):
-            first_list = value
-    return first_list
-
-
-def _finding_list(value: Any) -> bool:
-    """A bare JSON list is taken for the findings only if it looks like them, not any list in prose."""
-    return (
-        isinstance(value, list)
-        and bool(value)
-        and all(isinstance(v, dict) for v in value)
-        and any("title" in v or "severity" in v for v in value)
-    )
-
-
-def _salvage(text: str) -> dict | None:
-    """From a reply cut mid-JSON, keep the summary and every finding object that was closed before the cut."""
-    match = re.search(r'"findings"\s*:\s*\[', text)
-    summary_match = _SUMMARY.search(text)
-    summary = ""
-    if summary_match:
-        try:
-            summary = json.loads(summary_match.group(1))
-        except ValueError:
-            summary = ""
-    if match is None:
-        return {"summary": summary, "findings": []} if summary_match else None
-    decoder = json.JSONDecoder()
-    items: list[Any] = []
-    pos = match.end()
-    while True:
-        while pos < len(text) and text[pos] in " \t\r\n,":
-            pos += 1
-        if pos >= len(text) or text[pos] != "{":
-            break
-        try:
-            item, pos = decoder.raw_decode(text, pos)
-        except ValueError:
-            break
-        items.append(item)
-    return {"summary": summary, "findings": items}
-
-
 # --- validation ---------------------------------------------------------------------------------------------
 
 
-def _validate_all(items: list, agent: str, pack: Pack | None) -> tuple[tuple[Finding, ...], int]:
+class _Context:
+    """What validating one reply's findings needs: the agent, the pack and its files' lines, read once."""
+
+    def __init__(self, agent: str, pack: Pack | None, repo: str | None) -> None:
+        self.agent = agent
+        self.pack = pack
+        self.repo = repo if repo is not None else (pack.slug if pack is not None else "")
+        self._files: dict[str, list[str]] | None = None
+
+    def lines(self, path: str) -> list[str]:
+        if self._files is None:
+            self._files = packed_files(self.pack.text) if self.pack is not None else {}
+        return self._files.get(path, [])
+
+
+def _validate_all(items: list, context: _Context) -> tuple[tuple[Finding, ...], int]:
     findings: list[Finding] = []
     seen: set[tuple] = set()
     dropped = 0
     for item in items:
-        finding = _validate(item, agent, pack)
+        finding = _validate(item, context)
         if finding is None:
             dropped += 1
         elif (key := (finding.fingerprint, finding.line, finding.end_line)) not in seen:
@@ -300,7 +287,7 @@ def _validate_all(items: list, agent: str, pack: Pack | None) -> tuple[tuple[Fin
     return tuple(findings), dropped
 
 
-def _validate(item: Any, agent: str, pack: Pack | None) -> Finding | None:
+def _validate(item: Any, context: _Context) -> Finding | None:
     """Return the normalised finding, or None when it cannot be trusted."""
     if not isinstance(item, dict):
         return None
@@ -319,27 +306,20 @@ def _validate(item: Any, agent: str, pack: Pack | None) -> Finding | None:
     detail, suggestion = item.get("detail"), item.get("suggestion")
     if any(v is not None and not isinstance(v, str) for v in (detail, suggestion)):
         return None
+    evidence = _evidence(item.get("evidence"))
+    if evidence is None:
+        return None
+    pack = context.pack
     file = item.get("file", item.get("path"))
     if file is not None and not isinstance(file, str):
         return None
     file = _norm_path(file, pack) if file else None
     if file == "":
         return None
-    line, end_line = _int(item.get("line")), _int(item.get("end_line"))
-    if line is False or end_line is False:
+    lines = _lines(file, _int(item.get("line")), _int(item.get("end_line")), evidence, context)
+    if lines is None:
         return None
-    if file is None:
-        line = end_line = None
-    elif line is None:
-        end_line = None
-    elif pack is not None:
-        low, high = _shown(pack, file)
-        if not low <= line <= high:
-            return None
-        if end_line is not None:
-            end_line = min(end_line, high)
-    if end_line is not None and line is not None and end_line < line:
-        end_line = None
+    line, end_line, verified = lines
     return Finding(
         severity=severity,
         category=category,
@@ -350,9 +330,49 @@ def _validate(item: Any, agent: str, pack: Pack | None) -> Finding | None:
         detail=(detail or "").strip()[:_MAX_TEXT],
         suggestion=(suggestion or "").strip()[:_MAX_TEXT],
         confidence=_confidence(item.get("confidence")),
-        agents=(agent,),
-        fingerprint=fingerprint(file, title, category),
+        agents=(context.agent,),
+        fingerprint=fingerprint(context.repo, file, category, evidence, title),
+        evidence=evidence,
+        verified=verified,
     )
+
+
+def _lines(
+    file: str | None, line: Any, end_line: Any, evidence: str, context: _Context
+) -> tuple[int | None, int | None, bool | None] | None:
+    """(line, end_line, verified) after checking the evidence against the pack; None drops the finding."""
+    if line is False or end_line is False:
+        return None
+    pack = context.pack
+    if file is None:
+        # Nothing to look the quote up in: a repository-wide finding is never verified against code.
+        return None, None, (False if pack is not None else None)
+    if pack is not None:
+        found = locate(evidence, context.lines(file), line) if evidence else None
+        if found is not None:
+            return found.line, found.end_line, True
+    if line is None:
+        end_line = None
+    elif pack is not None:
+        low, high = _shown(pack, file)
+        if not low <= line <= high:
+            return None
+        if end_line is not None:
+            end_line = min(end_line, high)
+    if end_line is not None and line is not None and end_line < line:
+        end_line = None
+    return line, end_line, (False if pack is not None else None)
+
+
+def _evidence(value: Any) -> str | None:
+    """The quote as text ("" when absent); a list of lines is joined; None when it is of a wrong type."""
+    if value is None:
+        return ""
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        value = "\n".join(value)
+    if not isinstance(value, str):
+        return None
+    return value.strip("\n")[:_MAX_EVIDENCE]
 
 
 def _enum(value: Any, allowed: tuple[str, ...], aliases: Mapping[str, str]) -> str | None:

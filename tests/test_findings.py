@@ -292,21 +292,29 @@ def test_parse_never_raises_on_garbage() -> None:
             assert result.status in ("ok", "unparsed", "truncated")
 
 
-def test_fingerprint_ignores_lines_and_wording_noise() -> None:
-    base = parse(reply(finding(line=12)), "end_turn", agent="security", pack=PACK).findings[0]
+def test_fingerprint_ignores_lines_title_and_whitespace_of_the_evidence() -> None:
+    base = parse(
+        reply(finding(line=12, evidence="line 12 of src/db.py")),
+        "end_turn",
+        agent="security",
+        pack=PACK,
+    ).findings[0]
     moved = parse(
-        reply(finding(line=20, end_line=22, title="SQL built by string-formatting!")),
+        reply(finding(line=20, title="Reworded entirely", evidence="12|   line  12 of src/db.py ")),
         "end_turn",
         agent="code_review",
         pack=PACK,
     ).findings[0]
+    assert base.verified is moved.verified is True
+    assert (base.line, moved.line) == (12, 12)  # the cited line 20 corrected to where the quote is
     assert (
         base.fingerprint
         == moved.fingerprint
-        == fingerprint("src/db.py", "sql built by string formatting", "security")
+        == fingerprint(SLUG, "src/db.py", "security", "line 12 of src/db.py")
     )
-    assert fingerprint("src/app.py", base.title, "security") != base.fingerprint
-    assert fingerprint("src/db.py", base.title, "correctness") != base.fingerprint
+    assert fingerprint(SLUG, "src/app.py", "security", base.evidence) != base.fingerprint
+    assert fingerprint(SLUG, "src/db.py", "correctness", base.evidence) != base.fingerprint
+    assert fingerprint("other", "src/db.py", "security", base.evidence) != base.fingerprint
     assert len(base.fingerprint) == 32
 
 
