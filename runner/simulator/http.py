@@ -15,6 +15,7 @@ from urllib.parse import parse_qsl, urlsplit
 from ledger.prices import USAGE_FIELDS
 from runner.simulator.batches import new_id
 from runner.simulator.prompt import ApiError
+from runner.simulator.replies import tool_use_block
 
 if TYPE_CHECKING:
     from runner.simulator.server import Admitted, Simulator
@@ -278,7 +279,11 @@ class Handler(BaseHTTPRequestHandler):
                     {
                         "type": "content_block_start",
                         "index": 0,
-                        "content_block": {"type": "text", "text": ""},
+                        "content_block": (
+                            tool_use_block(reply, message["id"], streamed=True)
+                            if reply.tool_input is not None
+                            else {"type": "text", "text": ""}
+                        ),
                     },
                 )
                 head += self._event("ping", {"type": "ping"})
@@ -297,7 +302,11 @@ class Handler(BaseHTTPRequestHandler):
                         {
                             "type": "content_block_delta",
                             "index": 0,
-                            "delta": {"type": "text_delta", "text": piece},
+                            "delta": (
+                                {"type": "input_json_delta", "partial_json": piece}
+                                if reply.tool_input is not None
+                                else {"type": "text_delta", "text": piece}
+                            ),
                         },
                     )
                 )

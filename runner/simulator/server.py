@@ -23,7 +23,7 @@ from runner.simulator.batches import BatchStore, new_id
 from runner.simulator.buckets import RateLimits
 from runner.simulator.cache import CachePlan, PromptCache
 from runner.simulator.prompt import ApiError, Prompt, validate_message_request
-from runner.simulator.replies import Reply, make_reply, request_digest
+from runner.simulator.replies import Realism, Reply, make_reply, request_digest, tool_use_block
 
 __all__ = ["Admitted", "SimConfig", "Simulator"]
 
@@ -57,6 +57,10 @@ class SimConfig:
     log_path: Path | None = None  # JSONL request log
     batch_delay: float = 0.0  # seconds before a batch ends
     prices_path: Path | None = None  # a prices.json overriding the shipped table
+    # Per finding, seeded by the request: title reworded, line cited off, evidence not in the file.
+    reword_rate: float = 0.0
+    misline_rate: float = 0.0
+    misquote_rate: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("rpm", "itpm", "otpm", "max_concurrent"):
@@ -314,6 +318,9 @@ class Simulator:
             cfg.output_mean,
             cfg.output_spread,
             adm.body["max_tokens"],
+            tools=adm.body.get("tools"),
+            tool_choice=adm.body.get("tool_choice"),
+            realism=Realism(cfg.reword_rate, cfg.misline_rate, cfg.misquote_rate),
         )
         return adm.reply
 
@@ -355,6 +362,8 @@ class Simulator:
         reply = adm.reply
         assert reply is not None
         content = [{"type": "text", "text": reply.text}] if reply.text else []
+        if reply.tool_input is not None:
+            content = [tool_use_block(reply, message_id)]
         return {
             "id": message_id,
             "type": "message",
