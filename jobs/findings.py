@@ -280,7 +280,7 @@ def _validate_all(items: list, context: _Context) -> tuple[tuple[Finding, ...], 
         finding = _validate(item, context)
         if finding is None:
             dropped += 1
-        elif (key := (finding.fingerprint, finding.line, finding.end_line)) not in seen:
+        elif (key := (finding.fingerprint, finding.line, finding.end_line, _norm_title(finding.title))) not in seen:  # fmt: skip
             # The same finding repeated in one reply is one finding, not an invalid one.
             seen.add(key)
             findings.append(finding)
@@ -347,10 +347,22 @@ def _lines(
     if file is None:
         # Nothing to look the quote up in: a repository-wide finding is never verified against code.
         return None, None, (False if pack is not None else None)
-    if pack is not None:
-        found = locate(evidence, context.lines(file), line) if evidence else None
-        if found is not None:
-            return found.line, found.end_line, True
+    found = locate(evidence, context.lines(file), line) if pack is not None and evidence else None
+    cited = _cited(pack, file, line, end_line)
+    if found is None:
+        return None if cited is None else (*cited, False if pack is not None else None)
+    if cited is not None and cited[0] is not None:
+        low, high = cited[0], cited[1] or cited[0]
+        if low <= found.line and found.end_line <= high:
+            # The quote lies inside the span the model cited: the span is right as it is.
+            return (*cited, True)
+    return found.line, found.end_line, True
+
+
+def _cited(
+    pack: Pack | None, file: str, line: int | None, end_line: int | None
+) -> tuple[int | None, int | None] | None:
+    """The cited span, end clamped to the shown lines; None when the line is not in the file."""
     if line is None:
         end_line = None
     elif pack is not None:
@@ -361,7 +373,7 @@ def _lines(
             end_line = min(end_line, high)
     if end_line is not None and line is not None and end_line < line:
         end_line = None
-    return line, end_line, (False if pack is not None else None)
+    return line, end_line
 
 
 def _evidence(value: Any) -> str | None:
@@ -488,9 +500,9 @@ def _overlap(a: Finding, b: Finding) -> bool:
 def _same(a: Finding, b: Finding) -> bool:
     shared_agent = bool(set(a.agents) & set(b.agents))
     if a.fingerprint == b.fingerprint:
-        # Within one run every agent saw the same lines, so two agents naming the same problem in the same
-        # file are one finding; one agent naming it twice at different places meant two places.
-        return not shared_agent or _overlap(a, b)
+        # Two agents quoting the same code for the same category name one problem; one agent naming two
+        # problems on the same code (other titles) or the same one at two places meant two.
+        return not shared_agent or (_overlap(a, b) and _norm_title(a.title) == _norm_title(b.title))
     if shared_agent or a.file != b.file:
         return False
     return _overlap(a, b) and _similar(a.title, b.title)

@@ -91,6 +91,10 @@ def finding(**over: object) -> dict:
         "confidence": 0.9,
     }
     base.update(over)
+    if "evidence" not in over and isinstance(base["file"], str) and isinstance(base["line"], int):
+        # The pack's line, as a model is asked to copy it (make_pack writes "line N of PATH").
+        path = base["file"].replace("\\", "/").removeprefix("./").removeprefix(f"{SLUG}/")
+        base["evidence"] = f"line {base['line']} of {path}"
     return base
 
 
@@ -369,13 +373,15 @@ def test_one_agent_naming_a_problem_at_two_places_keeps_both() -> None:
         "end_turn", agent="security", pack=PACK,
     )  # fmt: skip
     assert [f.line for f in r.findings] == [3, 20] and r.dropped == 0
-    assert r.findings[0].fingerprint == r.findings[1].fingerprint
+    # Two places quote two pieces of code: two identities.
+    assert r.findings[0].fingerprint != r.findings[1].fingerprint
     assert [f.line for f in merge([r])] == [3, 20]
 
 
 def test_merge_folds_equal_fingerprints_whatever_the_lines() -> None:
+    # The architecture agent cites line 28 for code that is at line 2: corrected, then folded.
     a = _result("security", finding(line=2, end_line=None))
-    b = _result("architecture", finding(line=28, end_line=None, severity="low"))
+    b = _result("architecture", finding(line=28, end_line=None, severity="low", evidence="line 2 of src/db.py"))  # fmt: skip
     (f,) = merge([a, b])
     assert f.agents == ("architecture", "security") and f.severity == "high" and f.line == 2
 
