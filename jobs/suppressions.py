@@ -155,7 +155,9 @@ class Baseline:
         entry = self.entries.get(finding.fingerprint)
         if entry is None:
             return None
-        rule = f"baseline: accepted by {entry.accepted_by} at {entry.accepted_at} (run {entry.run_id})"
+        rule = (
+            f"baseline: accepted by {entry.accepted_by} at {entry.accepted_at} (run {entry.run_id})"
+        )
         return Suppression(Source.BASELINE, entry.reason, rule)
 
     def accept(
@@ -181,7 +183,9 @@ class Baseline:
         return cls({e.fingerprint: e for e in entries})
 
 
-def suppression_files(manifest_dir: Path | None, repo_root: Path | None) -> list[tuple[Path, Source]]:
+def suppression_files(
+    manifest_dir: Path | None, repo_root: Path | None
+) -> list[tuple[Path, Source]]:
     """The suppressions files that exist for a repo: the manifest folder's, then the repository's own."""
     found = []
     for folder, source in ((manifest_dir, Source.MANIFEST), (repo_root, Source.REPOSITORY)):

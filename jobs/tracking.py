@@ -21,13 +21,17 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
 from enum import StrEnum
+from typing import TYPE_CHECKING, Any
 
 from jobs.errors import JobsInputError
-from jobs.evidence import locate, normalise_evidence
+from jobs.evidence import file_texts, locate, normalise_evidence, packed_files
 from jobs.findings import Finding
 from jobs.suppressions import Baseline, Suppression, Suppressions
 
-__all__ = ["OPEN", "Seen", "Status", "Tracked", "Tracking", "track"]
+if TYPE_CHECKING:
+    from jobs.pack import Pack
+
+__all__ = ["OPEN", "Seen", "Status", "Tracked", "Tracking", "tonight_files", "track"]
 
 
 class Status(StrEnum):
@@ -126,6 +130,39 @@ class Tracking:
         counts["unverified"] = len(self.unverified)
         return counts
 
+    def to_dict(self) -> dict:
+        """Return a JSON-able dict."""
+        return {
+            "findings": [t.to_dict() for t in self.findings],
+            "carried": [t.to_dict() for t in self.carried],
+            "fixed": [t.to_dict() for t in self.fixed],
+            "unverified": [f.to_dict() for f in self.unverified],
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> Tracking:
+        """Rebuild from ``to_dict``; JobsInputError when malformed."""
+        try:
+            return cls(
+                *(tuple(Tracked.from_dict(t) for t in data.get(k) or ()) for k in ("findings", "carried", "fixed")),
+                tuple(Finding.from_dict(f) for f in data.get("unverified") or ()),
+            )  # fmt: skip
+        except (AttributeError, TypeError) as exc:
+            raise JobsInputError(f"malformed tracking record: {exc!r}") from exc
+
+
+def tonight_files(pack: Pack) -> dict[str, Any]:
+    """``track``'s ``files``, ``unreviewed`` and ``truncated`` arguments from tonight's pack, as keywords."""
+    unreviewed = {f.path for f in pack.files if f.status == "omitted"} | {
+        p for p, _ in pack.skipped
+    }
+    truncated = {f.path: f.shown[1] for f in pack.files if f.status == "truncated" and f.shown}
+    return {
+        "files": file_texts(packed_files(pack.text)),
+        "unreviewed": frozenset(unreviewed),
+        "truncated": truncated,
+    }
+
 
 def track(
     previous: Sequence[Tracked],
@@ -135,6 +172,7 @@ def track(
     run: Seen,
     files: Mapping[str, str],
     unreviewed: Collection[str] = (),
+    truncated: Mapping[str, int] | None = None,
     suppressions: Suppressions | None = None,
     baseline: Baseline | None = None,
 ) -> Tracking:
@@ -142,6 +180,8 @@ def track(
 
     ``files``: tonight's packed files, path -> text as packed (``jobs.evidence.packed_files``); ``unreviewed``:
     paths that exist in the repo but were not in tonight's pack (omitted, skipped). A path in neither is gone.
+    ``truncated``: path -> last line shown, for files shown in part (code below it was not reviewed).
+    ``tonight_files(pack)`` gives all three.
     """
     earlier = [t for t in previous if t.status in OPEN]
     by_fp: dict[str, Tracked] = {}
@@ -163,7 +203,7 @@ def track(
     for prior in earlier:
         if id(prior) in matched:
             continue
-        status = _absent_status(prior.finding, files, unreviewed)
+        status = _absent_status(prior.finding, files, unreviewed, truncated or {})
         (fixed if status is Status.FIXED else carried).append(replace(prior, status=status))
     return Tracking(tuple(out), tuple(carried), tuple(fixed), tuple(unverified))
 
@@ -225,14 +265,23 @@ def _renamed(
     return None
 
 
-def _absent_status(finding: Finding, files: Mapping[str, str], unreviewed: Collection[str]) -> Status:
+def _absent_status(
+    finding: Finding,
+    files: Mapping[str, str],
+    unreviewed: Collection[str],
+    truncated: Mapping[str, int],
+) -> Status:
     """Why an earlier finding was not reported tonight: its code is gone, still there, or not looked at."""
     if finding.file is None or not finding.evidence.strip():
         # Nothing to look for: only the model could say it is gone, and it did not.
         return Status.NOT_REPORTED
     if finding.file in files:
-        found = locate(finding.evidence, files[finding.file].split("\n"))
-        return Status.NOT_REPORTED if found is not None else Status.FIXED
+        if locate(finding.evidence, files[finding.file].split("\n")) is not None:
+            return Status.NOT_REPORTED
+        if finding.file in truncated:
+            # Not in the part shown tonight: it may be in the part that was not.
+            return Status.NOT_REVIEWED
+        return Status.FIXED
     if finding.file in unreviewed:
         return Status.NOT_REVIEWED
     return Status.FIXED
