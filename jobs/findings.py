@@ -475,7 +475,8 @@ def _agent_rank(agents: tuple[str, ...]) -> int:
 
 
 def _merge_key(f: Finding) -> tuple:
-    return (_severity_rank(f.severity), _agent_rank(f.agents), f.file or "", f.line or 0, f.title)
+    # A verified report is kept over an unverified one of the same problem: its quote and lines are right.
+    return (_severity_rank(f.severity), f.verified is False, _agent_rank(f.agents), f.file or "", f.line or 0, f.title)  # fmt: skip
 
 
 def _sort_key(f: Finding) -> tuple:

@@ -204,7 +204,10 @@ def track(
         if id(prior) in matched:
             continue
         status = _absent_status(prior.finding, files, unreviewed, truncated or {})
-        (fixed if status is Status.FIXED else carried).append(replace(prior, status=status))
+        # Tonight's suppressions decide for a carried finding too (an entry may have expired since).
+        suppression = _suppression(prior.finding, repo, suppressions, baseline)
+        kept = replace(prior, status=status, suppression=suppression)
+        (fixed if status is Status.FIXED else carried).append(kept)
     return Tracking(tuple(out), tuple(carried), tuple(fixed), tuple(unverified))
 
 
@@ -216,10 +219,8 @@ def _tonight(
     suppressions: Suppressions | None,
     baseline: Baseline | None,
 ) -> Tracked:
-    suppression = suppressions.match(repo, finding) if suppressions else None
+    suppression = _suppression(finding, repo, suppressions, baseline)
     accepted = baseline.entries.get(finding.fingerprint) if baseline else None
-    if suppression is None and baseline is not None:
-        suppression = baseline.match(finding)
     if prior is not None:
         first = prior.first_seen
         status = Status.PERSISTING
@@ -237,6 +238,16 @@ def _tonight(
         suppression=suppression,
         previous_fingerprint=renamed,
     )
+
+
+def _suppression(
+    finding: Finding, repo: str, suppressions: Suppressions | None, baseline: Baseline | None
+) -> Suppression | None:
+    """The suppressions file's entry first, else the baseline's; None when neither covers the finding."""
+    found = suppressions.match(repo, finding) if suppressions else None
+    if found is None and baseline is not None:
+        found = baseline.match(finding)
+    return found
 
 
 def _gone(path: str | None, files: Mapping[str, str], unreviewed: Collection[str]) -> bool:

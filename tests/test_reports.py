@@ -17,7 +17,6 @@ from jobs.errors import JobsInputError
 from jobs.findings import CATEGORIES, AgentResult, parse
 from jobs.reports import RepoOutcome, safe_slug, write_repo_report, write_summary
 from jobs.sarif import FINGERPRINT_KEY, build_sarif, rule_id
-from jobs.tracking import Seen
 
 SCHEMA = json.loads((Path(__file__).parent / "data" / "sarif-schema-2.1.0.json").read_text("utf-8"))
 VALIDATOR = jsonschema.Draft4Validator(SCHEMA)
