@@ -229,27 +229,27 @@ def test_a_suppressed_finding_is_counted_never_new(tmp_path: Path) -> None:
             "[[suppress]]\nreason = 'x'\n",
             "entry 1: give at least one of path, category, fingerprint",
             id="no-criterion",
-        ),  # fmt: skip
+        ),
         pytest.param(
             "[[suppress]]\npath = 'a'\nreason = 'x'\ncolour = 1\n",
             "entry 1: unknown key 'colour'",
             id="unknown-key",
-        ),  # fmt: skip
+        ),
         pytest.param(
             "[[suppress]]\ncategory = 'style'\nreason = 'x'\n",
             "entry 1: category must be one of",
             id="bad-category",
-        ),  # fmt: skip
+        ),
         pytest.param(
             "[[suppress]]\npath = 'a'\nreason = 'x'\nexpires = '2027-01-01'\n",
             "entry 1: expires must be a TOML date",
             id="expiry-string",
-        ),  # fmt: skip
+        ),
         pytest.param(
             "[[suppress]]\npath = 'a'\nreason = ''\n",
             "entry 1: reason must be a non-empty string",
             id="empty-reason",
-        ),  # fmt: skip
+        ),
         pytest.param("suppress = 3\n", "suppress must be an array of tables", id="not-a-list"),
         pytest.param("[other]\n", "unknown key 'other'", id="unknown-table"),
         pytest.param("[[suppress]\n", "suppressions file", id="bad-toml"),
