@@ -1,18 +1,22 @@
-"""Findings: the model's JSON reply parsed tolerantly, each finding validated, and findings merged across agents.
+"""Findings: a reply (a forced tool call's input, or text) parsed tolerantly and each finding validated.
 
 A reply is never read as "no findings" unless it parsed as a complete findings object: a reply that does not
 parse is ``unparsed`` (raw text kept), a refusal ``refused``, a reply cut at ``max_tokens`` ``truncated`` (with
 whatever complete findings could be salvaged from it). Only ``ok`` means the agent's list is complete.
+
+With the pack, each finding's ``evidence`` (the code it quotes) is looked up in the packed file: found, the
+finding is ``verified`` and its lines are corrected to where the code is; not found, it is unverified. Its
+fingerprint comes from the repo, path, category and normalised evidence (jobs.evidence). Merging the agents'
+findings is jobs.merging's.
 """
 
 from __future__ import annotations
 
-import difflib
 import json
 import re
 import unicodedata
-from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, replace
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 from jobs.errors import JobsInputError
@@ -29,7 +33,7 @@ __all__ = [
     "AgentResult",
     "Finding",
     "fingerprint",
-    "merge",
+    "norm_title",
     "parse",
     "parse_tool_input",
 ]
@@ -37,7 +41,6 @@ __all__ = [
 SEVERITIES = ("critical", "high", "medium", "low", "info")
 CATEGORIES = ("security", "correctness", "architecture", "performance", "maintainability", "testing", "other")  # fmt: skip
 STATUSES = ("ok", "unparsed", "refused", "truncated")
-_AGENT_ORDER = ("code_review", "architecture", "security", "multi_perspective", "combined")
 
 # Words models use for the same levels; anything else is not a severity and the finding is dropped.
 _SEVERITY_ALIASES = {
@@ -154,7 +157,7 @@ def fingerprint(repo: str, file: str | None, category: str, evidence: str, title
     Never from the title or a line number. Only a finding that quotes nothing falls back to its normalised
     title, so that two such findings stay apart; it cannot be verified, so it is never tracked across nights.
     """
-    quote = evidence if evidence.strip() else ("\x00title:" + _norm_title(title) if title else "")
+    quote = evidence if evidence.strip() else ("\x00title:" + norm_title(title) if title else "")
     return evidence_fingerprint(repo, file, category, quote)
 
 
@@ -235,25 +238,6 @@ def _truncated(data: Any, raw: str, context: _Context) -> AgentResult:
     return AgentResult(context.agent, "truncated", summary, findings, dropped, raw, note)
 
 
-def merge(results: Sequence[AgentResult]) -> tuple[Finding, ...]:
-    """Merge the findings of several agents: duplicates folded into one that names every agent, most severe first.
-
-    Two findings are the same when they have the same fingerprint, or cite the same file with overlapping lines
-    (or both no lines) and similar titles. Findings of one agent are folded only on equal fingerprints: one
-    reviewer listing two problems on the same lines meant two problems.
-    """
-    ordered = sorted((f for r in results for f in r.findings), key=_merge_key)
-    clusters: list[Finding] = []
-    for finding in ordered:
-        for i, kept in enumerate(clusters):
-            if _same(kept, finding):
-                clusters[i] = _fold(kept, finding)
-                break
-        else:
-            clusters.append(finding)
-    return tuple(sorted(clusters, key=_sort_key))
-
-
 # --- validation ---------------------------------------------------------------------------------------------
 
 
@@ -280,7 +264,7 @@ def _validate_all(items: list, context: _Context) -> tuple[tuple[Finding, ...], 
         finding = _validate(item, context)
         if finding is None:
             dropped += 1
-        elif (key := (finding.fingerprint, finding.line, finding.end_line, _norm_title(finding.title))) not in seen:  # fmt: skip
+        elif (key := (finding.fingerprint, finding.line, finding.end_line, norm_title(finding.title))) not in seen:  # fmt: skip
             # The same finding repeated in one reply is one finding, not an invalid one.
             seen.add(key)
             findings.append(finding)
@@ -458,69 +442,7 @@ def _text(value: Any) -> str:
     return value.strip() if isinstance(value, str) else ""
 
 
-# --- merging ------------------------------------------------------------------------------------------------
-
-
-def _norm_title(title: str) -> str:
+def norm_title(title: str) -> str:
+    """A title lowercased, NFKC-normalised, punctuation out: what "the same wording" compares."""
     title = unicodedata.normalize("NFKC", title).lower()
     return " ".join(re.sub(r"[^\w]+", " ", title).split())
-
-
-def _severity_rank(severity: str) -> int:
-    return SEVERITIES.index(severity) if severity in SEVERITIES else len(SEVERITIES)
-
-
-def _agent_rank(agents: tuple[str, ...]) -> int:
-    return min((_agent_rank_one(a)[0] for a in agents), default=len(_AGENT_ORDER))
-
-
-def _merge_key(f: Finding) -> tuple:
-    # A verified report is kept over an unverified one of the same problem: its quote and lines are right.
-    return (_severity_rank(f.severity), f.verified is False, _agent_rank(f.agents), f.file or "", f.line or 0, f.title)  # fmt: skip
-
-
-def _sort_key(f: Finding) -> tuple:
-    return (_severity_rank(f.severity), f.file is None, f.file or "", f.line or 0, f.title, f.fingerprint)  # fmt: skip
-
-
-def _similar(a: str, b: str) -> bool:
-    na, nb = _norm_title(a), _norm_title(b)
-    if na == nb:
-        return True
-    words_a, words_b = set(na.split()), set(nb.split())
-    jaccard = len(words_a & words_b) / max(1, len(words_a | words_b))
-    return jaccard >= 0.5 or difflib.SequenceMatcher(None, na, nb).ratio() >= 0.75
-
-
-def _overlap(a: Finding, b: Finding) -> bool:
-    if a.line is None or b.line is None:
-        return a.line is None and b.line is None
-    return a.line <= (b.end_line or b.line) and b.line <= (a.end_line or a.line)
-
-
-def _same(a: Finding, b: Finding) -> bool:
-    shared_agent = bool(set(a.agents) & set(b.agents))
-    if a.fingerprint == b.fingerprint:
-        # Two agents quoting the same code for the same category name one problem; one agent naming two
-        # problems on the same code (other titles) or the same one at two places meant two.
-        return not shared_agent or (_overlap(a, b) and _norm_title(a.title) == _norm_title(b.title))
-    if shared_agent or a.file != b.file:
-        return False
-    return _overlap(a, b) and _similar(a.title, b.title)
-
-
-def _fold(kept: Finding, other: Finding) -> Finding:
-    """Keep the first (most severe) finding's words and location; add the other's agents and confidence."""
-    agents = tuple(sorted(set(kept.agents) | set(other.agents), key=_agent_rank_one))
-    confidences = [c for c in (kept.confidence, other.confidence) if c is not None]
-    return replace(
-        kept,
-        agents=agents,
-        confidence=max(confidences) if confidences else None,
-        detail=kept.detail or other.detail,
-        suggestion=kept.suggestion or other.suggestion,
-    )
-
-
-def _agent_rank_one(agent: str) -> tuple[int, str]:
-    return (_AGENT_ORDER.index(agent) if agent in _AGENT_ORDER else len(_AGENT_ORDER), agent)

@@ -9,7 +9,8 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from jobs.errors import JobsInputError
-from jobs.findings import SEVERITIES, AgentResult, Finding, merge
+from jobs.findings import SEVERITIES, AgentResult, Finding
+from jobs.merging import merge
 from jobs.suppressions import Baseline, Suppressions
 from jobs.tracking import Seen, Tracked, Tracking, track
 

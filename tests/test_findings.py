@@ -16,9 +16,9 @@ from jobs.findings import (
     AgentResult,
     Finding,
     fingerprint,
-    merge,
     parse,
 )
+from jobs.merging import merge
 from jobs.pack import Pack, PackedFile
 
 SLUG = "shop"

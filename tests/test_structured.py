@@ -176,3 +176,30 @@ def test_an_object_nested_in_a_string_is_not_a_candidate(pack: Pack) -> None:
     data["findings"][0]["detail"] = f"The comment says {PLANTED}."
     result = parse(json.dumps(data), "end_turn", agent="security", pack=pack)
     assert result.status == "ok" and len(result.findings) == 2
+
+
+def test_seeded_realism_through_the_simulator(pack: Pack) -> None:
+    def findings_of(**config: object) -> list[dict]:
+        sim = Simulator(**config)
+        sim.start()
+        try:
+            api = _client(sim)
+            first = api.messages.create(**_body(pack, "security")).content[0].input
+            again = api.messages.create(**_body(pack, "security")).content[0].input
+        finally:
+            sim.stop()
+        assert first == again  # the same request, the same reply
+        return first["findings"]
+
+    plain = findings_of()
+    reworded = findings_of(reword_rate=1.0, misline_rate=1.0, seed=1)
+    assert [f["title"] for f in plain] != [f["title"] for f in reworded]
+    assert all(a["line"] != b["line"] for a, b in zip(plain, reworded, strict=True))
+    assert [f["evidence"] for f in plain] == [f["evidence"] for f in reworded]
+    result = parse_tool_input({"findings": reworded}, "tool_use", agent="security", pack=pack)
+    assert [f.line for f in result.findings] == [
+        f["line"] for f in plain
+    ]  # corrected by the evidence
+    misquoted = findings_of(misquote_rate=1.0)
+    result = parse_tool_input({"findings": misquoted}, "tool_use", agent="security", pack=pack)
+    assert [f.verified for f in result.findings] == [False, False]
