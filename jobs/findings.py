@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import re
 import unicodedata
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -35,6 +35,7 @@ __all__ = [
     "fingerprint",
     "norm_title",
     "parse",
+    "parse_content",
     "parse_tool_input",
 ]
 
@@ -225,6 +226,26 @@ def parse_tool_input(
         return AgentResult(agent, "unparsed", "", (), 0, raw, "the tool input has no findings list")
     findings, dropped = _validate_all(tool_input["findings"], context)
     return AgentResult(agent, "ok", _text(tool_input.get("summary")), findings, dropped, None, "")
+
+
+def parse_content(
+    content: Sequence[Mapping[str, Any]],
+    stop_reason: str | None,
+    *,
+    agent: str,
+    tool_name: str,
+    pack: Pack | None = None,
+    repo: str | None = None,
+) -> AgentResult:
+    """Parse a Message's ``content`` blocks (as dicts): the ``tool_name`` tool call's input when there is one,
+    else the text blocks joined (a gateway without tool use)."""
+    for block in content:
+        if block.get("type") == "tool_use" and block.get("name") == tool_name:
+            return parse_tool_input(
+                block.get("input"), stop_reason, agent=agent, pack=pack, repo=repo
+            )
+    text = "".join(str(b.get("text") or "") for b in content if b.get("type") == "text")
+    return parse(text, stop_reason, agent=agent, pack=pack, repo=repo)
 
 
 def _truncated(data: Any, raw: str, context: _Context) -> AgentResult:

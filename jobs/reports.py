@@ -262,7 +262,9 @@ def _summary_md(doc: Mapping[str, Any]) -> str:
     out += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in doc["repos"]:
         agents = ", ".join(
-            a["agent"] + ("" if a["status"] == "ok" else f" **{a['status']}**")
+            a["agent"]
+            + ("" if a["status"] == "ok" else f" **{a['status']}**")
+            + (f" ({a['unverified']} unverified)" if a["unverified"] else "")
             for a in row["agents"]
         )
         cov = ", ".join(f"{k} {share(v)}" for k, v in sorted(row["coverage"].items()))

@@ -24,7 +24,7 @@ from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
 from jobs.errors import JobsInputError
-from jobs.evidence import file_texts, locate, normalise_evidence, packed_files
+from jobs.evidence import Located, file_texts, locate, normalise_evidence, packed_files
 from jobs.findings import Finding
 from jobs.suppressions import Baseline, Suppression, Suppressions
 
@@ -203,10 +203,14 @@ def track(
     for prior in earlier:
         if id(prior) in matched:
             continue
-        status = _absent_status(prior.finding, files, unreviewed, truncated or {})
+        status, where = _absent_status(prior.finding, files, unreviewed, truncated or {})
         # Tonight's suppressions decide for a carried finding too (an entry may have expired since).
         suppression = _suppression(prior.finding, repo, suppressions, baseline)
-        kept = replace(prior, status=status, suppression=suppression)
+        moved = prior.finding
+        if where is not None and (moved.line, moved.end_line) != (where.line, where.end_line):
+            # Still there but moved: point at where the code is tonight (SARIF shows this location).
+            moved = replace(moved, line=where.line, end_line=where.end_line)
+        kept = replace(prior, finding=moved, status=status, suppression=suppression)
         (fixed if status is Status.FIXED else carried).append(kept)
     return Tracking(tuple(out), tuple(carried), tuple(fixed), tuple(unverified))
 
@@ -281,18 +285,20 @@ def _absent_status(
     files: Mapping[str, str],
     unreviewed: Collection[str],
     truncated: Mapping[str, int],
-) -> Status:
-    """Why an earlier finding was not reported tonight: its code is gone, still there, or not looked at."""
+) -> tuple[Status, Located | None]:
+    """Why an earlier finding was not reported tonight (its code is gone, still there, or not looked at),
+    and where its code is when it is still there."""
     if finding.file is None or not finding.evidence.strip():
         # Nothing to look for: only the model could say it is gone, and it did not.
-        return Status.NOT_REPORTED
+        return Status.NOT_REPORTED, None
     if finding.file in files:
-        if locate(finding.evidence, files[finding.file].split("\n")) is not None:
-            return Status.NOT_REPORTED
+        where = locate(finding.evidence, files[finding.file].split("\n"), finding.line)
+        if where is not None:
+            return Status.NOT_REPORTED, where
         if finding.file in truncated:
             # Not in the part shown tonight: it may be in the part that was not.
-            return Status.NOT_REVIEWED
-        return Status.FIXED
+            return Status.NOT_REVIEWED, None
+        return Status.FIXED, None
     if finding.file in unreviewed:
-        return Status.NOT_REVIEWED
-    return Status.FIXED
+        return Status.NOT_REVIEWED, None
+    return Status.FIXED, None

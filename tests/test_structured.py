@@ -17,7 +17,7 @@ from jobs.agents import (
     findings_tool_choice,
     load_prompts,
 )
-from jobs.findings import parse, parse_tool_input
+from jobs.findings import parse, parse_content, parse_tool_input
 from jobs.pack import Pack, pack_repo
 from runner.simulator import Simulator
 
@@ -203,3 +203,28 @@ def test_seeded_realism_through_the_simulator(pack: Pack) -> None:
     misquoted = findings_of(misquote_rate=1.0)
     result = parse_tool_input({"findings": misquoted}, "tool_use", agent="security", pack=pack)
     assert [f.verified for f in result.findings] == [False, False]
+
+
+def test_parse_content_takes_the_tool_call_else_the_text(simulator: Simulator, pack: Pack) -> None:
+    api = _client(simulator)
+    for tools in (True, False):
+        message = api.messages.create(**_body(pack, "security", tools=tools))
+        blocks = [b.model_dump() for b in message.content]
+        result = parse_content(
+            blocks, message.stop_reason, agent="security", tool_name=FINDINGS_TOOL_NAME, pack=pack
+        )
+        assert result.status == "ok" and [f.line for f in result.findings] == [4, 5]
+
+
+def test_the_tool_is_in_the_prefix_the_agents_share(pack: Pack) -> None:
+    sim = Simulator(min_cacheable_tokens=1)
+    sim.start()
+    try:
+        api = _client(sim)
+        usages = [
+            api.messages.create(**_body(pack, agent)).usage for agent in ("code_review", "security")
+        ]
+    finally:
+        sim.stop()
+    written, read = usages[0].cache_creation_input_tokens, usages[1].cache_read_input_tokens
+    assert written > 0 and read == written  # tools + system + pack, identical for both agents

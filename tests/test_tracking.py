@@ -120,6 +120,8 @@ def test_an_earlier_finding_is_fixed_only_when_its_evidence_is_gone() -> None:
     status = {t.finding.file: t.status for t in two.carried + two.fixed}
     assert status == {"a.py": Status.FIXED, "b.py": Status.NOT_REPORTED, "c.py": Status.NOT_REVIEWED, "gone.py": Status.FIXED}  # fmt: skip
     assert two.open() == two.carried and all(t.first_seen == NIGHT1 for t in two.carried)
+    # The code still there moved down a line: the carried finding points at it tonight.
+    assert [t.finding.line for t in two.carried if t.finding.file == "b.py"] == [2]
     # Carried ones are still open: found again on night 3, they persist from night 1.
     three = track(
         two.open(), [finding("b.py", "pickle.loads(z)")], repo="r", run=Seen("n3", "d"), files=files
@@ -292,3 +294,19 @@ def test_a_baseline_accepted_fingerprint_is_never_new() -> None:
     # Accepting again keeps the first acceptance.
     again = baseline.accept([known.fingerprint], by="bo", at="2026-12-09T00:00:00Z", run_id="n9")
     assert again.entries[known.fingerprint].accepted_by == "ana"
+
+
+def test_repo_outcome_with_tracking_round_trips_through_json(tmp_path: Path) -> None:
+    from test_findings import PACK
+    from test_findings import finding as item
+    from test_findings import reply
+    from test_reports import outcome
+
+    from jobs.outcome import RepoOutcome
+
+    result = parse(reply(item(), item(line=5, evidence="not there", title="x")), "end_turn", agent="security", pack=PACK)  # fmt: skip
+    sup = load_suppressions(write(tmp_path / "m", "[[suppress]]\ncategory = 'testing'\nreason = 'old'\nexpires = 2026-01-01\n"), today=date(2026, 12, 4))  # fmt: skip
+    o = outcome(result).with_tracking((), run=NIGHT1, files={}, suppressions=sup)
+    assert o.tracking.counts()["new"] == 1 and o.tracking.counts()["unverified"] == 1
+    assert o.expired_suppressions and "expired 2026-01-01" in o.expired_suppressions[0]
+    assert RepoOutcome.from_dict(json.loads(json.dumps(o.to_dict()))) == o
