@@ -297,9 +297,8 @@ def test_a_baseline_accepted_fingerprint_is_never_new() -> None:
 
 
 def test_repo_outcome_with_tracking_round_trips_through_json(tmp_path: Path) -> None:
-    from test_findings import PACK
+    from test_findings import PACK, reply
     from test_findings import finding as item
-    from test_findings import reply
     from test_reports import outcome
 
     from jobs.outcome import RepoOutcome
