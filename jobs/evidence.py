@@ -22,6 +22,7 @@ __all__ = [
     "FINGERPRINT_VERSION",
     "Located",
     "evidence_fingerprint",
+    "file_texts",
     "locate",
     "normalise_evidence",
     "packed_files",
