@@ -228,3 +228,10 @@ def test_the_tool_is_in_the_prefix_the_agents_share(pack: Pack) -> None:
         sim.stop()
     written, read = usages[0].cache_creation_input_tokens, usages[1].cache_read_input_tokens
     assert written > 0 and read == written  # tools + system + pack, identical for both agents
+
+
+def test_realism_rates_outside_zero_to_one_are_refused() -> None:
+    from runner.errors import RunnerInputError
+
+    with pytest.raises(RunnerInputError, match="reword/misline/misquote rates must be in"):
+        Simulator(misquote_rate=1.5)

@@ -72,6 +72,8 @@ class SimConfig:
         rates = (self.overloaded_rate, self.server_error_rate, self.drop_rate)
         if any(r < 0 for r in rates) or sum(rates) > 1:
             raise RunnerInputError("simulator fault rates must be >= 0 and sum to at most 1")
+        if not all(0 <= r <= 1 for r in (self.reword_rate, self.misline_rate, self.misquote_rate)):
+            raise RunnerInputError("simulator reword/misline/misquote rates must be in [0, 1]")
         if self.latency < 0 or self.per_token < 0 or self.output_mean < 1 or self.output_spread < 0:
             raise RunnerInputError("simulator latency/per_token must be >= 0, output_mean >= 1")
 
