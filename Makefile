@@ -6,7 +6,10 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 MANIFEST ?= jobs/nightly.toml
 
-.PHONY: install test lint nightly plan budget limits demo bench clean
+# Microsoft's SARIF Multitool (a self-contained binary from npm) validates our SARIF in the tests.
+SARIF_TOOL := $(VENV)/tools/node_modules/@microsoft/sarif-multitool-linux/Sarif.Multitool
+
+.PHONY: install test lint nightly plan budget limits demo bench clean sarif-tool
 
 PIP_LOG := $(VENV)/pip.log
 
@@ -21,7 +24,14 @@ $(STAMP): setup.cfg pyproject.toml
 
 install: $(STAMP)
 
-test: $(STAMP)
+# npm blocks the package's postinstall (chmod u+x), so the mode is set here.
+$(SARIF_TOOL):
+	npm install --silent --no-save --no-audit --no-fund --prefix $(VENV)/tools @microsoft/sarif-multitool-linux@5.7.0
+	chmod u+x $(SARIF_TOOL)
+
+sarif-tool: $(SARIF_TOOL)
+
+test: $(STAMP) $(SARIF_TOOL)
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)

@@ -14,6 +14,7 @@ typo cannot reach the model unnoticed; JSON examples such as ``{"summary": ...}`
 
 from __future__ import annotations
 
+import copy
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING
 
 from jobs.errors import JobsInputError
+from jobs.findings import CATEGORIES, SEVERITIES
 
 if TYPE_CHECKING:
     from jobs.pack import Pack
@@ -30,12 +32,15 @@ if TYPE_CHECKING:
 __all__ = [
     "AGENT_NAMES",
     "COMBINED",
+    "FINDINGS_TOOL_NAME",
     "PLACEHOLDERS",
     "PROMPT_NAMES",
     "SPECIALISTS",
     "SYSTEM",
     "Prompt",
     "build_prompt",
+    "findings_tool",
+    "findings_tool_choice",
     "load_prompts",
 ]
 
@@ -52,6 +57,65 @@ _ALLOWED = {SYSTEM: ("repo",), **{name: PLACEHOLDERS for name in AGENT_NAMES}}
 _PLACEHOLDER = re.compile(r"\{([a-z_][a-z0-9_]*)\}")
 # Enough names for the model to know what it cannot see, without the note growing with the repo.
 _LEFT_OUT_LISTED = 40
+
+
+FINDINGS_TOOL_NAME = "report_findings"
+_NULLABLE_LINE = {"type": ["integer", "null"], "minimum": 1}
+# The findings JSON of DESIGN.md as a tool's input schema. It is the same for every agent and every repo, and
+# tools come first in the prompt order, so it sits at the head of the cached prefix the agents share.
+_FINDINGS_TOOL = {
+    "name": FINDINGS_TOOL_NAME,
+    "description": (
+        "Report the review: a short summary and every finding, each with the exact line(s) of code it is "
+        "about copied from the file as evidence. Call it once with the whole review."
+    ),
+    "input_schema": {
+        "type": "object",
+        "properties": {
+            "summary": {
+                "type": "string",
+                "description": "two to four sentences on the overall state",
+            },
+            "findings": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "properties": {
+                        "severity": {"type": "string", "enum": list(SEVERITIES)},
+                        "category": {"type": "string", "enum": list(CATEGORIES)},
+                        "title": {"type": "string", "description": "one line naming the problem"},
+                        "file": {
+                            "type": ["string", "null"],
+                            "description": "path as in the file block's path attribute",
+                        },
+                        "line": _NULLABLE_LINE,
+                        "end_line": _NULLABLE_LINE,
+                        "evidence": {
+                            "type": "string",
+                            "description": "the exact line(s) the finding is about, copied from the "
+                            "file without the line numbers",
+                        },
+                        "detail": {"type": "string"},
+                        "suggestion": {"type": "string"},
+                        "confidence": {"type": "number", "minimum": 0, "maximum": 1},
+                    },
+                    "required": ["severity", "category", "title", "file", "evidence", "detail"],
+                },
+            },
+        },
+        "required": ["summary", "findings"],
+    },
+}
+
+
+def findings_tool() -> dict:
+    """Return the findings tool definition (a fresh copy: the caller may add ``cache_control`` to it)."""
+    return copy.deepcopy(_FINDINGS_TOOL)
+
+
+def findings_tool_choice() -> dict:
+    """Return the ``tool_choice`` that forces the findings tool (the reply is then one ``tool_use`` block)."""
+    return {"type": "tool", "name": FINDINGS_TOOL_NAME}
 
 
 @dataclass(frozen=True)

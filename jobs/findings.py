@@ -1,22 +1,27 @@
-"""Findings: the model's JSON reply parsed tolerantly, each finding validated, and findings merged across agents.
+"""Findings: a reply (a forced tool call's input, or text) parsed tolerantly and each finding validated.
 
 A reply is never read as "no findings" unless it parsed as a complete findings object: a reply that does not
 parse is ``unparsed`` (raw text kept), a refusal ``refused``, a reply cut at ``max_tokens`` ``truncated`` (with
 whatever complete findings could be salvaged from it). Only ``ok`` means the agent's list is complete.
+
+With the pack, each finding's ``evidence`` (the code it quotes) is looked up in the packed file: found, the
+finding is ``verified`` and its lines are corrected to where the code is; not found, it is unverified. Its
+fingerprint comes from the repo, path, category and normalised evidence (jobs.evidence). Merging the agents'
+findings is jobs.merging's.
 """
 
 from __future__ import annotations
 
-import difflib
-import hashlib
 import json
 import re
 import unicodedata
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 from jobs.errors import JobsInputError
+from jobs.evidence import evidence_fingerprint, locate, packed_files
+from jobs.replyjson import extract, finding_list, salvage
 
 if TYPE_CHECKING:
     from jobs.pack import Pack
@@ -28,14 +33,15 @@ __all__ = [
     "AgentResult",
     "Finding",
     "fingerprint",
-    "merge",
+    "norm_title",
     "parse",
+    "parse_content",
+    "parse_tool_input",
 ]
 
 SEVERITIES = ("critical", "high", "medium", "low", "info")
 CATEGORIES = ("security", "correctness", "architecture", "performance", "maintainability", "testing", "other")  # fmt: skip
 STATUSES = ("ok", "unparsed", "refused", "truncated")
-_AGENT_ORDER = ("code_review", "architecture", "security", "multi_perspective", "combined")
 
 # Words models use for the same levels; anything else is not a severity and the finding is dropped.
 _SEVERITY_ALIASES = {
@@ -57,11 +63,8 @@ _CATEGORY_ALIASES = {
 }  # fmt: skip
 _MAX_TITLE = 200
 _MAX_TEXT = 8000
-_FENCE = re.compile(r"```[A-Za-z0-9_-]*[ \t]*\n(.*?)(?:\n```|\Z)", re.S)
-_SUMMARY = re.compile(r'"summary"\s*:\s*("(?:[^"\\]|\\.)*")', re.S)
+_MAX_EVIDENCE = 4000
 _WINDOWS_DRIVE = re.compile(r"^[A-Za-z]:")
-# How many "{" positions to try when looking for the JSON object in prose; replies are bounded by max_tokens.
-_MAX_STARTS = 500
 
 
 @dataclass(frozen=True)
@@ -79,6 +82,10 @@ class Finding:
     confidence: float | None
     agents: tuple[str, ...]
     fingerprint: str
+    # The quoted line(s); ``verified`` True when found in the packed file (lines corrected to it), False when
+    # not found, None when no pack was given to check it against.
+    evidence: str = ""
+    verified: bool | None = None
 
     def to_dict(self) -> dict:
         """Return a JSON-able dict."""
@@ -100,6 +107,8 @@ class Finding:
                 suggestion=str(data.get("suggestion") or ""),
                 confidence=None if opt["confidence"] is None else float(opt["confidence"]),
                 agents=tuple(str(a) for a in data.get("agents") or ()),
+                evidence=str(data.get("evidence") or ""),
+                verified=None if data.get("verified") is None else bool(data["verified"]),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise JobsInputError(f"malformed finding record: {exc!r}") from exc
@@ -143,164 +152,147 @@ class AgentResult:
             raise JobsInputError(f"malformed agent result record: {exc}") from exc
 
 
-def fingerprint(file: str | None, title: str, category: str) -> str:
-    """Return a stable id from the file, the normalised title and the category (never lines, which drift)."""
-    key = "\x1f".join((file or "", _norm_title(title), category))
-    return hashlib.sha256(key.encode("utf-8")).hexdigest()[:32]
+def fingerprint(repo: str, file: str | None, category: str, evidence: str, title: str = "") -> str:
+    """Return a finding's identity from repo, path, category and the normalised evidence (jobs.evidence).
+
+    Never from the title or a line number. Only a finding that quotes nothing falls back to its normalised
+    title, so that two such findings stay apart; it cannot be verified, so it is never tracked across nights.
+    """
+    quote = evidence if evidence.strip() else ("\x00title:" + norm_title(title) if title else "")
+    return evidence_fingerprint(repo, file, category, quote)
 
 
 def parse(
-    reply_text: str, stop_reason: str | None, *, agent: str, pack: Pack | None = None
+    reply_text: str,
+    stop_reason: str | None,
+    *,
+    agent: str,
+    pack: Pack | None = None,
+    repo: str | None = None,
 ) -> AgentResult:
-    """Parse one reply into an AgentResult; never raises on a bad reply, only records how bad it was.
+    """Parse one text reply into an AgentResult; never raises on a bad reply, only records how bad it was.
 
     ``stop_reason`` "refusal" gives ``refused``; "max_tokens" gives ``truncated`` even when the JSON happens to
     parse (the model may have had more to say), with the complete findings salvaged. With ``pack``, a finding
-    must cite a file in the pack and a line inside it (inside the shown part of a truncated file).
+    must cite a file in the pack, and its evidence is checked against the packed file (``verified``, lines
+    corrected). Several different findings objects in one reply (one may be quoted from the code under review)
+    are resolved by ````jobs.replyjson.extract``'s rule, which text planted in the code cannot win.
     """
     text = reply_text or ""
     if stop_reason == "refusal":
         return AgentResult(
             agent, "refused", "", (), 0, text, "the model refused to review this repository"
         )
-    data = _extract(text)
-    if _finding_list(data):
+    data, why = extract(text)
+    if finding_list(data):
         data = {"summary": "", "findings": data}
+    context = _Context(agent, pack, repo)
     if stop_reason == "max_tokens":
-        if data is None:
-            data = _salvage(text)
-        items = data.get("findings") if isinstance(data, dict) else None
-        findings, dropped = _validate_all(items if isinstance(items, list) else [], agent, pack)
-        summary = _text(data.get("summary")) if isinstance(data, dict) else ""
-        note = (
-            "the reply was cut off at max_output_tokens: the review is incomplete "
-            f"({len(findings)} complete finding(s) salvaged)"
-        )
-        return AgentResult(agent, "truncated", summary, findings, dropped, text, note)
+        if why is None and not (isinstance(data, dict) and isinstance(data.get("findings"), list)):
+            # Cut inside the object: what decodes is a finding nested in it, not the answer.
+            data = salvage(text) or data
+        return _truncated(data, text, context)
     if not isinstance(data, dict) or not isinstance(data.get("findings"), list):
-        why = (
+        why = why or (
             "no findings JSON object found in the reply"
             if data is None
             else "the JSON has no findings list"
         )
         return AgentResult(agent, "unparsed", "", (), 0, text, why)
-    findings, dropped = _validate_all(data["findings"], agent, pack)
+    findings, dropped = _validate_all(data["findings"], context)
     return AgentResult(agent, "ok", _text(data.get("summary")), findings, dropped, None, "")
 
 
-def merge(results: Sequence[AgentResult]) -> tuple[Finding, ...]:
-    """Merge the findings of several agents: duplicates folded into one that names every agent, most severe first.
+def parse_tool_input(
+    tool_input: Any,
+    stop_reason: str | None,
+    *,
+    agent: str,
+    pack: Pack | None = None,
+    repo: str | None = None,
+) -> AgentResult:
+    """Parse the ``input`` of the forced findings tool call (a dict already decoded by the SDK).
 
-    Two findings are the same when they have the same fingerprint, or cite the same file with overlapping lines
-    (or both no lines) and similar titles. Findings of one agent are folded only on equal fingerprints: one
-    reviewer listing two problems on the same lines meant two problems.
+    A refusal is ``refused``; a call cut at max_tokens ``truncated`` with what it holds; an input that is not
+    an object with a findings list ``unparsed`` (its JSON kept as the raw text).
     """
-    ordered = sorted((f for r in results for f in r.findings), key=_merge_key)
-    clusters: list[Finding] = []
-    for finding in ordered:
-        for i, kept in enumerate(clusters):
-            if _same(kept, finding):
-                clusters[i] = _fold(kept, finding)
-                break
-        else:
-            clusters.append(finding)
-    return tuple(sorted(clusters, key=_sort_key))
+    raw = json.dumps(tool_input, ensure_ascii=False, default=str)
+    if stop_reason == "refusal":
+        return AgentResult(agent, "refused", "", (), 0, raw, "the model refused to review this repository")  # fmt: skip
+    context = _Context(agent, pack, repo)
+    if stop_reason == "max_tokens":
+        return _truncated(tool_input if isinstance(tool_input, dict) else None, raw, context)
+    if not isinstance(tool_input, dict) or not isinstance(tool_input.get("findings"), list):
+        return AgentResult(agent, "unparsed", "", (), 0, raw, "the tool input has no findings list")
+    findings, dropped = _validate_all(tool_input["findings"], context)
+    return AgentResult(agent, "ok", _text(tool_input.get("summary")), findings, dropped, None, "")
 
 
-# --- extraction ---------------------------------------------------------------------------------------------
+def parse_content(
+    content: Sequence[Mapping[str, Any]],
+    stop_reason: str | None,
+    *,
+    agent: str,
+    tool_name: str,
+    pack: Pack | None = None,
+    repo: str | None = None,
+) -> AgentResult:
+    """Parse a Message's ``content`` blocks (as dicts): the ``tool_name`` tool call's input when there is one,
+    else the text blocks joined (a gateway without tool use)."""
+    for block in content:
+        if block.get("type") == "tool_use" and block.get("name") == tool_name:
+            return parse_tool_input(
+                block.get("input"), stop_reason, agent=agent, pack=pack, repo=repo
+            )
+    text = "".join(str(b.get("text") or "") for b in content if b.get("type") == "text")
+    return parse(text, stop_reason, agent=agent, pack=pack, repo=repo)
 
 
-def _extract(text: str) -> Any:
-    """Return the findings object (or a bare list) found in ``text``, or None."""
-    candidates = [m.group(1) for m in _FENCE.finditer(text)] + [text]
-    fallback = None
-    for candidate in candidates:
-        stripped = candidate.strip()
-        try:
-            value = json.loads(stripped)
-        except ValueError:
-            value = _scan(stripped)
-        if isinstance(value, dict) and "findings" in value:
-            return value
-        if fallback is None and value is not None:
-            fallback = value
-    return fallback
-
-
-def _scan(text: str) -> Any:
-    """Find the first decodable JSON object with a findings key in prose; else the first list of objects."""
-    decoder = json.JSONDecoder()
-    first_list = None
-    starts = [m.start() for m in re.finditer(r"[{\[]", text)][:_MAX_STARTS]
-    for start in starts:
-        try:
-            value, _ = decoder.raw_decode(text, start)
-        except ValueError:
-            continue
-        if isinstance(value, dict) and "findings" in value:
-            return value
-        if first_list is None and _finding_list(value):
-            first_list = value
-    return first_list
-
-
-def _finding_list(value: Any) -> bool:
-    """A bare JSON list is taken for the findings only if it looks like them, not any list in prose."""
-    return (
-        isinstance(value, list)
-        and bool(value)
-        and all(isinstance(v, dict) for v in value)
-        and any("title" in v or "severity" in v for v in value)
+def _truncated(data: Any, raw: str, context: _Context) -> AgentResult:
+    items = data.get("findings") if isinstance(data, dict) else None
+    findings, dropped = _validate_all(items if isinstance(items, list) else [], context)
+    summary = _text(data.get("summary")) if isinstance(data, dict) else ""
+    note = (
+        "the reply was cut off at max_output_tokens: the review is incomplete "
+        f"({len(findings)} complete finding(s) salvaged)"
     )
-
-
-def _salvage(text: str) -> dict | None:
-    """From a reply cut mid-JSON, keep the summary and every finding object that was closed before the cut."""
-    match = re.search(r'"findings"\s*:\s*\[', text)
-    summary_match = _SUMMARY.search(text)
-    summary = ""
-    if summary_match:
-        try:
-            summary = json.loads(summary_match.group(1))
-        except ValueError:
-            summary = ""
-    if match is None:
-        return {"summary": summary, "findings": []} if summary_match else None
-    decoder = json.JSONDecoder()
-    items: list[Any] = []
-    pos = match.end()
-    while True:
-        while pos < len(text) and text[pos] in " \t\r\n,":
-            pos += 1
-        if pos >= len(text) or text[pos] != "{":
-            break
-        try:
-            item, pos = decoder.raw_decode(text, pos)
-        except ValueError:
-            break
-        items.append(item)
-    return {"summary": summary, "findings": items}
+    return AgentResult(context.agent, "truncated", summary, findings, dropped, raw, note)
 
 
 # --- validation ---------------------------------------------------------------------------------------------
 
 
-def _validate_all(items: list, agent: str, pack: Pack | None) -> tuple[tuple[Finding, ...], int]:
+class _Context:
+    """What validating one reply's findings needs: the agent, the pack and its files' lines, read once."""
+
+    def __init__(self, agent: str, pack: Pack | None, repo: str | None) -> None:
+        self.agent = agent
+        self.pack = pack
+        self.repo = repo if repo is not None else (pack.slug if pack is not None else "")
+        self._files: dict[str, list[str]] | None = None
+
+    def lines(self, path: str) -> list[str]:
+        if self._files is None:
+            self._files = packed_files(self.pack.text) if self.pack is not None else {}
+        return self._files.get(path, [])
+
+
+def _validate_all(items: list, context: _Context) -> tuple[tuple[Finding, ...], int]:
     findings: list[Finding] = []
     seen: set[tuple] = set()
     dropped = 0
     for item in items:
-        finding = _validate(item, agent, pack)
+        finding = _validate(item, context)
         if finding is None:
             dropped += 1
-        elif (key := (finding.fingerprint, finding.line, finding.end_line)) not in seen:
+        elif (key := (finding.fingerprint, finding.line, finding.end_line, norm_title(finding.title))) not in seen:  # fmt: skip
             # The same finding repeated in one reply is one finding, not an invalid one.
             seen.add(key)
             findings.append(finding)
     return tuple(findings), dropped
 
 
-def _validate(item: Any, agent: str, pack: Pack | None) -> Finding | None:
+def _validate(item: Any, context: _Context) -> Finding | None:
     """Return the normalised finding, or None when it cannot be trusted."""
     if not isinstance(item, dict):
         return None
@@ -319,27 +311,20 @@ def _validate(item: Any, agent: str, pack: Pack | None) -> Finding | None:
     detail, suggestion = item.get("detail"), item.get("suggestion")
     if any(v is not None and not isinstance(v, str) for v in (detail, suggestion)):
         return None
+    evidence = _evidence(item.get("evidence"))
+    if evidence is None:
+        return None
+    pack = context.pack
     file = item.get("file", item.get("path"))
     if file is not None and not isinstance(file, str):
         return None
     file = _norm_path(file, pack) if file else None
     if file == "":
         return None
-    line, end_line = _int(item.get("line")), _int(item.get("end_line"))
-    if line is False or end_line is False:
+    lines = _lines(file, _int(item.get("line")), _int(item.get("end_line")), evidence, context)
+    if lines is None:
         return None
-    if file is None:
-        line = end_line = None
-    elif line is None:
-        end_line = None
-    elif pack is not None:
-        low, high = _shown(pack, file)
-        if not low <= line <= high:
-            return None
-        if end_line is not None:
-            end_line = min(end_line, high)
-    if end_line is not None and line is not None and end_line < line:
-        end_line = None
+    line, end_line, verified = lines
     return Finding(
         severity=severity,
         category=category,
@@ -350,9 +335,61 @@ def _validate(item: Any, agent: str, pack: Pack | None) -> Finding | None:
         detail=(detail or "").strip()[:_MAX_TEXT],
         suggestion=(suggestion or "").strip()[:_MAX_TEXT],
         confidence=_confidence(item.get("confidence")),
-        agents=(agent,),
-        fingerprint=fingerprint(file, title, category),
+        agents=(context.agent,),
+        fingerprint=fingerprint(context.repo, file, category, evidence, title),
+        evidence=evidence,
+        verified=verified,
     )
+
+
+def _lines(
+    file: str | None, line: Any, end_line: Any, evidence: str, context: _Context
+) -> tuple[int | None, int | None, bool | None] | None:
+    """(line, end_line, verified) after checking the evidence against the pack; None drops the finding."""
+    if line is False or end_line is False:
+        return None
+    pack = context.pack
+    if file is None:
+        # Nothing to look the quote up in: a repository-wide finding is never verified against code.
+        return None, None, (False if pack is not None else None)
+    found = locate(evidence, context.lines(file), line) if pack is not None and evidence else None
+    cited = _cited(pack, file, line, end_line)
+    if found is None:
+        return None if cited is None else (*cited, False if pack is not None else None)
+    if cited is not None and cited[0] is not None:
+        low, high = cited[0], cited[1] or cited[0]
+        if low <= found.line and found.end_line <= high:
+            # The quote lies inside the span the model cited: the span is right as it is.
+            return (*cited, True)
+    return found.line, found.end_line, True
+
+
+def _cited(
+    pack: Pack | None, file: str, line: int | None, end_line: int | None
+) -> tuple[int | None, int | None] | None:
+    """The cited span, end clamped to the shown lines; None when the line is not in the file."""
+    if line is None:
+        end_line = None
+    elif pack is not None:
+        low, high = _shown(pack, file)
+        if not low <= line <= high:
+            return None
+        if end_line is not None:
+            end_line = min(end_line, high)
+    if end_line is not None and line is not None and end_line < line:
+        end_line = None
+    return line, end_line
+
+
+def _evidence(value: Any) -> str | None:
+    """The quote as text ("" when absent); a list of lines is joined; None when it is of a wrong type."""
+    if value is None:
+        return ""
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        value = "\n".join(value)
+    if not isinstance(value, str):
+        return None
+    return value.strip("\n")[:_MAX_EVIDENCE]
 
 
 def _enum(value: Any, allowed: tuple[str, ...], aliases: Mapping[str, str]) -> str | None:
@@ -426,68 +463,7 @@ def _text(value: Any) -> str:
     return value.strip() if isinstance(value, str) else ""
 
 
-# --- merging ------------------------------------------------------------------------------------------------
-
-
-def _norm_title(title: str) -> str:
+def norm_title(title: str) -> str:
+    """A title lowercased, NFKC-normalised, punctuation out: what "the same wording" compares."""
     title = unicodedata.normalize("NFKC", title).lower()
     return " ".join(re.sub(r"[^\w]+", " ", title).split())
-
-
-def _severity_rank(severity: str) -> int:
-    return SEVERITIES.index(severity) if severity in SEVERITIES else len(SEVERITIES)
-
-
-def _agent_rank(agents: tuple[str, ...]) -> int:
-    return min((_agent_rank_one(a)[0] for a in agents), default=len(_AGENT_ORDER))
-
-
-def _merge_key(f: Finding) -> tuple:
-    return (_severity_rank(f.severity), _agent_rank(f.agents), f.file or "", f.line or 0, f.title)
-
-
-def _sort_key(f: Finding) -> tuple:
-    return (_severity_rank(f.severity), f.file is None, f.file or "", f.line or 0, f.title, f.fingerprint)  # fmt: skip
-
-
-def _similar(a: str, b: str) -> bool:
-    na, nb = _norm_title(a), _norm_title(b)
-    if na == nb:
-        return True
-    words_a, words_b = set(na.split()), set(nb.split())
-    jaccard = len(words_a & words_b) / max(1, len(words_a | words_b))
-    return jaccard >= 0.5 or difflib.SequenceMatcher(None, na, nb).ratio() >= 0.75
-
-
-def _overlap(a: Finding, b: Finding) -> bool:
-    if a.line is None or b.line is None:
-        return a.line is None and b.line is None
-    return a.line <= (b.end_line or b.line) and b.line <= (a.end_line or a.line)
-
-
-def _same(a: Finding, b: Finding) -> bool:
-    shared_agent = bool(set(a.agents) & set(b.agents))
-    if a.fingerprint == b.fingerprint:
-        # Within one run every agent saw the same lines, so two agents naming the same problem in the same
-        # file are one finding; one agent naming it twice at different places meant two places.
-        return not shared_agent or _overlap(a, b)
-    if shared_agent or a.file != b.file:
-        return False
-    return _overlap(a, b) and _similar(a.title, b.title)
-
-
-def _fold(kept: Finding, other: Finding) -> Finding:
-    """Keep the first (most severe) finding's words and location; add the other's agents and confidence."""
-    agents = tuple(sorted(set(kept.agents) | set(other.agents), key=_agent_rank_one))
-    confidences = [c for c in (kept.confidence, other.confidence) if c is not None]
-    return replace(
-        kept,
-        agents=agents,
-        confidence=max(confidences) if confidences else None,
-        detail=kept.detail or other.detail,
-        suggestion=kept.suggestion or other.suggestion,
-    )
-
-
-def _agent_rank_one(agent: str) -> tuple[int, str]:
-    return (_AGENT_ORDER.index(agent) if agent in _AGENT_ORDER else len(_AGENT_ORDER), agent)

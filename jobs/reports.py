@@ -3,7 +3,8 @@
 Every file is written whole (temporary file, then rename), so a crash never leaves half a report, and only
 inside the run folder: a slug is sanitised, and the resolved target is checked again before writing.
 An agent whose reply was unparsed, refused or truncated is shown as such at the top of every report; it is never
-counted as "no findings".
+counted as "no findings". What a report counts as tonight's findings are the verified, unsuppressed ones (new
+and persisting); unverified and suppressed findings are counted and listed apart, never dropped.
 """
 
 from __future__ import annotations
@@ -14,14 +15,17 @@ import os
 import re
 import tempfile
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from jobs.errors import JobsInputError
-from jobs.findings import SEVERITIES, AgentResult, Finding, merge
+from jobs.findings import SEVERITIES
+from jobs.outcome import RepoOutcome
+from jobs.review_md import escape_line as _md
+from jobs.review_md import render_review, share
 from jobs.sarif import build_sarif
+from jobs.tracking import Status, Tracking
 
 __all__ = [
     "FINDINGS_SCHEMA",
@@ -35,93 +39,16 @@ __all__ = [
 FINDINGS_SCHEMA = "review-runner/findings/1"
 SUMMARY_SCHEMA = "review-runner/summary/1"
 _SLUG_OK = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
-_LISTED = 50  # left-out files named in review.md before "and N more"
-_STATUS_WORDS = {
-    "unparsed": "reply could not be parsed: its findings are unknown (raw reply kept in findings.json)",
-    "refused": "the model refused: this perspective was not reviewed",
-    "truncated": "reply cut off at max_output_tokens: the review is incomplete",
-}
-
-
-@dataclass(frozen=True)
-class RepoOutcome:
-    """Everything known about one repository's review in a run."""
-
-    slug: str
-    mode: str
-    model: str
-    status: str
-    error: str | None
-    pack: Mapping[str, Any]
-    results: tuple[AgentResult, ...]
-    input_tokens: int
-    output_tokens: int
-    cache_creation_input_tokens: int
-    cache_read_input_tokens: int
-    cost_usd: float
-    findings: tuple[Finding, ...] = field(init=False, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "findings", merge(self.results))
-
-    @property
-    def complete(self) -> bool:
-        """True only when the repo is done and every agent's reply parsed whole."""
-        return (
-            self.status == "done"
-            and bool(self.results)
-            and all(r.status == "ok" for r in self.results)
-        )
-
-    def severity_counts(self) -> dict[str, int]:
-        """Merged findings per severity, every severity present."""
-        counts = dict.fromkeys(SEVERITIES, 0)
-        for finding in self.findings:
-            counts[finding.severity] += 1
-        return counts
-
-    def to_dict(self) -> dict:
-        """Return a JSON-able dict (what runs.db may store to rebuild the outcome on resume)."""
-        return {
-            "slug": self.slug,
-            "mode": self.mode,
-            "model": self.model,
-            "status": self.status,
-            "error": self.error,
-            "pack": dict(self.pack),
-            "results": [r.to_dict() for r in self.results],
-            **self._usage(),
-            "cost_usd": self.cost_usd,
-        }
-
-    @classmethod
-    def from_dict(cls, data: Mapping) -> RepoOutcome:
-        """Rebuild from ``to_dict``; JobsInputError when the record is malformed."""
-        try:
-            return cls(
-                slug=str(data["slug"]),
-                mode=str(data["mode"]),
-                model=str(data["model"]),
-                status=str(data["status"]),
-                error=None if data.get("error") is None else str(data["error"]),
-                pack=dict(data.get("pack") or {}),
-                results=tuple(AgentResult.from_dict(r) for r in data.get("results") or ()),
-                input_tokens=int(data.get("input_tokens") or 0),
-                output_tokens=int(data.get("output_tokens") or 0),
-                cache_creation_input_tokens=int(data.get("cache_creation_input_tokens") or 0),
-                cache_read_input_tokens=int(data.get("cache_read_input_tokens") or 0),
-                cost_usd=float(data.get("cost_usd") or 0.0),
-            )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise JobsInputError(f"malformed repo outcome record: {exc!r}") from exc
-
-    def _usage(self) -> dict[str, int]:
-        return {
-            "input_tokens": self.input_tokens,
-            "output_tokens": self.output_tokens,
-            "cache_creation_input_tokens": self.cache_creation_input_tokens,
-            "cache_read_input_tokens": self.cache_read_input_tokens,
-        }
+_REPORTED = (Status.NEW, Status.PERSISTING)
+_COUNTED = (
+    "new",
+    "persisting",
+    "fixed",
+    "not_reported",
+    "not_reviewed",
+    "suppressed",
+    "unverified",
+)
 
 
 def safe_slug(name: str) -> str:
@@ -138,11 +65,27 @@ def safe_slug(name: str) -> str:
     return f"{cleaned}-{digest}"
 
 
-def write_repo_report(run_dir: Path, outcome: RepoOutcome) -> Path:
-    """Write review.md, findings.json and findings.sarif to ``run_dir/<slug>/``; return that folder."""
+def write_repo_report(
+    run_dir: Path, outcome: RepoOutcome, *, include_unverified: bool = False
+) -> Path:
+    """Write review.md, findings.json and findings.sarif to ``run_dir/<slug>/``; return that folder.
+
+    The run id is ``run_dir``'s name. An outcome without tracking is reported as a first night. SARIF leaves
+    unverified findings out unless ``include_unverified``.
+    """
     folder = _folder(Path(run_dir), safe_slug(outcome.slug))
     run_id = Path(run_dir).name
-    findings_doc = {
+    tracking = outcome.tracked(run_id, _now())
+    _write(folder / "findings.json", _json(_findings_doc(outcome, run_id, tracking)))
+    sarif = build_sarif(outcome, run_id, tracking, include_unverified=include_unverified)
+    _write(folder / "findings.sarif", _json(sarif))
+    _write(folder / "review.md", render_review(outcome, run_id, tracking))
+    return folder
+
+
+def _findings_doc(outcome: RepoOutcome, run_id: str, tracking: Tracking) -> dict[str, Any]:
+    unverified = [{**f.to_dict(), "status": "unverified", "first_seen": None} for f in tracking.unverified]  # fmt: skip
+    return {
         "schema": FINDINGS_SCHEMA,
         "run_id": run_id,
         "slug": outcome.slug,
@@ -151,17 +94,37 @@ def write_repo_report(run_dir: Path, outcome: RepoOutcome) -> Path:
         "status": outcome.status,
         "error": outcome.error,
         "complete": outcome.complete,
-        "findings_by_severity": outcome.severity_counts(),
-        "findings": [f.to_dict() for f in outcome.findings],
+        "findings_by_severity": _severities(tracking),
+        "counts": _counts(tracking),
+        "unverified_by_agent": outcome.unverified_by_agent(),
+        # Tonight's findings: new, persisting, suppressed, then the unverified ones.
+        "findings": [t.to_dict() for t in tracking.findings] + unverified,
+        # Earlier findings still open though not repeated tonight (not_reported, not_reviewed).
+        "open": [t.to_dict() for t in tracking.carried],
+        "fixed": [t.to_dict() for t in tracking.fixed],
+        "expired_suppressions": list(outcome.expired_suppressions),
         "agents": [r.to_dict() for r in outcome.results],
         "pack": dict(outcome.pack),
-        **outcome._usage(),
+        **outcome.usage(),
         "cost_usd": outcome.cost_usd,
     }
-    _write(folder / "findings.json", _json(findings_doc))
-    _write(folder / "findings.sarif", _json(build_sarif(outcome, run_id)))
-    _write(folder / "review.md", _review_md(outcome, run_id))
-    return folder
+
+
+def _severities(tracking: Tracking) -> dict[str, int]:
+    counts = dict.fromkeys(SEVERITIES, 0)
+    for t in tracking.findings:
+        if t.status in _REPORTED:
+            counts[t.finding.severity] += 1
+    return counts
+
+
+def _counts(tracking: Tracking) -> dict[str, int]:
+    every = tracking.counts()
+    return {k: every[k] for k in _COUNTED}
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def write_summary(
@@ -170,7 +133,7 @@ def write_summary(
     """Write summary.md and summary.json for the run to ``run_dir``; return ``run_dir``."""
     root = Path(run_dir)
     root.mkdir(parents=True, exist_ok=True)
-    repos = [_summary_row(o) for o in outcomes]
+    repos = [_summary_row(o, run_id) for o in outcomes]
     by_severity = dict.fromkeys(SEVERITIES, 0)
     for row in repos:
         for severity, n in row["findings"].items():
@@ -179,7 +142,7 @@ def write_summary(
     doc = {
         "schema": SUMMARY_SCHEMA,
         "run_id": run_id,
-        "generated_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "generated_at": _now(),
         "totals": dict(totals),
         "repos_by_status": _count(o.status for o in outcomes),
         "findings_by_severity": by_severity,
@@ -233,158 +196,14 @@ def _count(values: Any) -> dict[str, int]:
     return counts
 
 
-# --- review.md ----------------------------------------------------------------------------------------------
-
-
-def _md(text: str) -> str:
-    """One line of model- or repo-supplied text, unable to inject HTML or break a table."""
-    return " ".join(str(text).split()).replace("<", "&lt;").replace(">", "&gt;").replace("|", "\\|")
-
-
-def _block(text: str, indent: str = "  ") -> str:
-    lines = str(text).replace("<", "&lt;").replace(">", "&gt;").splitlines()
-    return "\n".join(indent + line if line.strip() else "" for line in lines)
-
-
-def _where(f: Finding) -> str:
-    if f.file is None:
-        return "repository-wide"
-    if f.line is None:
-        return f"`{f.file}`"
-    span = f"{f.line}" if not f.end_line or f.end_line == f.line else f"{f.line}-{f.end_line}"
-    return f"`{f.file}:{span}`"
-
-
-def _review_md(o: RepoOutcome, run_id: str) -> str:
-    out = [f"# Review of {_md(o.slug)}", ""]
-    out += [
-        f"Run `{_md(run_id)}` · mode {o.mode} · model `{_md(o.model)}` · status **{o.status}**",
-        "",
-    ]
-    problems = []
-    if o.status != "done":
-        problems.append(
-            f"- **The review of this repository {o.status}**"
-            + (f": {_md(o.error)}" if o.error else "")
-        )
-    for r in o.results:
-        if r.status != "ok":
-            problems.append(f"- **{r.agent}: {r.status}**, {_STATUS_WORDS.get(r.status, r.status)}")
-    if problems:
-        out += [
-            "> [!WARNING]",
-            "> This review is incomplete. Missing findings do not mean there are none.",
-            ">",
-        ]
-        out += ["> " + p for p in problems] + [""]
-    out += ["## Summary", ""]
-    if not o.results:
-        out += ["No agent produced a result.", ""]
-    for r in o.results:
-        text = r.summary or ("(no summary)" if r.status == "ok" else f"({r.status})")
-        out += [
-            f"- **{r.agent}** ({r.status}, {len(r.findings)} finding(s), {r.dropped} dropped): {_md(text)}"
-        ]
-    counts = o.severity_counts()
-    out += ["", "## Findings", ""]
-    out += [
-        " · ".join(f"{s}: {counts[s]}" for s in SEVERITIES) + f" · total: {len(o.findings)}",
-        "",
-    ]
-    dropped = [f"{r.agent} {r.dropped}" for r in o.results if r.dropped]
-    if dropped:
-        out += [
-            f"Dropped as invalid (a file or line not in the pack, a bad severity): {', '.join(dropped)}.",
-            "",
-        ]
-    if not o.findings:
-        out += [
-            "No findings."
-            if o.complete
-            else "No findings were read, but the review is incomplete (see above).",
-            "",
-        ]
-    for severity in SEVERITIES:
-        group = [f for f in o.findings if f.severity == severity]
-        if not group:
-            continue
-        out += [f"### {severity.capitalize()} ({len(group)})", ""]
-        for f in group:
-            meta = [f.category, "found by " + ", ".join(f.agents)]
-            if f.confidence is not None:
-                meta.append(f"confidence {f.confidence:.2f}")
-            out.append(f"- **{_md(f.title)}** at {_where(f)} ({'; '.join(meta)})")
-            if f.detail:
-                out.append(_block(f.detail))
-            if f.suggestion:
-                out += ["", "  *Suggestion:*", _block(f.suggestion)]
-            out.append("")
-    out += _coverage_md(o.pack)
-    out += ["## Tokens and cost", ""]
-    out += [f"- {k.replace('_', ' ')}: {v:,}" for k, v in o._usage().items()]
-    out += [f"- cost: ${o.cost_usd:,.4f}", ""]
-    return "\n".join(out).rstrip("\n") + "\n"
-
-
-def _coverage_md(pack: Mapping[str, Any]) -> list[str]:
-    out = ["## Coverage", ""]
-    if not pack:
-        return [*out, "No pack was built for this repository.", ""]
-    files = [f for f in pack.get("files") or () if isinstance(f, Mapping)]
-    by_status = _count(str(f.get("status")) for f in files)
-    out.append(
-        f"- files: {by_status.get('included', 0)} included, {by_status.get('truncated', 0)} truncated, "
-        f"{by_status.get('omitted', 0)} left out to fit the input budget"
-    )
-    coverage = pack.get("coverage") or {}
-    if isinstance(coverage, Mapping) and coverage:
-        out.append(
-            "- coverage: " + ", ".join(f"{k} {_share(v)}" for k, v in sorted(coverage.items()))
-        )
-    if pack.get("token_estimate") is not None:
-        out.append(f"- pack size: about {pack['token_estimate']:,} tokens")
-    if pack.get("over_budget"):
-        out.append("- **the file tree alone exceeded max_input_tokens**: no file content fitted")
-    redactions = pack.get("redactions") or {}
-    total = sum(int(n) for n in redactions.values()) if isinstance(redactions, Mapping) else 0
-    kinds = ", ".join(f"{k} {n}" for k, n in sorted(redactions.items())) if total else ""
-    out.append(f"- secrets redacted before sending: {total}" + (f" ({kinds})" if kinds else ""))
-    out.append("")
-    left_out = [f for f in files if f.get("status") in ("truncated", "omitted")]
-    if left_out:
-        out += ["### Left out or truncated", ""]
-        for f in left_out[:_LISTED]:
-            shown = f.get("shown")
-            part = (
-                f" (lines {shown[0]}-{shown[1]} shown)"
-                if f.get("status") == "truncated" and shown
-                else ""
-            )
-            out.append(f"- `{_md(f.get('path', '?'))}`: {f.get('status')}{part}")
-        if len(left_out) > _LISTED:
-            out.append(f"- ... and {len(left_out) - _LISTED} more (all listed in findings.json)")
-        out.append("")
-    skipped = [s for s in pack.get("skipped") or () if isinstance(s, list | tuple) and len(s) == 2]
-    if skipped:
-        reasons = _count(str(reason) for _, reason in skipped)
-        out += ["### Skipped before packing", ""]
-        out += [f"- {_md(reason)}: {n}" for reason, n in sorted(reasons.items())] + [""]
-    return out
-
-
-def _share(value: Any) -> str:
-    return (
-        f"{float(value):.0%}"
-        if isinstance(value, int | float) and 0 <= value <= 1
-        else _md(str(value))
-    )
-
-
 # --- summary ------------------------------------------------------------------------------------------------
 
 
-def _summary_row(o: RepoOutcome) -> dict[str, Any]:
+def _summary_row(o: RepoOutcome, run_id: str) -> dict[str, Any]:
     coverage = o.pack.get("coverage") if isinstance(o.pack, Mapping) else None
+    tracking = o.tracked(run_id, _now())
+    unverified = o.unverified_by_agent()
+    severities = _severities(tracking)
     return {
         "slug": o.slug,
         "folder": safe_slug(o.slug),
@@ -398,13 +217,15 @@ def _summary_row(o: RepoOutcome) -> dict[str, Any]:
                 "agent": r.agent,
                 "status": r.status,
                 "findings": len(r.findings),
+                "unverified": unverified.get(r.agent, 0),
                 "dropped": r.dropped,
             }
             for r in o.results
         ],
-        "findings": o.severity_counts(),
-        "findings_total": len(o.findings),
-        **o._usage(),
+        "findings": severities,
+        "findings_total": sum(severities.values()),
+        **_counts(tracking),
+        **o.usage(),
         "cost_usd": o.cost_usd,
         "coverage": dict(coverage) if isinstance(coverage, Mapping) else {},
     }
@@ -427,6 +248,9 @@ def _summary_md(doc: Mapping[str, Any]) -> str:
         "status",
         "mode",
         "agents",
+        "new",
+        "fixed",
+        "persisting",
         *SEVERITIES,
         "input",
         "output",
@@ -438,10 +262,12 @@ def _summary_md(doc: Mapping[str, Any]) -> str:
     out += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in doc["repos"]:
         agents = ", ".join(
-            a["agent"] + ("" if a["status"] == "ok" else f" **{a['status']}**")
+            a["agent"]
+            + ("" if a["status"] == "ok" else f" **{a['status']}**")
+            + (f" ({a['unverified']} unverified)" if a["unverified"] else "")
             for a in row["agents"]
         )
-        cov = ", ".join(f"{k} {_share(v)}" for k, v in sorted(row["coverage"].items()))
+        cov = ", ".join(f"{k} {share(v)}" for k, v in sorted(row["coverage"].items()))
         link = f"[{_md(row['slug'])}]({row['folder']}/review.md)"
         status = (
             row["status"] if row["complete"] or row["status"] != "done" else "done (incomplete)"
@@ -451,6 +277,7 @@ def _summary_md(doc: Mapping[str, Any]) -> str:
             status,
             row["mode"],
             agents or "-",
+            *(str(row[k]) for k in ("new", "fixed", "persisting")),
             *(str(row["findings"][s]) for s in SEVERITIES),
         ]
         cells += [f"{row[k]:,}" for k in ("input_tokens", "output_tokens")]

@@ -1,31 +1,48 @@
 """SARIF 2.1.0 for one repository's review, shaped for GitHub code scanning.
 
-One run per agent, each with its own ``automationDetails.id`` of the form ``review-runner/AGENT/RUN_ID``: code
-scanning takes everything before the last ``/`` as the analysis category, so each agent is its own category
-(GitHub refuses several runs with the same tool and category in one upload) and the run id is kept but ignored.
-Rules are the seven finding categories, so a ``ruleId`` never changes between nights; the level of each result
-comes from its severity. ``partialFingerprints`` carries the finding's own fingerprint (file, normalised title,
-category) and ``:n``, its occurrence in the run; ``primaryLocationLineHash`` is deliberately not set: the upload-sarif action computes it from the
-cited line's content and warns when a file's value disagrees with its own.
+One run per repository, whatever the mode, with ``automationDetails.id`` = ``review-runner/REPO/RUN_ID``: code
+scanning takes everything before the last ``/`` as the analysis category, so the category is
+``review-runner/REPO`` every night (a concurrent night followed by a single night updates the same alerts
+instead of leaving the agents' categories open forever). The agents that found each result are in its
+properties. Rules are the seven finding categories, so a ``ruleId`` never changes between nights; the level
+comes from the severity. ``partialFingerprints`` carries the finding's identity (repo, path, category and the
+normalised evidence; ``:n`` numbers repeats in a run) under our own key; ``primaryLocationLineHash`` is
+deliberately not set: the upload-sarif action computes it from the cited line's content.
+
+Results are tonight's verified findings (new, persisting, suppressed) and the earlier ones still open
+(not reported or not reviewed tonight, so that code scanning does not close and reopen them); fixed ones are
+left out (code scanning closes them), and so are unverified ones unless asked for. Suppressed and
+baseline-accepted findings carry a SARIF suppression (kind ``external``, status ``accepted``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from importlib import metadata
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-from jobs.findings import CATEGORIES, AgentResult, Finding, merge
+from jobs.findings import CATEGORIES, Finding
+from jobs.tracking import Tracked
 
 if TYPE_CHECKING:
-    from jobs.reports import RepoOutcome
+    from jobs.outcome import RepoOutcome
+    from jobs.tracking import Tracking
 
-__all__ = ["FINGERPRINT_KEY", "LEVELS", "SCHEMA_URI", "TOOL_NAME", "build_sarif", "rule_id"]
+__all__ = [
+    "FINGERPRINT_KEY",
+    "INFORMATION_URI",
+    "LEVELS",
+    "SCHEMA_URI",
+    "TOOL_NAME",
+    "build_sarif",
+    "category",
+    "rule_id",
+]
 
 SCHEMA_URI = "https://json.schemastore.org/sarif-2.1.0.json"
 TOOL_NAME = "review-runner"
-FINGERPRINT_KEY = "reviewRunnerFinding/v1"
+INFORMATION_URI = "https://github.com/review-runner/review-runner"
+FINGERPRINT_KEY = "reviewRunner/v1"
 LEVELS = {"critical": "error", "high": "error", "medium": "warning", "low": "note", "info": "note"}
 # GitHub reads security-severity from rules only; kept on results as a hint for other consumers.
 _SECURITY_SEVERITY = {
@@ -83,14 +100,29 @@ def rule_id(category: str) -> str:
     return f"{TOOL_NAME}/{category}"
 
 
-def build_sarif(outcome: RepoOutcome, run_id: str) -> dict[str, Any]:
-    """Return the SARIF log (a JSON-able dict) of one repository: one run per agent that gave a result."""
-    merged = {f.fingerprint: f.agents for f in merge(outcome.results)}
-    runs = [_run(result, outcome, run_id, merged) for result in outcome.results]
-    if not runs:
-        # A failed or deferred repo still gets a run, so that the failure is visible where SARIF is read.
-        runs = [_failed_run(outcome, run_id)]
-    return {"$schema": SCHEMA_URI, "version": "2.1.0", "runs": runs}
+def category(slug: str) -> str:
+    """The code scanning category of a repo's results: the same every night, whatever the mode."""
+    return f"{TOOL_NAME}/{slug}"
+
+
+def build_sarif(
+    outcome: RepoOutcome, run_id: str, tracking: Tracking, *, include_unverified: bool = False
+) -> dict[str, Any]:
+    """Return the SARIF log (a JSON-able dict) of one repository: one run, whatever the mode."""
+    tracked = [*tracking.findings, *tracking.carried]
+    counts: dict[str, int] = {}
+    results = []
+    for t in tracked:
+        results.append(_result(t.finding, t, _occurrence(counts, t.finding)))
+    if include_unverified:
+        for finding in tracking.unverified:
+            results.append(_result(finding, None, _occurrence(counts, finding)))
+    return {"$schema": SCHEMA_URI, "version": "2.1.0", "runs": [_run(outcome, run_id, results)]}
+
+
+def _occurrence(counts: dict[str, int], finding: Finding) -> int:
+    n = counts[finding.fingerprint] = counts.get(finding.fingerprint, 0) + 1
+    return n
 
 
 def _driver() -> dict[str, Any]:
@@ -108,69 +140,59 @@ def _driver() -> dict[str, Any]:
                 "properties": {"tags": [category, "llm-review"], "precision": "medium"},
             }
         )
-    return {"name": TOOL_NAME, "semanticVersion": _version(), "rules": rules}
+    return {
+        "name": TOOL_NAME,
+        "informationUri": INFORMATION_URI,
+        "semanticVersion": _version(),
+        "rules": rules,
+    }
 
 
-def _run(
-    result: AgentResult, outcome: RepoOutcome, run_id: str, merged: Mapping[str, tuple[str, ...]]
-) -> dict[str, Any]:
-    counts: dict[str, int] = {}
-    results = []
-    for finding in result.findings:
-        n = counts[finding.fingerprint] = counts.get(finding.fingerprint, 0) + 1
-        results.append(_result(finding, merged.get(finding.fingerprint, finding.agents), n))
-    invocation: dict[str, Any] = {"executionSuccessful": result.status == "ok"}
-    if result.status != "ok":
-        text = f"{result.agent}: {result.note or _STATUS_TEXT.get(result.status, result.status)}"
-        invocation["toolExecutionNotifications"] = [
-            {
-                "level": "error",
-                "message": {"text": text},
-                "descriptor": {"id": f"status/{result.status}"},
-            }
-        ]
+def _run(outcome: RepoOutcome, run_id: str, results: list[dict[str, Any]]) -> dict[str, Any]:
+    notes = []
+    if outcome.status != "done":
+        text = f"{outcome.slug}: review {outcome.status}" + (
+            f": {outcome.error}" if outcome.error else ""
+        )
+        notes.append(_note(text, f"status/{outcome.status}"))
+    for result in outcome.results:
+        if result.status != "ok":
+            text = (
+                f"{result.agent}: {result.note or _STATUS_TEXT.get(result.status, result.status)}"
+            )
+            notes.append(_note(text, f"status/{result.status}"))
+    invocation: dict[str, Any] = {"executionSuccessful": outcome.complete}
+    if notes:
+        invocation["toolExecutionNotifications"] = notes
+    agents = ", ".join(r.agent for r in outcome.results) or "no agent"
     return {
         "tool": {"driver": _driver()},
         "automationDetails": {
-            "id": f"{TOOL_NAME}/{result.agent}/{run_id}",
-            "description": {
-                "text": f"{result.agent} review of {outcome.slug} ({outcome.mode} mode)"
-            },
+            "id": f"{category(outcome.slug)}/{run_id}",
+            "description": {"text": f"Review of {outcome.slug} ({outcome.mode} mode: {agents})."},
         },
         "invocations": [invocation],
         "results": results,
         "properties": {
             "repo": outcome.slug,
-            "agent": result.agent,
-            "status": result.status,
+            "status": outcome.status,
             "mode": outcome.mode,
             "model": outcome.model,
-            "summary": result.summary,
-            "dropped": result.dropped,
+            "agents": [
+                {"agent": r.agent, "status": r.status, "summary": r.summary, "dropped": r.dropped}
+                for r in outcome.results
+            ],
+            "unverifiedByAgent": outcome.unverified_by_agent(),
         },
     }
 
 
-def _failed_run(outcome: RepoOutcome, run_id: str) -> dict[str, Any]:
-    text = f"{outcome.slug}: review {outcome.status}" + (
-        f": {outcome.error}" if outcome.error else ""
-    )
-    return {
-        "tool": {"driver": _driver()},
-        "automationDetails": {"id": f"{TOOL_NAME}/{outcome.mode}/{run_id}"},
-        "invocations": [
-            {
-                "executionSuccessful": False,
-                "toolExecutionNotifications": [{"level": "error", "message": {"text": text}}],
-            }
-        ],
-        "results": [],
-        "properties": {"repo": outcome.slug, "status": outcome.status, "mode": outcome.mode},
-    }
+def _note(text: str, descriptor: str) -> dict[str, Any]:
+    return {"level": "error", "message": {"text": text}, "descriptor": {"id": descriptor}}
 
 
-def _result(finding: Finding, agents: tuple[str, ...], occurrence: int) -> dict[str, Any]:
-    text = finding.title
+def _result(finding: Finding, tracked: Tracked | None, occurrence: int) -> dict[str, Any]:
+    text = finding.title.rstrip(".") + "."
     if finding.detail:
         text += "\n\n" + finding.detail
     if finding.suggestion:
@@ -178,9 +200,16 @@ def _result(finding: Finding, agents: tuple[str, ...], occurrence: int) -> dict[
     properties: dict[str, Any] = {
         "severity": finding.severity,
         "category": finding.category,
-        "agents": list(agents),
+        "agents": list(finding.agents),
         "fingerprint": finding.fingerprint,
+        "verified": finding.verified,
+        "evidence": finding.evidence,
     }
+    if tracked is not None:
+        properties["status"] = str(tracked.status)
+        properties["firstSeen"] = tracked.first_seen.to_dict()
+    else:
+        properties["status"] = "unverified"
     if finding.confidence is not None:
         properties["confidence"] = finding.confidence
     if finding.category == "security":
@@ -202,6 +231,16 @@ def _result(finding: Finding, agents: tuple[str, ...], occurrence: int) -> dict[
                 "endLine": finding.end_line or finding.line,
             }
         out["locations"] = [{"physicalLocation": physical}]
+    if tracked is not None and tracked.suppression is not None:
+        sup = tracked.suppression
+        out["suppressions"] = [
+            {
+                "kind": "external",
+                "status": "accepted",
+                "justification": sup.reason,
+                "properties": {"source": str(sup.source), "rule": sup.rule, "expires": sup.expires},
+            }
+        ]
     return out
 
 

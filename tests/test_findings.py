@@ -16,9 +16,9 @@ from jobs.findings import (
     AgentResult,
     Finding,
     fingerprint,
-    merge,
     parse,
 )
+from jobs.merging import merge
 from jobs.pack import Pack, PackedFile
 
 SLUG = "shop"
@@ -91,6 +91,10 @@ def finding(**over: object) -> dict:
         "confidence": 0.9,
     }
     base.update(over)
+    if "evidence" not in over and isinstance(base["file"], str) and isinstance(base["line"], int):
+        # The pack's line, as a model is asked to copy it (make_pack writes "line N of PATH").
+        path = base["file"].replace("\\", "/").removeprefix("./").removeprefix(f"{SLUG}/")
+        base["evidence"] = f"line {base['line']} of {path}"
     return base
 
 
@@ -292,21 +296,29 @@ def test_parse_never_raises_on_garbage() -> None:
             assert result.status in ("ok", "unparsed", "truncated")
 
 
-def test_fingerprint_ignores_lines_and_wording_noise() -> None:
-    base = parse(reply(finding(line=12)), "end_turn", agent="security", pack=PACK).findings[0]
+def test_fingerprint_ignores_lines_title_and_whitespace_of_the_evidence() -> None:
+    base = parse(
+        reply(finding(line=12, evidence="line 12 of src/db.py")),
+        "end_turn",
+        agent="security",
+        pack=PACK,
+    ).findings[0]
     moved = parse(
-        reply(finding(line=20, end_line=22, title="SQL built by string-formatting!")),
+        reply(finding(line=20, title="Reworded entirely", evidence="12|   line  12 of src/db.py ")),
         "end_turn",
         agent="code_review",
         pack=PACK,
     ).findings[0]
+    assert base.verified is moved.verified is True
+    assert (base.line, moved.line) == (12, 12)  # the cited line 20 corrected to where the quote is
     assert (
         base.fingerprint
         == moved.fingerprint
-        == fingerprint("src/db.py", "sql built by string formatting", "security")
+        == fingerprint(SLUG, "src/db.py", "security", "line 12 of src/db.py")
     )
-    assert fingerprint("src/app.py", base.title, "security") != base.fingerprint
-    assert fingerprint("src/db.py", base.title, "correctness") != base.fingerprint
+    assert fingerprint(SLUG, "src/app.py", "security", base.evidence) != base.fingerprint
+    assert fingerprint(SLUG, "src/db.py", "correctness", base.evidence) != base.fingerprint
+    assert fingerprint("other", "src/db.py", "security", base.evidence) != base.fingerprint
     assert len(base.fingerprint) == 32
 
 
@@ -361,13 +373,15 @@ def test_one_agent_naming_a_problem_at_two_places_keeps_both() -> None:
         "end_turn", agent="security", pack=PACK,
     )  # fmt: skip
     assert [f.line for f in r.findings] == [3, 20] and r.dropped == 0
-    assert r.findings[0].fingerprint == r.findings[1].fingerprint
+    # Two places quote two pieces of code: two identities.
+    assert r.findings[0].fingerprint != r.findings[1].fingerprint
     assert [f.line for f in merge([r])] == [3, 20]
 
 
 def test_merge_folds_equal_fingerprints_whatever_the_lines() -> None:
+    # The architecture agent cites line 28 for code that is at line 2: corrected, then folded.
     a = _result("security", finding(line=2, end_line=None))
-    b = _result("architecture", finding(line=28, end_line=None, severity="low"))
+    b = _result("architecture", finding(line=28, end_line=None, severity="low", evidence="line 2 of src/db.py"))  # fmt: skip
     (f,) = merge([a, b])
     assert f.agents == ("architecture", "security") and f.severity == "high" and f.line == 2
 

@@ -41,6 +41,10 @@ def outcome(
     )
 
 
+def sarif_of(o: RepoOutcome, run_id: str) -> dict:
+    return build_sarif(o, run_id, o.tracked(run_id, "2026-12-01"))
+
+
 def four_agents() -> RepoOutcome:
     security = parse(
         reply(
@@ -74,7 +78,9 @@ def test_repo_report_files_and_review_md(tmp_path: Path) -> None:
     md = (folder / "review.md").read_text("utf-8")
     # Agents that are not ok come first, prominently, and the review says it is incomplete.
     warning = md.index("[!WARNING]")
-    assert warning < md.index("## Summary") < md.index("## Findings")
+    # What is new leads, before the agents' own summaries.
+    assert warning < md.index("**3 new · 0 fixed · 0 persisting**") < md.index("## New (3)")
+    assert md.index("## New (3)") < md.index("## Agents")
     assert "**architecture: truncated**" in md and "**multi_perspective: unparsed**" in md
     assert "Missing findings do not mean there are none" in md
     # Findings grouped by severity, with file:line.
@@ -121,11 +127,11 @@ def test_findings_json_keeps_raw_replies_and_completeness(tmp_path: Path) -> Non
 def test_review_md_no_findings_only_when_complete(tmp_path: Path) -> None:
     clean = parse(reply(summary="Nothing to report."), "end_turn", agent="security", pack=PACK)
     md = (write_repo_report(tmp_path / "r", outcome(clean)) / "review.md").read_text("utf-8")
-    assert "No findings." in md and "[!WARNING]" not in md
+    assert "Nothing new." in md and "[!WARNING]" not in md
     refused = parse("I won't.", "refusal", agent="security", pack=PACK)
     md = (write_repo_report(tmp_path / "r2", outcome(refused)) / "review.md").read_text("utf-8")
-    assert "No findings." not in md
-    assert "No findings were read, but the review is incomplete" in md
+    assert "Nothing new." not in md
+    assert "Nothing new was read, but the review is incomplete" in md
     assert "**security: refused**, the model refused" in md
 
 
@@ -158,51 +164,54 @@ def test_sarif_is_valid_and_shaped_for_code_scanning(tmp_path: Path) -> None:
     errors = sorted(VALIDATOR.iter_errors(sarif), key=str)
     assert errors == [], errors[:3]
     assert sarif["version"] == "2.1.0"
-    runs = sarif["runs"]
-    assert [r["properties"]["agent"] for r in runs] == [r.agent for r in o.results]
-    # One category per agent: code scanning takes everything before the last "/" of the id as the category.
-    ids = [r["automationDetails"]["id"] for r in runs]
-    assert ids == [f"review-runner/{r.agent}/run-42" for r in o.results]
-    categories = [i.rsplit("/", 1)[0] for i in ids]
-    assert len(set(categories)) == len(runs)
-    for run, result in zip(runs, o.results, strict=True):
-        driver = run["tool"]["driver"]
-        assert driver["name"] == "review-runner"
-        rules = driver["rules"]
-        assert [r["id"] for r in rules] == [rule_id(c) for c in CATEGORIES]
-        for rule in rules:
-            assert (
-                rule["shortDescription"]["text"]
-                and rule["fullDescription"]["text"]
-                and rule["help"]["text"]
-            )
-            assert len(rule["fullDescription"]["text"]) <= 1000
-        invocation = run["invocations"][0]
-        assert invocation["executionSuccessful"] is (result.status == "ok")
-        if result.status != "ok":
-            assert result.status in invocation["toolExecutionNotifications"][0]["descriptor"]["id"]
-        assert len(run["results"]) == len(result.findings)
-        for res, f in zip(run["results"], result.findings, strict=True):
-            assert res["ruleId"] == rule_id(f.category) == rules[res["ruleIndex"]]["id"]
-            assert res["level"] == {"critical": "error", "high": "error", "medium": "warning", "low": "note", "info": "note"}[f.severity]  # fmt: skip
-            assert res["partialFingerprints"] == {FINGERPRINT_KEY: f"{f.fingerprint}:1"}
-            assert res["message"]["text"].startswith(f.title)
-            loc = res["locations"][0]["physicalLocation"]
-            uri = loc["artifactLocation"]["uri"]
-            assert " " not in uri and not urlsplit(uri).scheme and not uri.startswith("/")
-            assert loc["region"] == {"startLine": f.line, "endLine": f.end_line or f.line}
-    spaced = [r for run in runs for r in run["results"] if "my%20file" in json.dumps(r)]
-    assert len(spaced) == 1
+    # One run per repo whatever the mode; its category is everything before the last "/" of the id.
+    (run,) = sarif["runs"]
+    assert run["automationDetails"]["id"] == "review-runner/shop/run-42"
+    driver = run["tool"]["driver"]
+    assert driver["name"] == "review-runner" and driver["informationUri"].startswith("https://")
+    rules = driver["rules"]
+    assert [r["id"] for r in rules] == [rule_id(c) for c in CATEGORIES]
+    for rule in rules:
+        assert (
+            rule["shortDescription"]["text"]
+            and rule["fullDescription"]["text"]
+            and rule["help"]["text"]
+        )
+        assert len(rule["fullDescription"]["text"]) <= 1000
+    invocation = run["invocations"][0]
+    assert invocation["executionSuccessful"] is False  # two agents not ok
+    notes = [n["descriptor"]["id"] for n in invocation["toolExecutionNotifications"]]
+    assert notes == ["status/truncated", "status/unparsed"]
+    assert [a["agent"] for a in run["properties"]["agents"]] == [r.agent for r in o.results]
+    assert len(run["results"]) == len(o.findings) == 3
+    for res in run["results"]:
+        assert res["ruleId"] == rules[res["ruleIndex"]]["id"]
+        f = next(x for x in o.findings if x.fingerprint == res["properties"]["fingerprint"])
+        assert res["ruleId"] == rule_id(f.category)
+        assert res["level"] == {"critical": "error", "high": "error", "medium": "warning", "low": "note", "info": "note"}[f.severity]  # fmt: skip
+        assert res["partialFingerprints"] == {FINGERPRINT_KEY: f"{f.fingerprint}:1"}
+        assert "primaryLocationLineHash" not in res["partialFingerprints"]
+        assert res["message"]["text"].startswith(f.title)
+        assert (
+            res["properties"]["agents"] == list(f.agents) and res["properties"]["status"] == "new"
+        )
+        loc = res["locations"][0]["physicalLocation"]
+        uri = loc["artifactLocation"]["uri"]
+        assert " " not in uri and not urlsplit(uri).scheme and not uri.startswith("/")
+        assert loc["region"] == {"startLine": f.line, "endLine": f.end_line or f.line}
+    sql = next(r for r in run["results"] if r["properties"]["severity"] == "critical")
+    assert sql["properties"]["agents"] == ["code_review", "architecture", "security"]
+    assert len([r for r in run["results"] if "my%20file" in json.dumps(r)]) == 1
 
 
 def test_sarif_numbers_repeats_of_one_fingerprint() -> None:
+    same = "line 3 of src/db.py"
     r = parse(
-        reply(finding(line=3, end_line=None), finding(line=20, end_line=None)),
-        "end_turn",
-        agent="security",
-        pack=PACK,
-    )
-    results = build_sarif(outcome(r), "x")["runs"][0]["results"]
+        reply(finding(line=3, end_line=None, evidence=same),
+              finding(line=3, end_line=None, evidence=same, title="Another problem on that line")),
+        "end_turn", agent="security", pack=PACK,
+    )  # fmt: skip
+    results = sarif_of(outcome(r), "x")["runs"][0]["results"]
     fp = r.findings[0].fingerprint
     assert [res["partialFingerprints"][FINGERPRINT_KEY] for res in results] == [
         f"{fp}:1",
@@ -211,41 +220,56 @@ def test_sarif_numbers_repeats_of_one_fingerprint() -> None:
 
 
 def test_schema_is_really_enforced() -> None:
-    sarif = build_sarif(four_agents(), "x")
+    sarif = sarif_of(four_agents(), "x")
     VALIDATOR.validate(sarif)
     sarif["runs"][0]["results"][0]["level"] = "critical"  # not a SARIF level
-    sarif["runs"][1]["automationDetails"]["guid"] = "not-a-guid"
-    del sarif["runs"][2]["invocations"][0]["executionSuccessful"]
+    sarif["runs"][0]["automationDetails"]["guid"] = "not-a-guid"
+    del sarif["runs"][0]["invocations"][0]["executionSuccessful"]
     assert len(list(VALIDATOR.iter_errors(sarif))) == 3
 
 
-def test_sarif_rule_ids_and_fingerprints_are_stable_across_runs() -> None:
-    first = build_sarif(four_agents(), "night-1")
+def test_sarif_category_and_fingerprints_are_stable_across_modes_and_moves() -> None:
+    first = sarif_of(four_agents(), "night-1")
     moved = parse(
-        reply(finding(severity="critical", line=20, end_line=21), finding(title="<script>alert(1)</script> in a | title",
-              severity="low", file="src/my file.py", line=2)),
+        reply(finding(severity="critical", line=20, end_line=21, evidence="line 12 of src/db.py"),
+              finding(title="<script>alert(1)</script> in a | title", severity="low", file="src/my file.py",
+                      line=2, evidence="line 1 of src/my file.py")),
+        "end_turn", agent="combined", pack=PACK,
+    )  # fmt: skip
+    second = sarif_of(outcome(moved), "night-2")
+    key = lambda r: (r["ruleId"], r["partialFingerprints"][FINGERPRINT_KEY])  # noqa: E731
+    fps_first = {
+        key(r) for r in first["runs"][0]["results"] if "security" in r["properties"]["agents"]
+    }
+    assert fps_first == set(map(key, second["runs"][0]["results"]))
+    ids = [s["runs"][0]["automationDetails"]["id"] for s in (first, second)]
+    assert [i.rsplit("/", 1)[0] for i in ids] == ["review-runner/shop", "review-runner/shop"]
+
+
+def test_sarif_leaves_out_unverified_findings_unless_asked() -> None:
+    r = parse(
+        reply(finding(), finding(line=5, evidence="code that is not in the file", title="Made up")),
         "end_turn", agent="security", pack=PACK,
     )  # fmt: skip
-    second = build_sarif(outcome(moved), "night-2")
-    key = lambda r: (r["ruleId"], r["partialFingerprints"][FINGERPRINT_KEY])  # noqa: E731
-    sec_first = next(r for r in first["runs"] if r["properties"]["agent"] == "security")
-    assert sorted(map(key, sec_first["results"])) == sorted(map(key, second["runs"][0]["results"]))
-    assert (
-        sec_first["automationDetails"]["id"].rsplit("/", 1)[0]
-        == second["runs"][0]["automationDetails"]["id"].rsplit("/", 1)[0]
-    )
+    o = outcome(r)
+    assert o.unverified_by_agent() == {"security": 1}
+    tracking = o.tracked("x", "2026-12-01")
+    assert [len(build_sarif(o, "x", tracking, include_unverified=u)["runs"][0]["results"]) for u in (False, True)] == [1, 2]  # fmt: skip
 
 
-def test_sarif_repo_wide_finding_has_no_location() -> None:
+def test_sarif_repo_wide_finding_is_unverified_and_left_out() -> None:
     r = parse(
         reply(finding(file=None, title="No CI configuration")),
         "end_turn",
         agent="architecture",
         pack=PACK,
     )
-    sarif = build_sarif(outcome(r), "x")
+    o = outcome(r)
+    sarif = sarif_of(o, "x")
     VALIDATOR.validate(sarif)
-    (res,) = sarif["runs"][0]["results"]
+    assert sarif["runs"][0]["results"] == []
+    tracking = o.tracked("x", "2026-12-01")
+    (res,) = build_sarif(o, "x", tracking, include_unverified=True)["runs"][0]["results"]
     assert "locations" not in res and res["partialFingerprints"][FINGERPRINT_KEY].endswith(":1")
 
 
@@ -292,7 +316,16 @@ def test_summary_across_repos(tmp_path: Path) -> None:
     assert "Incomplete reviews (failed, deferred, or an agent not ok): shop, legacy" in md
     assert "| [shop](shop/review.md) | done (incomplete) | concurrent |" in md
     assert "architecture **truncated**" in md
-    assert "| [billing](billing/review.md) | done | single | security | 0 | 0 | 1 | 0 | 0 |" in md
+    assert (
+        "| [billing](billing/review.md) | done | single | security | 1 | 0 | 0 | 0 | 0 | 1 | 0 | 0 |"
+        in md
+    )
+    assert (billing["new"], billing["fixed"], billing["persisting"], billing["unverified"]) == (
+        1,
+        0,
+        0,
+        0,
+    )
     assert "- legacy: budget: single mode would exceed the month" in md
 
 

@@ -41,6 +41,10 @@ class SimConfig:
     log_path: Path | None = None  # JSONL request log
     batch_delay: float = 0.0  # seconds before a batch ends
     prices_path: Path | None = None  # a prices.json overriding the shipped table
+    # Per finding, seeded by the request: title reworded, line cited off, evidence not in the file.
+    reword_rate: float = 0.0
+    misline_rate: float = 0.0
+    misquote_rate: float = 0.0
     # Seconds over which a limit is enforced: capacity = limit * S / 60, refill still limit/60.
     enforce_interval: float = 60.0
     external_load: float = 0.0  # share of every refill another client of the key spends
@@ -60,6 +64,8 @@ class SimConfig:
         rates = (self.overloaded_rate, self.server_error_rate, self.drop_rate)
         if any(r < 0 for r in rates) or sum(rates) > 1:
             raise RunnerInputError("simulator fault rates must be >= 0 and sum to at most 1")
+        if not all(0 <= r <= 1 for r in (self.reword_rate, self.misline_rate, self.misquote_rate)):
+            raise RunnerInputError("simulator reword/misline/misquote rates must be in [0, 1]")
         batch_rates = (self.batch_expire_rate, self.batch_error_rate)
         if any(r < 0 for r in batch_rates) or sum(batch_rates) > 1:
             raise RunnerInputError(

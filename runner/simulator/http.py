@@ -20,6 +20,7 @@ from ledger.prices import USAGE_FIELDS
 from runner.simulator.batches import new_id
 from runner.simulator.exchange import Admitted, Backend
 from runner.simulator.prompt import ApiError
+from runner.simulator.replies import tool_use_block
 
 __all__ = ["SimHTTPServer"]
 
@@ -305,7 +306,11 @@ class Handler(BaseHTTPRequestHandler):
                     {
                         "type": "content_block_start",
                         "index": 0,
-                        "content_block": {"type": "text", "text": ""},
+                        "content_block": (
+                            tool_use_block(reply, message["id"], streamed=True)
+                            if reply.tool_input is not None
+                            else {"type": "text", "text": ""}
+                        ),
                     },
                 )
                 head += self._event("ping", {"type": "ping"})
@@ -324,7 +329,11 @@ class Handler(BaseHTTPRequestHandler):
                         {
                             "type": "content_block_delta",
                             "index": 0,
-                            "delta": {"type": "text_delta", "text": piece},
+                            "delta": (
+                                {"type": "input_json_delta", "partial_json": piece}
+                                if reply.tool_input is not None
+                                else {"type": "text_delta", "text": piece}
+                            ),
                         },
                     )
                 )

@@ -15,7 +15,17 @@ from dataclasses import dataclass
 
 from runner.simulator.prompt import count_tokens
 
-__all__ = ["Reply", "detect_agent", "draw_length", "find_issues", "make_reply", "request_digest"]
+__all__ = [
+    "Realism",
+    "Reply",
+    "detect_agent",
+    "distort",
+    "draw_length",
+    "find_issues",
+    "make_reply",
+    "request_digest",
+    "tool_use_block",
+]
 
 AGENTS = ("code_review", "architecture", "security", "multi_perspective", "combined", "single")
 
@@ -194,7 +204,11 @@ def find_issues(prompt_text: str, agent: str) -> list[dict[str, object]]:
         for rx, sev, cat, title, sugg in _COMPILED:
             if (wanted is None or cat in wanted) and rx.search(code):
                 detail = f"Line {number} of {path}: `{code.strip()[:120]}`."
-                findings.append(_finding(sev, cat, title, path, number, detail, sugg))
+                found = _finding(sev, cat, title, path, number, detail, sugg)
+                found["evidence"] = (
+                    code  # the line as the pack shows it, as a model is asked to copy it
+                )
+                findings.append(found)
                 break
         if len(findings) >= MAX_FINDINGS:
             break
@@ -252,11 +266,66 @@ def draw_length(request_digest: str, seed: int, mean: int, spread: float) -> int
 
 @dataclass(frozen=True)
 class Reply:
-    """The text returned and why it stopped."""
+    """The text returned and why it stopped; a tool reply also has the tool's name and input.
+
+    For a tool reply ``text`` is the input's JSON, what a stream sends as ``input_json_delta`` and what
+    ``output_tokens`` counts.
+    """
 
     text: str
     stop_reason: str
     output_tokens: int
+    tool_name: str = ""
+    tool_input: dict[str, object] | None = None
+
+
+@dataclass(frozen=True)
+class Realism:
+    """How far the simulated reviewer strays from the code, per finding, as real models do.
+
+    ``reword_rate``: the title is reworded; ``misline_rate``: the cited line is 1..``misline_max`` lines off
+    (the evidence stays right); ``misquote_rate``: the evidence is code that is not in the file. Drawn from
+    a generator seeded by the seed and the request's content, so a changed pack (a new night) draws anew and
+    the same request always gets the same reply.
+    """
+
+    reword_rate: float = 0.0
+    misline_rate: float = 0.0
+    misquote_rate: float = 0.0
+    misline_max: int = 3
+
+
+_REWORDINGS = (
+    "{title}",
+    "Possible {lower}",
+    "{title} in {name}",
+    "Risk: {lower}",
+    "{title} (needs a look)",
+    "Found: {lower}",
+)
+MISQUOTE_MARK = "  # as the reviewer remembers it"
+
+
+def distort(
+    findings: list[dict[str, object]], realism: Realism, key: str
+) -> list[dict[str, object]]:
+    """Return ``findings`` reworded, mis-cited and misquoted at ``realism``'s rates, seeded by ``key``."""
+    rng = random.Random(f"realism:{key}")
+    out = []
+    for item in findings:
+        item = dict(item)
+        title, name = str(item["title"]), str(item["file"]).rsplit("/", 1)[-1]
+        if rng.random() < realism.reword_rate:
+            # Never the identity wording: a reworded title must differ from the one before.
+            form = rng.choice(_REWORDINGS[1:])
+            item["title"] = form.format(title=title, lower=title[:1].lower() + title[1:], name=name)
+        if rng.random() < realism.misline_rate and isinstance(item.get("line"), int):
+            off = rng.randint(1, max(1, realism.misline_max)) * rng.choice((-1, 1))
+            item["line"] = item["end_line"] = max(1, int(item["line"]) + off)
+        if rng.random() < realism.misquote_rate:
+            item["evidence"] = str(item.get("evidence", "")).strip() + MISQUOTE_MARK
+        out.append(item)
+    return out
 
 
 def _render(agent: str, findings: list[dict[str, object]], pad_chars: int) -> str:
@@ -278,26 +347,75 @@ def make_reply(
     mean: int,
     spread: float,
     max_tokens: int,
+    *,
+    tools: list[dict[str, object]] | None = None,
+    tool_choice: dict[str, object] | None = None,
+    realism: Realism | None = None,
 ) -> Reply:
     """The reply to one request: findings JSON padded to the drawn length, cut at max_tokens.
 
     The drawn length is a floor: findings are never dropped to meet it, so a prompt with many
-    risky lines gets a longer reply than the distribution alone would give.
+    risky lines gets a longer reply than the distribution alone would give. A request with ``tools``
+    is answered by a call of the forced tool (else the first one) whose input is the findings object.
     """
     if max_tokens == 0:
         return Reply("", "max_tokens", 0)
+    tool = _tool_name(tools, tool_choice)
+    if tools:
+        # The tool definitions are flattened first into the prompt text; the agent is named elsewhere.
+        for t in tools:
+            rest = {k: v for k, v in t.items() if k != "cache_control"}
+            prompt_text = prompt_text.replace(
+                json.dumps(rest, sort_keys=True, separators=(",", ":")), " "
+            )
     agent = detect_agent(system_text, prompt_text)
     findings = find_issues(prompt_text, agent)
+    if realism is not None:
+        findings = distort(findings, realism, f"{seed}:{digest}")
     target = draw_length(digest, seed, mean, spread)
     text = _render(agent, findings, 0)
     if count_tokens(text) < target:
         # ceil(len/4) == target exactly when len == 4 * target.
         text = _render(agent, findings, 4 * target - len(text))
     tokens = count_tokens(text)
+    if tool:
+        return _tool_reply(tool, json.loads(text), max_tokens)
     if tokens > max_tokens:
         text = text[: 4 * max_tokens]
         return Reply(text, "max_tokens", count_tokens(text))
     return Reply(text, "end_turn", tokens)
+
+
+def _tool_name(tools: list[dict[str, object]] | None, choice: dict[str, object] | None) -> str:
+    if not tools:
+        return ""
+    if isinstance(choice, dict) and choice.get("type") == "tool" and choice.get("name"):
+        return str(choice["name"])
+    return str(tools[0].get("name") or "tool")
+
+
+def _tool_reply(name: str, data: dict[str, object], max_tokens: int) -> Reply:
+    """A tool call; cut at max_tokens it keeps the findings that fit (its input stays an object)."""
+    text = json.dumps(data, ensure_ascii=True)
+    if count_tokens(text) <= max_tokens:
+        return Reply(text, "tool_use", count_tokens(text), name, data)
+    kept = {"summary": str(data["summary"])[: 2 * max_tokens], "findings": []}
+    for item in data["findings"]:  # type: ignore[union-attr]
+        trial = {**kept, "findings": [*kept["findings"], item]}
+        if count_tokens(json.dumps(trial, ensure_ascii=True)) > max_tokens:
+            break
+        kept = trial
+    text = json.dumps(kept, ensure_ascii=True)
+    if count_tokens(text) > max_tokens:
+        kept = {"findings": []}
+        text = json.dumps(kept)
+    return Reply(text, "max_tokens", count_tokens(text), name, kept)
+
+
+def tool_use_block(reply: Reply, message_id: str, *, streamed: bool = False) -> dict[str, object]:
+    """The ``tool_use`` content block of a tool reply (its input empty at the start of a stream)."""
+    tool_id = "toolu_" + message_id.removeprefix("msg_")
+    return {"type": "tool_use", "id": tool_id, "name": reply.tool_name, "input": {} if streamed else reply.tool_input}  # fmt: skip
 
 
 def request_digest(body: dict[str, object]) -> str:

@@ -28,7 +28,7 @@ from runner.simulator.config import SimConfig
 from runner.simulator.exchange import Admitted
 from runner.simulator.http import SimHTTPServer
 from runner.simulator.prompt import ApiError, validate_message_request
-from runner.simulator.replies import Reply, make_reply, request_digest
+from runner.simulator.replies import Realism, Reply, make_reply, request_digest, tool_use_block
 
 __all__ = ["Admitted", "SimConfig", "Simulator"]
 
@@ -305,6 +305,9 @@ class Simulator(BatchSide):
             cfg.output_mean,
             cfg.output_spread,
             adm.body["max_tokens"],
+            tools=adm.body.get("tools"),
+            tool_choice=adm.body.get("tool_choice"),
+            realism=Realism(cfg.reword_rate, cfg.misline_rate, cfg.misquote_rate),
         )
         return adm.reply
 
@@ -348,6 +351,8 @@ class Simulator(BatchSide):
         reply = adm.reply
         assert reply is not None
         content = [{"type": "text", "text": reply.text}] if reply.text else []
+        if reply.tool_input is not None:
+            content = [tool_use_block(reply, message_id)]
         return {
             "id": message_id,
             "type": "message",
