@@ -325,7 +325,8 @@ class _Reader:
     """Reads a scanned file again, for the pack or a truncation, and checks it did not change."""
 
     def __init__(self, root: str, size_cap: int) -> None:
-        self.root, self.size_cap, self.parents = root, size_cap, {}
+        self.root, self.size_cap = root, size_cap
+        self.parents: dict[str, bool] = {}
 
     def lines(self, item: _Scanned) -> list[str]:
         try:

@@ -143,10 +143,12 @@ class Tracking:
     def from_dict(cls, data: Mapping) -> Tracking:
         """Rebuild from ``to_dict``; JobsInputError when malformed."""
         try:
-            return cls(
-                *(tuple(Tracked.from_dict(t) for t in data.get(k) or ()) for k in ("findings", "carried", "fixed")),
-                tuple(Finding.from_dict(f) for f in data.get("unverified") or ()),
-            )  # fmt: skip
+            findings, carried, fixed = (
+                tuple(Tracked.from_dict(t) for t in data.get(k) or ())
+                for k in ("findings", "carried", "fixed")
+            )
+            unverified = tuple(Finding.from_dict(f) for f in data.get("unverified") or ())
+            return cls(findings, carried, fixed, unverified)
         except (AttributeError, TypeError) as exc:
             raise JobsInputError(f"malformed tracking record: {exc!r}") from exc
 

@@ -41,7 +41,10 @@ def repo_outcome(repo: Mapping[str, Any], mode: str, rows: Sequence[JobRow]) -> 
         pack=repo["pack"],
         results=tuple(AgentResult.from_dict(row.result) for row in rows if row.result),
         cost_usd=usd(sum(row.cost_micros for row in rows)),
-        **usage,
+        input_tokens=usage["input_tokens"],
+        output_tokens=usage["output_tokens"],
+        cache_creation_input_tokens=usage["cache_creation_input_tokens"],
+        cache_read_input_tokens=usage["cache_read_input_tokens"],
     )
 
 

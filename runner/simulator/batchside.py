@@ -133,13 +133,13 @@ class BatchSide:
         if draw < cfg.batch_expire_rate + cfg.batch_error_rate:
             # Split the error band evenly between the two retryable server-side errors.
             half = cfg.batch_expire_rate + cfg.batch_error_rate / 2
-            exc = (
+            fault = (
                 ApiError(500, "api_error", "Internal server error (simulated)")
                 if draw < half
                 else ApiError(529, "overloaded_error", "Overloaded")
             )
-            record.update(status=exc.status, error_type=exc.error_type)
-            return _errored(exc, record["id"]), None
+            record.update(status=fault.status, error_type=fault.error_type)
+            return _errored(fault, record["id"]), None
         plan = self._cache.plan(prompt, now)
         adm = Admitted(record, params, prompt, plan, price, False, {})
         self.reply_for(adm)

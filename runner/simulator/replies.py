@@ -11,6 +11,7 @@ import hashlib
 import json
 import random
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from runner.simulator.prompt import count_tokens
@@ -276,7 +277,7 @@ class Reply:
     stop_reason: str
     output_tokens: int
     tool_name: str = ""
-    tool_input: dict[str, object] | None = None
+    tool_input: Mapping[str, object] | None = None
 
 
 @dataclass(frozen=True)
@@ -321,7 +322,9 @@ def distort(
             item["title"] = form.format(title=title, lower=title[:1].lower() + title[1:], name=name)
         if rng.random() < realism.misline_rate and isinstance(item.get("line"), int):
             off = rng.randint(1, max(1, realism.misline_max)) * rng.choice((-1, 1))
-            item["line"] = item["end_line"] = max(1, int(item["line"]) + off)
+            line = item["line"]
+            assert isinstance(line, int)
+            item["line"] = item["end_line"] = max(1, line + off)
         if rng.random() < realism.misquote_rate:
             item["evidence"] = str(item.get("evidence", "")).strip() + MISQUOTE_MARK
         out.append(item)
@@ -399,11 +402,16 @@ def _tool_reply(name: str, data: dict[str, object], max_tokens: int) -> Reply:
     text = json.dumps(data, ensure_ascii=True)
     if count_tokens(text) <= max_tokens:
         return Reply(text, "tool_use", count_tokens(text), name, data)
-    kept = {"summary": str(data["summary"])[: 2 * max_tokens], "findings": []}
-    for item in data["findings"]:  # type: ignore[union-attr]
-        trial = {**kept, "findings": [*kept["findings"], item]}
+    found = data["findings"]
+    assert isinstance(found, list)
+    summary = str(data["summary"])[: 2 * max_tokens]
+    fitting: list[object] = []
+    kept: dict[str, object] = {"summary": summary, "findings": fitting}
+    for item in found:
+        trial: dict[str, object] = {"summary": summary, "findings": [*fitting, item]}
         if count_tokens(json.dumps(trial, ensure_ascii=True)) > max_tokens:
             break
+        fitting.append(item)
         kept = trial
     text = json.dumps(kept, ensure_ascii=True)
     if count_tokens(text) > max_tokens:

@@ -350,7 +350,7 @@ class Simulator(BatchSide):
         """The complete Message object."""
         reply = adm.reply
         assert reply is not None
-        content = [{"type": "text", "text": reply.text}] if reply.text else []
+        content: list[dict[str, Any]] = [{"type": "text", "text": reply.text}] if reply.text else []
         if reply.tool_input is not None:
             content = [tool_use_block(reply, message_id)]
         return {
