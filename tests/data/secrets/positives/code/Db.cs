@@ -1,0 +1,1 @@
+            var pwd = "7ai130JEef";

@@ -1,0 +1,1 @@
+    val apiKey = "KWzc0j2isaB6NPyCLU4muPdajORnozy2"

@@ -1,0 +1,1 @@
+const clientSecret = "wTYXw11LMVaYURxHcluadTIO4wRBHWvF";

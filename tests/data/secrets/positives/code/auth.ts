@@ -1,0 +1,1 @@
+const adminPass = "Ajut0i5";

@@ -1,0 +1,1 @@
+if password == "ELlh4B":

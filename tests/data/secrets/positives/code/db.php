@@ -1,0 +1,1 @@
+$db_pass = 'yo121qRYH';

@@ -1,0 +1,3 @@
+SECRET_KEY = "oI7JCvnwRDQNzw9RLIY75B6H4jn6GIMv"
+stripe_secret = 'mekj8asxlkZ5GYLteYQaYHgoqMDZdcmA'
+HEROKU_API_KEY = "2c9af931-157b-46b7-a39d-69c023948f76"
