@@ -122,9 +122,7 @@ _KEY_WORD = (
     r"(?:api|access|secret|private|signing|encryption|master|client|auth|account|storage|shared)[_.\-]?key|apikey))"
 )
 _OP = r"(?::=|=>|==?|:)"
-_QUOTED_OR_BARE = (
-    r"""(?:"(?P<dq>[^"\n]*)"|'(?P<sq>[^'\n]*)'|(?P<bare>\$\{\{[^}\n]*\}\}|\$\{[^}\n]*\}|[^\s'"#,;}{\]]+))"""
-)
+_QUOTED_OR_BARE = r"""(?:"(?P<dq>[^"\n]*)"|'(?P<sq>[^'\n]*)'|(?P<bare>\$\{\{[^}\n]*\}\}|\$\{[^}\n]*\}|[^\s'"#,;}{\]]+))"""
 # A key starts after a space, a quote or a bracket, never after `:` or `/` (`arn:...:secret:db`).
 _KEY_START = r"""(?:^|(?<=[\s"'`{(\[,;$@&|!*]))[\w.\-]*?"""
 _QUOTED = r"""(?:"(?P<dq>[^"\n]*)"|'(?P<sq>[^'\n]*)')"""
@@ -281,5 +279,7 @@ def rules_for(ftype: FileType) -> tuple[Rule, ...]:
 
 
 KINDS_OF_FILE_RULES: tuple[str, ...] = tuple(
-    dict.fromkeys(r.kind for rules in (COMMON_RULES, *_BY_TYPE.values()) for r in rules)
-) + (_CONFIG_ASSIGNMENT.kind,)
+    dict.fromkeys(
+        r.kind for rules in (COMMON_RULES, *_BY_TYPE.values(), (_CONFIG_ASSIGNMENT,)) for r in rules
+    )
+)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from jobs.secrets.values import high_entropy, is_placeholder, not_example, real_value
 
-__all__ = ["Rule", "TOKEN_RULES", "URL_RULES"]
+__all__ = ["TOKEN_RULES", "URL_RULES", "Rule"]
 
 Check = Callable[[str, str], bool]  # (value, the line it is on) -> is it a secret
 
@@ -39,7 +39,13 @@ class Rule:
 
 # Kinds redacted even in fixtures: a private key is never a harmless example.
 _ALWAYS = frozenset(
-    {"private-key", "openssh-private-key", "pgp-private-key", "ssh2-private-key", "putty-private-key"}
+    {
+        "private-key",
+        "openssh-private-key",
+        "pgp-private-key",
+        "ssh2-private-key",
+        "putty-private-key",
+    }
 )
 
 
@@ -102,8 +108,20 @@ PRIVATE_KEY_RULES: tuple[Rule, ...] = (
 )
 
 PREFIXED_TOKEN_RULES: tuple[Rule, ...] = (
-    _tok("age-secret-key", r"\bAGE-SECRET-KEY-1[QPZRY9X8GF2TVDW0S3JN54KHCE6MUA7L]{58}\b", "AGE-SECRET-KEY-"),
-    _tok("aws-access-key", r"\b(?:AKIA|ASIA|ABIA|ACCA|A3T[A-Z0-9])[A-Z0-9]{16}\b", "AKIA", "ASIA", "ABIA", "ACCA", "A3T"),
+    _tok(
+        "age-secret-key",
+        r"\bAGE-SECRET-KEY-1[QPZRY9X8GF2TVDW0S3JN54KHCE6MUA7L]{58}\b",
+        "AGE-SECRET-KEY-",
+    ),
+    _tok(
+        "aws-access-key",
+        r"\b(?:AKIA|ASIA|ABIA|ACCA|A3T[A-Z0-9])[A-Z0-9]{16}\b",
+        "AKIA",
+        "ASIA",
+        "ABIA",
+        "ACCA",
+        "A3T",
+    ),
     Rule(
         "aws-secret-key",
         _r(
@@ -114,22 +132,54 @@ PREFIXED_TOKEN_RULES: tuple[Rule, ...] = (
         fold=True,
     ),
     _tok("github-fine-grained-token", r"\bgithub_pat_[A-Za-z0-9_]{50,255}", "github_pat_"),
-    _tok("github-token", r"\bgh[pousr]_[A-Za-z0-9_]{36,255}\b", "ghp_", "gho_", "ghu_", "ghs_", "ghr_"),
+    _tok(
+        "github-token",
+        r"\bgh[pousr]_[A-Za-z0-9_]{36,255}\b",
+        "ghp_",
+        "gho_",
+        "ghu_",
+        "ghs_",
+        "ghr_",
+    ),
     _tok(
         "gitlab-token",
         r"\b(?:gl(?:pat|dt|rt|ptt|cbt|ft|soat|imt|agent|oas)-[A-Za-z0-9_\-]{20,}|GR1348941[A-Za-z0-9_\-]{20,})",
-        "glpat-", "gldt-", "glrt-", "glptt-", "glcbt-", "glft-", "glsoat-", "glimt-", "glagent-", "gloas-", "GR1348941",
+        "glpat-",
+        "gldt-",
+        "glrt-",
+        "glptt-",
+        "glcbt-",
+        "glft-",
+        "glsoat-",
+        "glimt-",
+        "glagent-",
+        "gloas-",
+        "GR1348941",
     ),
-    _tok("slack-webhook", r"https://hooks\.slack\.com/(?:services|workflows|triggers)/[A-Za-z0-9_/]{20,}", "hooks.slack.com"),
+    _tok(
+        "slack-webhook",
+        r"https://hooks\.slack\.com/(?:services|workflows|triggers)/[A-Za-z0-9_/]{20,}",
+        "hooks.slack.com",
+    ),
     _tok("slack-app-token", r"\bxapp-\d-[A-Za-z0-9]+-\d+-[A-Za-z0-9]+", "xapp-"),
     Rule("slack-token", _r(r"(?i)\bxox[abposre]-(?:\d+-)*[a-z0-9\-]{10,}"), ("xox",), fold=True),
     _tok("stripe-webhook-secret", r"\bwhsec_[A-Za-z0-9]{32,}\b", "whsec_"),
-    _tok("stripe-key", r"\b(?:sk|rk)_(?:live|test)_[A-Za-z0-9]{20,}\b", "sk_live_", "sk_test_", "rk_live_", "rk_test_"),
+    _tok(
+        "stripe-key",
+        r"\b(?:sk|rk)_(?:live|test)_[A-Za-z0-9]{20,}\b",
+        "sk_live_",
+        "sk_test_",
+        "rk_live_",
+        "rk_test_",
+    ),
     _tok("anthropic-api-key", r"\bsk-ant-[a-z]{3,8}\d{0,3}-[A-Za-z0-9_\-]{20,}", "sk-ant-"),
     _tok(
         "openai-api-key",
         r"\bsk-(?:(?:proj|svcacct|admin)-[A-Za-z0-9_\-]{40,}|[A-Za-z0-9\-_]*[A-Za-z0-9]{20}T3BlbkFJ[A-Za-z0-9]{20})",
-        "sk-proj-", "sk-svcacct-", "sk-admin-", "T3BlbkFJ",
+        "sk-proj-",
+        "sk-svcacct-",
+        "sk-admin-",
+        "T3BlbkFJ",
     ),
     _tok("google-api-key", r"\bAIza[0-9A-Za-z_\-]{35}(?![0-9A-Za-z_\-])", "AIza"),
     _tok("google-oauth-client-secret", r"\bGOCSPX-[A-Za-z0-9_\-]{28}", "GOCSPX-"),
@@ -139,12 +189,21 @@ PREFIXED_TOKEN_RULES: tuple[Rule, ...] = (
     _tok("pypi-token", r"\bpypi-AgE[A-Za-z0-9_\-]{50,}", "pypi-AgE"),
     _tok("rubygems-token", r"\brubygems_[a-f0-9]{48}\b", "rubygems_"),
     _tok("docker-hub-token", r"\bdckr_pat_[A-Za-z0-9_\-]{27,}", "dckr_pat_"),
-    _tok("sendgrid-api-key", r"\bSG\.[A-Za-z0-9_\-]{22}\.[A-Za-z0-9_\-]{43}(?![A-Za-z0-9_\-])", "SG."),
+    _tok(
+        "sendgrid-api-key", r"\bSG\.[A-Za-z0-9_\-]{22}\.[A-Za-z0-9_\-]{43}(?![A-Za-z0-9_\-])", "SG."
+    ),
     _tok("twilio-api-key", r"\bSK[0-9a-f]{32}\b", "SK"),
     _tok("mailgun-api-key", r"\bkey-[0-9a-zA-Z]{32}\b", "key-"),
     _tok("mailchimp-api-key", r"\b[0-9a-z]{32}-us[0-9]{1,2}\b", "-us"),
     _tok("digitalocean-token", r"\bdo[por]_v1_[a-f0-9]{64}\b", "_v1_"),
-    _tok("shopify-token", r"\bshp(?:at|ca|pa|ss)_[a-fA-F0-9]{32}\b", "shpat_", "shpca_", "shppa_", "shpss_"),
+    _tok(
+        "shopify-token",
+        r"\bshp(?:at|ca|pa|ss)_[a-fA-F0-9]{32}\b",
+        "shpat_",
+        "shpca_",
+        "shppa_",
+        "shpss_",
+    ),
     _tok("vault-token", r"\bhv[sbr]\.[A-Za-z0-9_\-]{24,}", "hvs.", "hvb.", "hvr."),
     _tok("terraform-cloud-token", r"\b[A-Za-z0-9]{14}\.atlasv1\.[A-Za-z0-9_\-]{60,}", ".atlasv1."),
     _tok(
@@ -153,7 +212,10 @@ PREFIXED_TOKEN_RULES: tuple[Rule, ...] = (
         "/api/webhooks/",
     ),
     # No literal prefix: the regex itself is the gate (it fails fast on its first character).
-    _tok("discord-bot-token", r"\b[MNO][A-Za-z\d_\-]{23,25}\.[A-Za-z\d_\-]{6}\.[A-Za-z\d_\-]{27,38}(?![A-Za-z\d_\-])"),
+    _tok(
+        "discord-bot-token",
+        r"\b[MNO][A-Za-z\d_\-]{23,25}\.[A-Za-z\d_\-]{6}\.[A-Za-z\d_\-]{27,38}(?![A-Za-z\d_\-])",
+    ),
     _tok("telegram-bot-token", r"\b\d{8,10}:AA[A-Za-z0-9_\-]{33}(?![A-Za-z0-9_\-])", ":AA"),
     _tok("databricks-token", r"\bdapi[a-f0-9]{32}(?:-\d)?\b", "dapi"),
     _tok("linear-api-key", r"\blin_api_[A-Za-z0-9]{40}\b", "lin_api_"),
@@ -161,11 +223,19 @@ PREFIXED_TOKEN_RULES: tuple[Rule, ...] = (
     _tok("newrelic-key", r"\bNR(?:AK|AA|II)-[A-Z0-9]{27}\b", "NRAK-", "NRAA-", "NRII-"),
     _tok("postman-api-key", r"\bPMAK-[a-f0-9]{24}-[a-f0-9]{34}\b", "PMAK-"),
     _tok("grafana-token", r"\bgl(?:c|sa)_[A-Za-z0-9+/_]{32,}={0,2}", "glc_", "glsa_"),
-    _tok("doppler-token", r"\bdp\.(?:pt|st|ct|sa|scim)\.(?:[a-z0-9_\-]{2,35}\.)?[A-Za-z0-9]{40,}", "dp."),
+    _tok(
+        "doppler-token",
+        r"\bdp\.(?:pt|st|ct|sa|scim)\.(?:[a-z0-9_\-]{2,35}\.)?[A-Za-z0-9]{40,}",
+        "dp.",
+    ),
     _tok("pulumi-token", r"\bpul-[a-f0-9]{40}\b", "pul-"),
     _tok("artifactory-token", r"(?<![A-Za-z0-9])AKCp[A-Za-z0-9]{60,}", "AKCp"),
     _tok("atlassian-api-token", r"\bATATT3[A-Za-z0-9_\-=]{180,}", "ATATT3"),
-    _tok("tailscale-key", r"\btskey-(?:api|auth|client|webhook)-[A-Za-z0-9]{6,}-[A-Za-z0-9]{20,}", "tskey-"),
+    _tok(
+        "tailscale-key",
+        r"\btskey-(?:api|auth|client|webhook)-[A-Za-z0-9]{6,}-[A-Za-z0-9]{20,}",
+        "tskey-",
+    ),
     _tok("supabase-token", r"\bsbp_[a-f0-9]{40}\b", "sbp_"),
     _tok("sentry-token", r"\bsntry[su]_[A-Za-z0-9_=+/\-]{40,}", "sntrys_", "sntryu_"),
     _tok("figma-token", r"\bfigd_[A-Za-z0-9_\-]{40,}", "figd_"),
@@ -173,13 +243,23 @@ PREFIXED_TOKEN_RULES: tuple[Rule, ...] = (
     _tok("groq-api-key", r"\bgsk_[A-Za-z0-9]{52}\b", "gsk_"),
     _tok("xai-api-key", r"\bxai-[A-Za-z0-9]{80}\b", "xai-"),
     _tok("perplexity-api-key", r"\bpplx-[A-Za-z0-9]{48}\b", "pplx-"),
-    _tok("notion-token", r"\b(?:ntn_[0-9]{11}[A-Za-z0-9]{35}|secret_[A-Za-z0-9]{43})\b", "ntn_", "secret_"),
+    _tok(
+        "notion-token",
+        r"\b(?:ntn_[0-9]{11}[A-Za-z0-9]{35}|secret_[A-Za-z0-9]{43})\b",
+        "ntn_",
+        "secret_",
+    ),
     _tok("alibaba-access-key", r"\bLTAI[A-Za-z0-9]{20}\b", "LTAI"),
     _tok("tencent-secret-id", r"\bAKID[A-Za-z0-9]{32}\b", "AKID"),
     _tok("sonar-token", r"\bsq[pua]_[a-f0-9]{40}\b", "sqp_", "squ_", "sqa_"),
     _tok("buildkite-token", r"\bbkua_[a-f0-9]{40}\b", "bkua_"),
     _tok("heroku-api-key", r"\bHRKU-[A-Za-z0-9_\-]{60}", "HRKU-"),
-    _tok("fly-token", r"\bFlyV1 fm\d[a-z]?_[A-Za-z0-9+/=_\-,]{80,}|\bfo1_[A-Za-z0-9_\-]{43}(?![A-Za-z0-9_\-])", "FlyV1 ", "fo1_"),
+    _tok(
+        "fly-token",
+        r"\bFlyV1 fm\d[a-z]?_[A-Za-z0-9+/=_\-,]{80,}|\bfo1_[A-Za-z0-9_\-]{43}(?![A-Za-z0-9_\-])",
+        "FlyV1 ",
+        "fo1_",
+    ),
     _tok("netlify-token", r"\bnf[pcu]_[A-Za-z0-9]{36,}\b", "nfp_", "nfc_", "nfu_"),
     _tok("planetscale-token", r"\bpscale_(?:tkn|pw|oauth)_[A-Za-z0-9_\-.]{32,64}", "pscale_"),
     _tok("dynatrace-token", r"\bdt0c01\.[A-Z0-9]{24}\.[A-Z0-9]{64}\b", "dt0c01."),
@@ -255,8 +335,11 @@ _QUERY_NAMES = (
 
 def _query_value(value: str, line: str) -> bool:
     # `?key=value` is common in docs; a generic `key` must also look random to be a secret.
-    return real_value(value) and not_example(value) and len(value) >= 8 and (
-        high_entropy(value) or not value.isalpha()
+    return (
+        real_value(value)
+        and not_example(value)
+        and len(value) >= 8
+        and (high_entropy(value) or not value.isalpha())
     )
 
 

@@ -91,7 +91,9 @@ def _apply(rule: Rule, text: str, hits: list[Hit]) -> str:
 
 _K8S_SECRET = re.compile(r"""(?m)^kind:[ \t]*["']?Secret["']?[ \t]*$""")
 _K8S_DATA = re.compile(r"(?m)^([ \t]*)(?:data|stringData):[ \t]*\n((?:\1[ \t]+[^\n]*(?:\n|$))+)")
-_K8S_ENTRY = re.compile(r"""(?m)^[ \t]+[\w.\-]+:[ \t]*(?:"([^"\n]*)"|'([^'\n]*)'|([^\s#'"|>][^\n#]*?))[ \t]*$""")
+_K8S_ENTRY = re.compile(
+    r"""(?m)^[ \t]+[\w.\-]+:[ \t]*(?:"([^"\n]*)"|'([^'\n]*)'|([^\s#'"|>][^\n#]*?))[ \t]*$"""
+)
 
 
 def _k8s_secret_values(text: str) -> Iterator[tuple[int, int]]:
@@ -124,7 +126,11 @@ def redact_file(text: str, path: str) -> Redaction:
             new = _apply(rule, text, hits)
             if new is not text:
                 text, lowered = new, new.lower()
-    if ftype in (FileType.YAML, FileType.JSON, FileType.CODE) and "Secret" in text and _K8S_SECRET.search(text):
+    if (
+        ftype in (FileType.YAML, FileType.JSON, FileType.CODE)
+        and "Secret" in text
+        and _K8S_SECRET.search(text)
+    ):
         text = _replace(text, "kubernetes-secret", _k8s_secret_values(text), hits, None)
     hits.sort()
     return Redaction(text, tuple(hits))

@@ -17,19 +17,25 @@ import math
 import re
 from collections import Counter
 
-__all__ = ["high_entropy", "is_placeholder", "is_uuid", "not_example", "real_value", "shannon_entropy"]
+__all__ = [
+    "high_entropy",
+    "is_placeholder",
+    "is_uuid",
+    "not_example",
+    "real_value",
+    "shannon_entropy",
+]
 
 # Conventional words of docs and examples, and flags that merely sit where a secret could be.
-_WORDS = frozenset(
-    """
+_WORD_LIST = """
     none null nil true false yes no on off ~ undefined n/a na tbd todo fixme
     password passwd pass pwd passphrase secret secrets token tokens key apikey api_key credentials
     changeme change_me changeit example sample placeholder redacted dummy fake mock test
     your-password yourpassword your_password mypassword my_password secretpassword
     your-token your_token your-api-key your_api_key your-secret your_secret
     required optional string str bytes int value default env environment
-    """.split()
-)
+"""
+_WORDS = frozenset(_WORD_LIST.split())
 _PLACEHOLDER = re.compile(
     r"""^(?:
         \$\{[^}]*\}? | \$\(?[A-Za-z_][A-Za-z0-9_]*\)? | \$\$ | \{\{ | \{[A-Za-z_][\w.\[\]'"]*\}

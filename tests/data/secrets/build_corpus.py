@@ -44,7 +44,11 @@ def jwt() -> str:
     def enc(obj: object) -> str:
         return base64.urlsafe_b64encode(json.dumps(obj).encode()).decode().rstrip("=")
 
-    payload = {"sub": t(HEX, 12), "name": "svc-" + t(LO, 5), "iat": rng.randrange(1_600_000_000, 1_800_000_000)}
+    payload = {
+        "sub": t(HEX, 12),
+        "name": "svc-" + t(LO, 5),
+        "iat": rng.randrange(1_600_000_000, 1_800_000_000),
+    }
     return f"{enc({'alg': 'HS256', 'typ': 'JWT'})}.{enc(payload)}.{t(URLSAFE, 43)}"
 
 
@@ -59,13 +63,16 @@ def azure_key() -> str:
 
 # Formats of the token kinds: kind -> a function giving one fresh value.
 TOKENS = {
-    "age-secret-key": lambda: "AGE-SECRET-KEY-1"
-    + t("QPZRY9X8GF2TVDW0S3JN54KHCE6MUA7L".upper(), 58),
+    "age-secret-key": lambda: (
+        "AGE-SECRET-KEY-1" + t("QPZRY9X8GF2TVDW0S3JN54KHCE6MUA7L".upper(), 58)
+    ),
     "aws-access-key": lambda: "AKIA" + t(UP, 16),
     "github-fine-grained-token": lambda: f"github_pat_11{t(UP, 20)}_{t(AN, 59)}",
     "github-token": lambda: rng.choice(["ghp_", "gho_", "ghs_"]) + t(AN, 36),
     "gitlab-token": lambda: "glpat-" + t(AN + "_-", 20),
-    "slack-webhook": lambda: f"https://hooks.slack.com/services/T{t(UP, 8)}/B{t(UP, 10)}/{t(AN, 24)}",
+    "slack-webhook": lambda: (
+        f"https://hooks.slack.com/services/T{t(UP, 8)}/B{t(UP, 10)}/{t(AN, 24)}"
+    ),
     "slack-app-token": lambda: f"xapp-1-A{t(UP, 10)}-{t('0123456789', 13)}-{t(HEX, 64)}",
     "slack-token": lambda: f"xoxb-{t('0123456789', 12)}-{t('0123456789', 13)}-{t(AN, 24)}",
     "stripe-webhook-secret": lambda: "whsec_" + t(AN, 32),
@@ -88,7 +95,9 @@ TOKENS = {
     "shopify-token": lambda: "shpat_" + t(HEX, 32),
     "vault-token": lambda: "hvs." + t(AN, 90),
     "terraform-cloud-token": lambda: f"{t(AN, 14)}.atlasv1.{t(AN, 67)}",
-    "discord-webhook": lambda: f"https://discord.com/api/webhooks/{t('0123456789', 18)}/{t(URLSAFE, 68)}",
+    "discord-webhook": lambda: (
+        f"https://discord.com/api/webhooks/{t('0123456789', 18)}/{t(URLSAFE, 68)}"
+    ),
     "discord-bot-token": lambda: f"M{t(AN, 23)}.{t(URLSAFE, 6)}.{t(URLSAFE, 27)}",
     "telegram-bot-token": lambda: f"{t('0123456789', 10)}:AA{t(URLSAFE, 33)}",
     "databricks-token": lambda: "dapi" + t(HEX, 32),
@@ -231,7 +240,10 @@ def keys(c: Corpus) -> None:
     c.line("positives/keys/service-account.json", "{")
     c.line("positives/keys/service-account.json", '  "type": "service_account",')
     c.pos("keys/service-account.json", "private-key", f'  "private_key": "{escaped}\\n",', secret)
-    c.line("positives/keys/service-account.json", '  "client_email": "svc@proj.iam.gserviceaccount.com"\n}')
+    c.line(
+        "positives/keys/service-account.json",
+        '  "client_email": "svc@proj.iam.gserviceaccount.com"\n}',
+    )
     body, secret = pem("PGP PRIVATE KEY BLOCK", 6)
     c.pos("keys/signing.asc", "pgp-private-key", body, secret)
     body, secret = pem("OPENSSH PRIVATE KEY", 5)
@@ -247,7 +259,7 @@ def keys(c: Corpus) -> None:
     c.pos(
         "keys/legacy.ssh2",
         "ssh2-private-key",
-        "---- BEGIN SSH2 ENCRYPTED PRIVATE KEY ----\nComment: \"rsa-key-20241204\"\n"
+        '---- BEGIN SSH2 ENCRYPTED PRIVATE KEY ----\nComment: "rsa-key-20241204"\n'
         + "\n".join(ssh2)
         + "\n---- END SSH2 ENCRYPTED PRIVATE KEY ----",
         ssh2[2],
@@ -255,9 +267,17 @@ def keys(c: Corpus) -> None:
     for version, enc in ((2, "none"), (3, "aes256-cbc"), (2, "aes256-cbc")):
         pub = [t(B64, 64) for _ in range(4)]
         priv = [t(B64, 64) for _ in range(6)]
-        head = [f"PuTTY-User-Key-File-{version}: ssh-rsa", f"Encryption: {enc}", "Comment: deploy@build"]
+        head = [
+            f"PuTTY-User-Key-File-{version}: ssh-rsa",
+            f"Encryption: {enc}",
+            "Comment: deploy@build",
+        ]
         if version == 3 and enc != "none":
-            head += ["Key-Derivation: Argon2id", "Argon2-Memory: 8192", f"Argon2-Salt: {t(HEX, 32)}"]
+            head += [
+                "Key-Derivation: Argon2id",
+                "Argon2-Memory: 8192",
+                f"Argon2-Salt: {t(HEX, 32)}",
+            ]
         head += [f"Public-Lines: {len(pub)}", *pub]
         c.pos(
             f"keys/deploy{version}{enc[:3]}.ppk",
@@ -289,9 +309,18 @@ def cloud(c: Corpus) -> None:
         v,
     )
     for path, tpl in (
-        ("bus.py", 'CONN = "Endpoint=sb://acme.servicebus.windows.net/;SharedAccessKeyName=RootManageSharedAccessKey;SharedAccessKey={v}"'),
-        ("bus.env", "SERVICEBUS_CONNECTION=Endpoint=sb://acme.servicebus.windows.net/;SharedAccessKeyName=send;SharedAccessKey={v}"),
-        ("Bus.java", '    String cs = "Endpoint=sb://acme.servicebus.windows.net/;SharedAccessKeyName=listen;SharedAccessKey={v}";'),
+        (
+            "bus.py",
+            'CONN = "Endpoint=sb://acme.servicebus.windows.net/;SharedAccessKeyName=RootManageSharedAccessKey;SharedAccessKey={v}"',
+        ),
+        (
+            "bus.env",
+            "SERVICEBUS_CONNECTION=Endpoint=sb://acme.servicebus.windows.net/;SharedAccessKeyName=send;SharedAccessKey={v}",
+        ),
+        (
+            "Bus.java",
+            '    String cs = "Endpoint=sb://acme.servicebus.windows.net/;SharedAccessKeyName=listen;SharedAccessKey={v}";',
+        ),
     ):
         v = b64(32)
         c.pos(f"azure/{path}", "azure-service-bus-key", tpl.format(v=v), v)
@@ -309,7 +338,10 @@ def cloud(c: Corpus) -> None:
     ):
         v = t(AN + "/+", 40)
         c.pos(path, "aws-secret-key", tpl.format(v=v), v)
-    for path, tpl in (("ibm/config.py", 'IBM_CLOUD_API_KEY = "{v}"'), ("ibm/app.env", "IBM_CLOUD_APIKEY={v}")):
+    for path, tpl in (
+        ("ibm/config.py", 'IBM_CLOUD_API_KEY = "{v}"'),
+        ("ibm/app.env", "IBM_CLOUD_APIKEY={v}"),
+    ):
         v = t(URLSAFE, 44)
         c.pos(path, "ibm-cloud-iam-key", tpl.format(v=v), v)
     v = t(HEX, 48)
@@ -326,20 +358,40 @@ def urls(c: Corpus) -> None:
     """Passwords in URLs (also with `/`), query keys, Authorization headers."""
     rows = [
         ("db/app.env", "DATABASE_URL=postgres://app:{v}@db.internal:5432/app", t(AN, 16)),
-        ("db/settings.py", 'BROKER = "amqp://worker:{v}@rabbit:5672//"', t(AN, 14) + "/" + t(AN, 6)),
+        (
+            "db/settings.py",
+            'BROKER = "amqp://worker:{v}@rabbit:5672//"',
+            t(AN, 14) + "/" + t(AN, 6),
+        ),
         ("db/config.yaml", "redis_url: redis://default:{v}@cache:6379/0", t(AN, 20)),
         ("db/db.go", '\tdsn := "mysql://root:{v}@tcp(db:3306)/shop"', t(AN, 8) + "/" + t(AN, 8)),
-        ("db/mongo.js", "const uri = 'mongodb+srv://admin:{v}@cluster0.abcde.mongodb.net/test';", t(AN, 18)),
+        (
+            "db/mongo.js",
+            "const uri = 'mongodb+srv://admin:{v}@cluster0.abcde.mongodb.net/test';",
+            t(AN, 18),
+        ),
         ("db/.git-credentials", "https://ci-bot:{v}@git.internal.test", t(AN, 30)),
         ("db/.git-credentials", "https://deploy:{v}@bitbucket.org", t(AN, 12) + "/" + t(AN, 4)),
-        ("db/docker-compose.yml", "      - SQLALCHEMY_URL=postgresql+psycopg://svc:{v}@pg/app", t(AN, 12)),
+        (
+            "db/docker-compose.yml",
+            "      - SQLALCHEMY_URL=postgresql+psycopg://svc:{v}@pg/app",
+            t(AN, 12),
+        ),
     ]
     for path, tpl, v in rows:
         c.pos(path, "connection-string-password", tpl.format(v=v), v)
     rows = [
-        ("api/client.py", 'r = requests.get("https://api.weather.test/v2/now?city=Oslo&api_key={v}")', t(HEX, 32)),
+        (
+            "api/client.py",
+            'r = requests.get("https://api.weather.test/v2/now?city=Oslo&api_key={v}")',
+            t(HEX, 32),
+        ),
         ("api/fetch.js", "fetch(`https://maps.example.test/geo?q=x&apikey={v}`)", t(AN, 32)),
-        ("api/README.md", "GET https://api.service.test/v1/items?access_token={v}&limit=10", t(AN, 40)),
+        (
+            "api/README.md",
+            "GET https://api.service.test/v1/items?access_token={v}&limit=10",
+            t(AN, 40),
+        ),
         ("api/hooks.yaml", "url: https://ci.test/hook?token={v}", t(AN, 24)),
         ("api/Api.java", '    URL u = new URL("https://api.test/x?client_secret={v}");', t(AN, 30)),
     ]
@@ -359,13 +411,31 @@ def files(c: Corpus) -> None:
     for i in range(3):
         v = base64.b64encode(f"user{i}:{t(AN, 16)}".encode()).decode()
         reg = ["https://index.docker.io/v1/", "ghcr.io", "registry.gitlab.com"][i]
-        c.pos(f"docker/config{i}/config.json", "docker-registry-auth", f'{{"auths": {{"{reg}": {{"auth": "{v}"}}}}}}', v)
+        c.pos(
+            f"docker/config{i}/config.json",
+            "docker-registry-auth",
+            f'{{"auths": {{"{reg}": {{"auth": "{v}"}}}}}}',
+            v,
+        )
     for i in range(2):
-        inner = json.dumps({"auths": {"ghcr.io": {"auth": base64.b64encode(f"u:{t(AN, 20)}".encode()).decode()}}})
+        inner = json.dumps(
+            {"auths": {"ghcr.io": {"auth": base64.b64encode(f"u:{t(AN, 20)}".encode()).decode()}}}
+        )
         v = base64.b64encode(inner.encode()).decode()
-        c.line(f"positives/k8s/pull-secret{i}.yaml", "apiVersion: v1\nkind: Secret\nmetadata:\n  name: regcred\ntype: kubernetes.io/dockerconfigjson\ndata:")
-        c.pos(f"k8s/pull-secret{i}.yaml", "kubernetes-dockerconfigjson", f"  .dockerconfigjson: {v}", v)
-    c.line("positives/k8s/db-secret.yaml", "apiVersion: v1\nkind: Secret\nmetadata:\n  name: db\ntype: Opaque\ndata:")
+        c.line(
+            f"positives/k8s/pull-secret{i}.yaml",
+            "apiVersion: v1\nkind: Secret\nmetadata:\n  name: regcred\ntype: kubernetes.io/dockerconfigjson\ndata:",
+        )
+        c.pos(
+            f"k8s/pull-secret{i}.yaml",
+            "kubernetes-dockerconfigjson",
+            f"  .dockerconfigjson: {v}",
+            v,
+        )
+    c.line(
+        "positives/k8s/db-secret.yaml",
+        "apiVersion: v1\nkind: Secret\nmetadata:\n  name: db\ntype: Opaque\ndata:",
+    )
     for key in ("username", "host", "dsn"):
         v = b64(18)
         c.pos("k8s/db-secret.yaml", "kubernetes-secret", f"  {key}: {v}", v)
@@ -376,7 +446,10 @@ def files(c: Corpus) -> None:
     c.pos("k8s/db-secret.yaml", "secret-assignment", f"  password: {v}", v)
     for line, v in (
         ("//registry.npmjs.org/:_authToken={v}", "npm_" + t(AN, 36)),
-        ("//npm.pkg.github.com/:_authToken={v}", t(HEX, 8) + "-" + t(HEX, 4) + "-" + t(HEX, 4) + "-" + t(HEX, 4) + "-" + t(HEX, 12)),
+        (
+            "//npm.pkg.github.com/:_authToken={v}",
+            t(HEX, 8) + "-" + t(HEX, 4) + "-" + t(HEX, 4) + "-" + t(HEX, 4) + "-" + t(HEX, 12),
+        ),
         ("//nexus.internal/repository/npm/:_password={v}", b64(12)),
         ("_auth={v}", b64(18)),
     ):
@@ -405,7 +478,7 @@ def named(c: Corpus) -> None:
         ("cfg/.env", "secret-assignment", "JWT_SECRET={v}"),
         ("cfg/.env.production", "secret-assignment", "REDIS_PASSWORD={v}"),
         ("cfg/config.yaml", "secret-assignment", "  db_pass: {v}"),
-        ("cfg/config.yaml", "secret-assignment", "  client_secret: \"{v}\""),
+        ("cfg/config.yaml", "secret-assignment", '  client_secret: "{v}"'),
         ("cfg/config.yaml", "secret-assignment", "  smtpPass: {v}"),
         ("cfg/settings.json", "secret-assignment", '  "password": "{v}",'),
         ("cfg/settings.json", "secret-assignment", '  "apiKey": "{v}",'),
@@ -420,7 +493,7 @@ def named(c: Corpus) -> None:
         ("cfg/Dockerfile", "dockerfile-secret", "ENV DB_PASSWORD={v}"),
         ("cfg/Dockerfile", "dockerfile-secret", "ENV ADMIN_PASS {v}"),
         ("cfg/Dockerfile", "dockerfile-secret", "ARG NPM_TOKEN={v}"),
-        ("cfg/api.Dockerfile", "dockerfile-secret", "ENV SECRET_KEY=\"{v}\""),
+        ("cfg/api.Dockerfile", "dockerfile-secret", 'ENV SECRET_KEY="{v}"'),
         ("cfg/run.sh", "shell-secret", 'export DB_PASSWORD="{v}"'),
         ("cfg/run.sh", "shell-secret", "export SMTP_PASS={v}"),
         ("cfg/run.sh", "cli-secret-flag", "mysql -u root --password {v} shop < dump.sql"),
@@ -434,7 +507,10 @@ def named(c: Corpus) -> None:
         v = t(AN, rng.randrange(8, 15)) + rng.choice("!%+_")
         c.pos(path, kind, tpl.format(v=v), v)
     v = t(AN, 12)
-    c.line("positives/cfg/vars.tf", 'variable "db_password" {\n  type      = string\n  sensitive = true')
+    c.line(
+        "positives/cfg/vars.tf",
+        'variable "db_password" {\n  type      = string\n  sensitive = true',
+    )
     c.pos("cfg/vars.tf", "terraform-secret", f'  default   = "{v}"', v)
     c.line("positives/cfg/vars.tf", "}")
     rows = [
@@ -461,114 +537,298 @@ def named(c: Corpus) -> None:
         ("code/keys.py", 'HEROKU_API_KEY = "{v}"'),
     ]
     for path, tpl in rows:
-        v = t(AN, 32) if "HEROKU" not in tpl else f"{t(HEX, 8)}-{t(HEX, 4)}-4{t(HEX, 3)}-a{t(HEX, 3)}-{t(HEX, 12)}"
+        v = (
+            t(AN, 32)
+            if "HEROKU" not in tpl
+            else f"{t(HEX, 8)}-{t(HEX, 4)}-4{t(HEX, 3)}-a{t(HEX, 3)}-{t(HEX, 12)}"
+        )
         c.pos(path, "high-entropy-secret", tpl.format(v=v), v)
 
 
 NEAR: list[tuple[str, str, list[str]]] = [
-    ("placeholders.env", "placeholder or reference", [
-        "DB_PASSWORD=${DB_PASSWORD}", "DB_PASSWORD=", "API_KEY=changeme", "SECRET_KEY=xxx",
-        "TOKEN=<token>", "DB_PASS=$DB_PASS", "SMTP_PASSWORD=${SMTP_PASSWORD:-}", "REDIS_PASSWORD=''",
-        'JWT_SECRET=""', "API_TOKEN=your-api-key-here", "AWS_SECRET_ACCESS_KEY=REPLACE_ME",
-        "GITHUB_TOKEN=${{ secrets.GITHUB_TOKEN }}", "PASSWORD=********", "STRIPE_KEY=sk_test_xxxxxxxx",
-        "DB_PASSWORD_FILE=/run/secrets/db_password", "TOKEN_URL=https://auth.test/oauth/token",
-        "SECRET_NAME=prod/db/credentials", "PASSWORD_MIN_LENGTH=12", "KEY_ID=3", "AUTH_ENABLED=true",
-    ]),
-    ("placeholders.yaml", "placeholder, reference, template or non-secret key", [
-        "db:", "  password: \"{{ .Values.db.password }}\"", "  password: !vault |", "  pass: ~",
-        "  password: null", "  token: ''", "  secretName: db-credentials", "  passwordPolicy: strict",
-        "  api_key: ${API_KEY}", "  client_secret: <client-secret>", "  tokenUrl: https://idp.test/token",
-        "  secret: '%(secret)s'", "  password: changeme", "  privateKeyPath: /etc/ssl/private/key.pem",
-        "  key: name", "  passwordLength: 16", "  secretRef: arn:aws:secretsmanager:eu-west-1:123456789012:secret:db",
-        "  token: ENV_TOKEN", "  bypass: cache", "  compass: north",
-    ]),
-    ("k8s-configmap.yaml", "a ConfigMap is not a Secret; a Secret reference is not a value", [
-        "apiVersion: v1", "kind: ConfigMap", "metadata:", "  name: app", "data:", "  LOG_LEVEL: debug",
-        "  FEATURE_FLAGS: a,b,c", "  greeting: aGVsbG8gd29ybGQ=", "---", "env:", "  - name: DB_PASSWORD",
-        "    valueFrom:", "      secretKeyRef:", "        name: db", "        key: password",
-    ]),
-    ("settings.json", "JSON placeholders and non-secret keys", [
-        "{", '  "password": "",', '  "token": null,', '  "apiKey": "${API_KEY}",',
-        '  "passwordRequired": true,', '  "secretArn": "arn:aws:secretsmanager:us-east-1:1:secret:x",',
-        '  "auth": {},', '  "credsStore": "desktop",', '  "integrity": "sha512-3Y8o5vE2mC3xL9e8WQ4Cw3o1zJwq1y2Qz8m0kq8Vw4Qk2o1x9y7z6v5u4t3s2r1q0p9o8n7m6l5k4j3i2h1g0f==",',
-        '  "id": "123e4567-e89b-12d3-a456-426614174000",', '  "icon": "data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA60e6kgAAAABJRU5ErkJggg==",',
-        '  "publishableKey": "pk_live_51Hh2bFAbCdEfGhIjKlMnOpQrStUvWxYz",', "}",
-    ]),
-    ("examples.py", "documented examples, references and code that handles passwords", [
-        'AWS_ACCESS_KEY_ID = "AKIAIOSFODNN7EXAMPLE"', 'AWS_SECRET_ACCESS_KEY = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"',
-        'password = os.environ["DB_PASSWORD"]', 'token = os.getenv("API_TOKEN")', "password = getpass.getpass()",
-        'password = request.form["password"]', "if not password:", "def check_password(password: str) -> bool:",
-        "    return bcrypt.checkpw(password.encode(), hashed)", 'secret_name = "prod/db"',
-        'token_url = "https://oauth2.googleapis.com/token"', "PASSWORD_MIN_LENGTH = 12",
-        "api_key = settings.API_KEY", '    "password": password,', 'parser.add_argument("--password", help="the password to use")',
-        'SECRET_KEY = env("SECRET_KEY")', 'commit = "3f786850e387550fdab836ed7e6dc881de23001b"',
-        'request_id = "123e4567-e89b-12d3-a456-426614174000"', 'password_hash = hashlib.sha256(pw).hexdigest()',
-        'token = None', 'password = ""', 'password = "password"', "password = '<password>'",
-        'password = f"{prefix}{suffix}"', 'DEFAULT_PASSWORD_ENV = "DB_PASSWORD"', 'label = "Password"',
-        'field = forms.CharField(widget=forms.PasswordInput)', 'token_type = "bearer"',
-        'digest = "sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"',
-        'CACHE_KEY = "user:{id}:profile"', 'key = "name"', 'SECRET_FIELDS = ("password", "token")',
-        "tokens = tokenizer.encode(text)", "passwd = None", 'url = f"https://api.test/x?api_key={api_key}"',
-        'u = "https://user@host.test/path"', 'dsn = "postgres://localhost:5432/app"', 'git = "git@github.com:org/repo.git"',
-        'v = "http://example.com:8080/path@v2"', 'mongo = "mongodb://user:${DB_PASSWORD}@db/app"',
-    ]),
-    ("web.js", "JS references, public keys and short look-alikes", [
-        "const password = process.env.DB_PASSWORD;", "const token = req.headers.authorization;",
-        "headers: { Authorization: `Bearer ${token}` },", "const stripe = Stripe('pk_live_51Hh2bFAbCdEfGhIjKlMnOpQr');",
-        "mapboxgl.accessToken = 'pk.eyJ1IjoiYWNtZSIsImEiOiJja2V4YW1wbGUifQ.abcdefghijklmnopqrstuv';",
-        "const slack = 'xoxb-your-token';", "const gh = 'ghp_short';", "const key = 'sk-...';",
-        "if (password === confirmPassword) {", "const passwordInput = document.getElementById('password');",
-        "fetch(`/api/items?page=2&sort=asc`);", "fetch(`/api/items?key=value`);", "const url = `${base}?token=${token}`;",
-        "export const TOKEN_KEY = 'auth.token';", "localStorage.setItem('token', token);",
-    ]),
-    ("Dockerfile", "build args without values, references", [
-        "FROM python:3.12-slim", "ARG DB_PASSWORD", "ARG NPM_TOKEN", "ENV DB_PASSWORD=${DB_PASSWORD}",
-        'ENV API_KEY=""', "ENV PASSWORD_FILE=/run/secrets/pw", "RUN --mount=type=secret,id=npm_token npm ci",
-        "ENV PYTHONDONTWRITEBYTECODE=1",
-    ]),
-    ("deploy.sh", "shell references and prompts", [
-        'export DB_PASSWORD="$DB_PASSWORD"', 'export TOKEN="${GITHUB_TOKEN}"', "export PASSWORD=$(cat /run/secrets/pw)",
-        'read -r -s -p "Password: " password', 'echo "$password" | docker login --password-stdin', "unset DB_PASSWORD",
-        'curl -H "Authorization: Bearer $TOKEN" https://api.test', "mysql --password=\"$MYSQL_PWD\" db",
-        'export API_KEY="${API_KEY:?set API_KEY}"',
-    ]),
-    ("main.tf", "Terraform references and generated passwords", [
-        "  password = var.db_password", "  master_password = random_password.db.result",
-        '  password = data.aws_secretsmanager_secret_version.db.secret_string', '  token = ""',
-        "  admin_password = local.admin_password", '  secret_name = "prod-db"', "  sensitive = true",
-        'variable "db_password" {', "  type = string", "}",
-    ]),
-    ("app.ini", "INI placeholders", [
-        "[database]", "password =", "password = %(DB_PASSWORD)s", "password_file = /etc/app/pw",
-        "pass_through = true", "[auth]", "token_ttl = 3600", "secret_backend = vault",
-    ]),
-    ("pyproject.toml", "TOML non-secrets", [
-        "[tool.poetry]", 'name = "acme"', "[[package]]", 'hash = "sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"',
-        'token_env = "PYPI_TOKEN"', 'password = ""',
-    ]),
-    ("web.xml", "XML placeholders", [
-        "<password>${db.password}</password>", "<password></password>", "<secretName>db</secretName>",
-        '<add key="ApiKey" value="" />', '<add key="ApiKeyHeader" value="X-Api-Key" />',
-    ]),
-    (".npmrc", "npmrc references", [
-        "//registry.npmjs.org/:_authToken=${NPM_TOKEN}", "registry=https://registry.npmjs.org/", "always-auth=true",
-    ]),
+    (
+        "placeholders.env",
+        "placeholder or reference",
+        [
+            "DB_PASSWORD=${DB_PASSWORD}",
+            "DB_PASSWORD=",
+            "API_KEY=changeme",
+            "SECRET_KEY=xxx",
+            "TOKEN=<token>",
+            "DB_PASS=$DB_PASS",
+            "SMTP_PASSWORD=${SMTP_PASSWORD:-}",
+            "REDIS_PASSWORD=''",
+            'JWT_SECRET=""',
+            "API_TOKEN=your-api-key-here",
+            "AWS_SECRET_ACCESS_KEY=REPLACE_ME",
+            "GITHUB_TOKEN=${{ secrets.GITHUB_TOKEN }}",
+            "PASSWORD=********",
+            "STRIPE_KEY=sk_test_xxxxxxxx",
+            "DB_PASSWORD_FILE=/run/secrets/db_password",
+            "TOKEN_URL=https://auth.test/oauth/token",
+            "SECRET_NAME=prod/db/credentials",
+            "PASSWORD_MIN_LENGTH=12",
+            "KEY_ID=3",
+            "AUTH_ENABLED=true",
+        ],
+    ),
+    (
+        "placeholders.yaml",
+        "placeholder, reference, template or non-secret key",
+        [
+            "db:",
+            '  password: "{{ .Values.db.password }}"',
+            "  password: !vault |",
+            "  pass: ~",
+            "  password: null",
+            "  token: ''",
+            "  secretName: db-credentials",
+            "  passwordPolicy: strict",
+            "  api_key: ${API_KEY}",
+            "  client_secret: <client-secret>",
+            "  tokenUrl: https://idp.test/token",
+            "  secret: '%(secret)s'",
+            "  password: changeme",
+            "  privateKeyPath: /etc/ssl/private/key.pem",
+            "  key: name",
+            "  passwordLength: 16",
+            "  secretRef: arn:aws:secretsmanager:eu-west-1:123456789012:secret:db",
+            "  token: ENV_TOKEN",
+            "  bypass: cache",
+            "  compass: north",
+        ],
+    ),
+    (
+        "k8s-configmap.yaml",
+        "a ConfigMap is not a Secret; a Secret reference is not a value",
+        [
+            "apiVersion: v1",
+            "kind: ConfigMap",
+            "metadata:",
+            "  name: app",
+            "data:",
+            "  LOG_LEVEL: debug",
+            "  FEATURE_FLAGS: a,b,c",
+            "  greeting: aGVsbG8gd29ybGQ=",
+            "---",
+            "env:",
+            "  - name: DB_PASSWORD",
+            "    valueFrom:",
+            "      secretKeyRef:",
+            "        name: db",
+            "        key: password",
+        ],
+    ),
+    (
+        "settings.json",
+        "JSON placeholders and non-secret keys",
+        [
+            "{",
+            '  "password": "",',
+            '  "token": null,',
+            '  "apiKey": "${API_KEY}",',
+            '  "passwordRequired": true,',
+            '  "secretArn": "arn:aws:secretsmanager:us-east-1:1:secret:x",',
+            '  "auth": {},',
+            '  "credsStore": "desktop",',
+            '  "integrity": "sha512-3Y8o5vE2mC3xL9e8WQ4Cw3o1zJwq1y2Qz8m0kq8Vw4Qk2o1x9y7z6v5u4t3s2r1q0p9o8n7m6l5k4j3i2h1g0f==",',
+            '  "id": "123e4567-e89b-12d3-a456-426614174000",',
+            '  "icon": "data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA60e6kgAAAABJRU5ErkJggg==",',
+            '  "publishableKey": "pk_live_51Hh2bFAbCdEfGhIjKlMnOpQrStUvWxYz",',
+            "}",
+        ],
+    ),
+    (
+        "examples.py",
+        "documented examples, references and code that handles passwords",
+        [
+            'AWS_ACCESS_KEY_ID = "AKIAIOSFODNN7EXAMPLE"',
+            'AWS_SECRET_ACCESS_KEY = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"',
+            'password = os.environ["DB_PASSWORD"]',
+            'token = os.getenv("API_TOKEN")',
+            "password = getpass.getpass()",
+            'password = request.form["password"]',
+            "if not password:",
+            "def check_password(password: str) -> bool:",
+            "    return bcrypt.checkpw(password.encode(), hashed)",
+            'secret_name = "prod/db"',
+            'token_url = "https://oauth2.googleapis.com/token"',
+            "PASSWORD_MIN_LENGTH = 12",
+            "api_key = settings.API_KEY",
+            '    "password": password,',
+            'parser.add_argument("--password", help="the password to use")',
+            'SECRET_KEY = env("SECRET_KEY")',
+            'commit = "3f786850e387550fdab836ed7e6dc881de23001b"',
+            'request_id = "123e4567-e89b-12d3-a456-426614174000"',
+            "password_hash = hashlib.sha256(pw).hexdigest()",
+            "token = None",
+            'password = ""',
+            'password = "password"',
+            "password = '<password>'",
+            'password = f"{prefix}{suffix}"',
+            'DEFAULT_PASSWORD_ENV = "DB_PASSWORD"',
+            'label = "Password"',
+            "field = forms.CharField(widget=forms.PasswordInput)",
+            'token_type = "bearer"',
+            'digest = "sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"',
+            'CACHE_KEY = "user:{id}:profile"',
+            'key = "name"',
+            'SECRET_FIELDS = ("password", "token")',
+            "tokens = tokenizer.encode(text)",
+            "passwd = None",
+            'url = f"https://api.test/x?api_key={api_key}"',
+            'u = "https://user@host.test/path"',
+            'dsn = "postgres://localhost:5432/app"',
+            'git = "git@github.com:org/repo.git"',
+            'v = "http://example.com:8080/path@v2"',
+            'mongo = "mongodb://user:${DB_PASSWORD}@db/app"',
+        ],
+    ),
+    (
+        "web.js",
+        "JS references, public keys and short look-alikes",
+        [
+            "const password = process.env.DB_PASSWORD;",
+            "const token = req.headers.authorization;",
+            "headers: { Authorization: `Bearer ${token}` },",
+            "const stripe = Stripe('pk_live_51Hh2bFAbCdEfGhIjKlMnOpQr');",
+            "mapboxgl.accessToken = 'pk.eyJ1IjoiYWNtZSIsImEiOiJja2V4YW1wbGUifQ.abcdefghijklmnopqrstuv';",
+            "const slack = 'xoxb-your-token';",
+            "const gh = 'ghp_short';",
+            "const key = 'sk-...';",
+            "if (password === confirmPassword) {",
+            "const passwordInput = document.getElementById('password');",
+            "fetch(`/api/items?page=2&sort=asc`);",
+            "fetch(`/api/items?key=value`);",
+            "const url = `${base}?token=${token}`;",
+            "export const TOKEN_KEY = 'auth.token';",
+            "localStorage.setItem('token', token);",
+        ],
+    ),
+    (
+        "Dockerfile",
+        "build args without values, references",
+        [
+            "FROM python:3.12-slim",
+            "ARG DB_PASSWORD",
+            "ARG NPM_TOKEN",
+            "ENV DB_PASSWORD=${DB_PASSWORD}",
+            'ENV API_KEY=""',
+            "ENV PASSWORD_FILE=/run/secrets/pw",
+            "RUN --mount=type=secret,id=npm_token npm ci",
+            "ENV PYTHONDONTWRITEBYTECODE=1",
+        ],
+    ),
+    (
+        "deploy.sh",
+        "shell references and prompts",
+        [
+            'export DB_PASSWORD="$DB_PASSWORD"',
+            'export TOKEN="${GITHUB_TOKEN}"',
+            "export PASSWORD=$(cat /run/secrets/pw)",
+            'read -r -s -p "Password: " password',
+            'echo "$password" | docker login --password-stdin',
+            "unset DB_PASSWORD",
+            'curl -H "Authorization: Bearer $TOKEN" https://api.test',
+            'mysql --password="$MYSQL_PWD" db',
+            'export API_KEY="${API_KEY:?set API_KEY}"',
+        ],
+    ),
+    (
+        "main.tf",
+        "Terraform references and generated passwords",
+        [
+            "  password = var.db_password",
+            "  master_password = random_password.db.result",
+            "  password = data.aws_secretsmanager_secret_version.db.secret_string",
+            '  token = ""',
+            "  admin_password = local.admin_password",
+            '  secret_name = "prod-db"',
+            "  sensitive = true",
+            'variable "db_password" {',
+            "  type = string",
+            "}",
+        ],
+    ),
+    (
+        "app.ini",
+        "INI placeholders",
+        [
+            "[database]",
+            "password =",
+            "password = %(DB_PASSWORD)s",
+            "password_file = /etc/app/pw",
+            "pass_through = true",
+            "[auth]",
+            "token_ttl = 3600",
+            "secret_backend = vault",
+        ],
+    ),
+    (
+        "pyproject.toml",
+        "TOML non-secrets",
+        [
+            "[tool.poetry]",
+            'name = "acme"',
+            "[[package]]",
+            'hash = "sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"',
+            'token_env = "PYPI_TOKEN"',
+            'password = ""',
+        ],
+    ),
+    (
+        "web.xml",
+        "XML placeholders",
+        [
+            "<password>${db.password}</password>",
+            "<password></password>",
+            "<secretName>db</secretName>",
+            '<add key="ApiKey" value="" />',
+            '<add key="ApiKeyHeader" value="X-Api-Key" />',
+        ],
+    ),
+    (
+        ".npmrc",
+        "npmrc references",
+        [
+            "//registry.npmjs.org/:_authToken=${NPM_TOKEN}",
+            "registry=https://registry.npmjs.org/",
+            "always-auth=true",
+        ],
+    ),
     (".pgpass", "pgpass comments", ["# hostname:port:database:username:password"]),
-    ("README.md", "prose about secrets and documented examples", [
-        "The password must be at least 12 characters.", "Set `DB_PASSWORD` in the environment, never in the file.",
-        "Use `Authorization: Bearer <token>` on every request.", "Example key: `AKIAIOSFODNN7EXAMPLE`.",
-        "Tokens look like `ghp_` followed by 36 characters.", "Run `export API_KEY=...` first.",
-        "See https://docs.test/auth?token=YOUR_TOKEN for the flow.", "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIH3Rn2jZbq0vQ7lYxY5c5u3m4f6pQ4m0w9s2b7d8e1f2 dev@laptop",
-        "-----BEGIN PUBLIC KEY-----", "MIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8AMIIBCgKCAQEAu1SU1LfVLPHCozMxH2Mo4lgOEePzNm0tRgeLezV6ffAt0gunVTLw7onLRnrq0",
-        "-----END PUBLIC KEY-----", "-----BEGIN CERTIFICATE-----", "MIIDdzCCAl+gAwIBAgIEAgAAuTANBgkqhkiG9w0BAQUFADBaMQswCQYDVQQGEwJJRTESMBAGA1UE",
-        "-----END CERTIFICATE-----", "The commit 3f786850e387550fdab836ed7e6dc881de23001b fixed it.",
-        "Passwords are hashed with bcrypt.", "Public IPs such as 8.8.8.8 are not secrets.",
-    ]),
-    ("hashes.lock", "lock-file hashes", [
-        "  integrity sha512-WFN2kG7YhW9oA5t1T3vQOQ6x+fEXAMPLEonly2kq8Vw4Qk2o1x9y7z6v5u4t3s2r1q0p9o8n7m6l5k4j3i2h1g0f==",
-        '    "resolved": "https://registry.npmjs.org/left-pad/-/left-pad-1.3.0.tgz",',
-        "    --hash=sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
-    ]),
+    (
+        "README.md",
+        "prose about secrets and documented examples",
+        [
+            "The password must be at least 12 characters.",
+            "Set `DB_PASSWORD` in the environment, never in the file.",
+            "Use `Authorization: Bearer <token>` on every request.",
+            "Example key: `AKIAIOSFODNN7EXAMPLE`.",
+            "Tokens look like `ghp_` followed by 36 characters.",
+            "Run `export API_KEY=...` first.",
+            "See https://docs.test/auth?token=YOUR_TOKEN for the flow.",
+            "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIH3Rn2jZbq0vQ7lYxY5c5u3m4f6pQ4m0w9s2b7d8e1f2 dev@laptop",
+            "-----BEGIN PUBLIC KEY-----",
+            "MIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8AMIIBCgKCAQEAu1SU1LfVLPHCozMxH2Mo4lgOEePzNm0tRgeLezV6ffAt0gunVTLw7onLRnrq0",
+            "-----END PUBLIC KEY-----",
+            "-----BEGIN CERTIFICATE-----",
+            "MIIDdzCCAl+gAwIBAgIEAgAAuTANBgkqhkiG9w0BAQUFADBaMQswCQYDVQQGEwJJRTESMBAGA1UE",
+            "-----END CERTIFICATE-----",
+            "The commit 3f786850e387550fdab836ed7e6dc881de23001b fixed it.",
+            "Passwords are hashed with bcrypt.",
+            "Public IPs such as 8.8.8.8 are not secrets.",
+        ],
+    ),
+    (
+        "hashes.lock",
+        "lock-file hashes",
+        [
+            "  integrity sha512-WFN2kG7YhW9oA5t1T3vQOQ6x+fEXAMPLEonly2kq8Vw4Qk2o1x9y7z6v5u4t3s2r1q0p9o8n7m6l5k4j3i2h1g0f==",
+            '    "resolved": "https://registry.npmjs.org/left-pad/-/left-pad-1.3.0.tgz",',
+            "    --hash=sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
+        ],
+    ),
 ]
 
 
@@ -578,10 +838,16 @@ def near_misses(c: Corpus) -> None:
         c.nm(path, why, *lines)
     # Random-looking values that are not secrets: hashes, UUIDs, ids under non-secret names.
     for i in range(12):
-        c.nm("ids.py", "a digest, id or UUID under a non-secret name", f'CHECKSUM_{i} = "{t(HEX, 64)}"')
+        c.nm(
+            "ids.py",
+            "a digest, id or UUID under a non-secret name",
+            f'CHECKSUM_{i} = "{t(HEX, 64)}"',
+        )
         u = f"{t(HEX, 8)}-{t(HEX, 4)}-4{t(HEX, 3)}-a{t(HEX, 3)}-{t(HEX, 12)}"
         c.nm("ids.py", "a digest, id or UUID under a non-secret name", f'TRACE_ID_{i} = "{u}"')
-        c.nm("ids.py", "a digest, id or UUID under a non-secret name", f'commit_{i} = "{t(HEX, 40)}"')
+        c.nm(
+            "ids.py", "a digest, id or UUID under a non-secret name", f'commit_{i} = "{t(HEX, 40)}"'
+        )
 
 
 def main() -> None:
@@ -591,7 +857,9 @@ def main() -> None:
     c.write()
     kinds = {p["kind"] for p in c.positives}
     types = {Path(str(p["file"])).suffix or Path(str(p["file"])).name for p in c.positives}
-    print(f"{len(c.positives)} positives, {len(kinds)} kinds, {len(types)} file types, {len(c.near)} near-misses")
+    print(
+        f"{len(c.positives)} positives, {len(kinds)} kinds, {len(types)} file types, {len(c.near)} near-misses"
+    )
 
 
 if __name__ == "__main__":
