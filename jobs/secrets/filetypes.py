@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import enum
 import re
-from pathlib import PurePosixPath
 
 from jobs.secrets.rules import Rule
 from jobs.secrets.values import high_entropy, not_example, real_value
@@ -97,15 +96,16 @@ _CONFIG_TYPES = frozenset(FileType) - {FileType.CODE, FileType.PUTTY_KEY, FileTy
 
 def file_type(path: str) -> FileType:
     """The type of the file at `path`, from its name (the content is not read)."""
-    p = PurePosixPath(path)
-    name = p.name.lower()
+    # String operations rather than PurePosixPath: this runs once per packed file.
+    name = path.rsplit("/", 1)[-1].lower()
     if name in _BY_NAME:
         return _BY_NAME[name]
     if name.startswith(".env") or name.endswith(".env"):
         return FileType.ENV
     if name.startswith("dockerfile") or name.endswith(".dockerfile"):
         return FileType.DOCKERFILE
-    return _BY_SUFFIX.get(p.suffix.lower(), FileType.CODE)
+    dot = name.rfind(".")
+    return _BY_SUFFIX.get(name[dot:], FileType.CODE) if dot > 0 else FileType.CODE
 
 
 def is_config_file(path: str) -> bool:
@@ -131,7 +131,7 @@ _HINTS = ("pass", "pwd", "secret", "token", "credential", "key")
 
 def _assignment(kind: str, value: str, check=real_value) -> Rule:  # type: ignore[no-untyped-def]
     rx = re.compile(rf"""(?m){_KEY_START}{_KEY_WORD}s?['"]?[ \t]*{_OP}[ \t]*{value}""")
-    return Rule(kind, rx, _HINTS, group="value", fold=True, check=check)
+    return Rule(kind, rx, _HINTS, group="value", fold=True, check=check, per_line=True)
 
 
 def _literal_check(value: str, line: str) -> bool:
@@ -152,6 +152,7 @@ _PASSWORD_LITERAL = Rule(
     group="value",
     fold=True,
     check=_literal_check,
+    per_line=True,
 )
 _ENTROPY_ASSIGNMENT = Rule(
     "high-entropy-secret",
@@ -162,6 +163,7 @@ _ENTROPY_ASSIGNMENT = Rule(
     group="value",
     fold=True,
     check=high_entropy,
+    per_line=True,
 )
 _DOCKERFILE_ENV_SPACE = Rule(
     "dockerfile-secret",
@@ -170,6 +172,7 @@ _DOCKERFILE_ENV_SPACE = Rule(
     group="value",
     fold=True,
     check=real_value,
+    per_line=True,
 )
 _CLI_FLAG = Rule(
     "cli-secret-flag",
@@ -177,6 +180,7 @@ _CLI_FLAG = Rule(
     ("--",),
     group="value",
     check=real_value,
+    per_line=True,
 )
 _TERRAFORM_VARIABLE_DEFAULT = Rule(
     "terraform-secret",

@@ -28,6 +28,9 @@ class Rule:
     hints: tuple[str, ...]  # run the regex only if one occurs; () = always (it is cheap enough)
     group: int | str = 0  # the part of the match that is the secret; "value" = dq, sq or bare
     fold: bool = False  # hints are matched against the lower-cased text
+    # The regex never spans lines: run it only on the lines holding a hint (keyword rules, whose
+    # hints such as `key` occur in most files, would otherwise be tried at every position).
+    per_line: bool = False
     check: Check | None = None  # None: a token's own check (not a placeholder, not an example)
 
     def accepts(self, value: str, line: str) -> bool:
@@ -130,6 +133,7 @@ PREFIXED_TOKEN_RULES: tuple[Rule, ...] = (
         ("aws",),
         group=1,
         fold=True,
+        per_line=True,
     ),
     _tok("github-fine-grained-token", r"\bgithub_pat_[A-Za-z0-9_]{50,255}", "github_pat_"),
     _tok(
@@ -296,6 +300,7 @@ PREFIXED_TOKEN_RULES: tuple[Rule, ...] = (
         ("ibm", "iam"),
         group=1,
         fold=True,
+        per_line=True,
     ),
     Rule(
         "ibm-cos-hmac-secret",
@@ -305,6 +310,7 @@ PREFIXED_TOKEN_RULES: tuple[Rule, ...] = (
         ("cos", "hmac"),
         group=1,
         fold=True,
+        per_line=True,
     ),
     Rule(
         "softlayer-api-key",
@@ -315,6 +321,7 @@ PREFIXED_TOKEN_RULES: tuple[Rule, ...] = (
         ("softlayer", "sl"),
         group=1,
         fold=True,
+        per_line=True,
     ),
     Rule(
         "cloudant-credentials",
@@ -324,6 +331,7 @@ PREFIXED_TOKEN_RULES: tuple[Rule, ...] = (
         ("cl",),
         group=1,
         fold=True,
+        per_line=True,
     ),
 )
 
@@ -352,6 +360,7 @@ URL_RULES: tuple[Rule, ...] = (
         ("://",),
         group=1,
         check=_url_password,
+        per_line=True,
     ),
     Rule(
         "url-query-secret",
@@ -359,6 +368,7 @@ URL_RULES: tuple[Rule, ...] = (
         ("?", "&"),
         group=1,
         check=_query_value,
+        per_line=True,
     ),
     Rule(
         "authorization-header",
@@ -369,6 +379,7 @@ URL_RULES: tuple[Rule, ...] = (
         group=1,
         fold=True,
         check=lambda v, line: not_example(v) and any(c.isdigit() for c in v),
+        per_line=True,
     ),
 )
 

@@ -34,6 +34,7 @@ _WORD_LIST = """
     your-password yourpassword your_password mypassword my_password secretpassword
     your-token your_token your-api-key your_api_key your-secret your_secret
     required optional string str bytes int value default env environment
+    foo bar baz qux hunter2 s3cr3t
 """
 _WORDS = frozenset(_WORD_LIST.split())
 _PLACEHOLDER = re.compile(
@@ -45,6 +46,8 @@ _PLACEHOLDER = re.compile(
     )""",
     re.VERBOSE,
 )
+# A regular expression (a scanner's own pattern, a validator) is not a secret: `(?:`, `[...]+`, `\d`.
+_REGEX_LIKE = re.compile(r"\(\?[:=!<P]|\[[^\]]{2,}\][*+?{]|\\[dwsbDWS]|\{\d+(?:,\d*)?\}")
 # An all-caps name with underscores is an environment variable's name, not its value.
 _ENV_NAME = re.compile(r"^[A-Z][A-Z0-9]*(?:_[A-Z0-9]+)+$")
 _HINT_WORDS = ("example", "your_", "your-", "replace", "placeholder", "changeme", "insert")
@@ -73,7 +76,9 @@ def is_placeholder(value: str) -> bool:
         return True
     if v.startswith(_PUBLIC_PREFIXES):  # published in web pages by design
         return True
-    if len(set(v)) == 1:  # "aaaa", "0000", "----"
+    if len(set(v)) == 1 or "***" in v:  # "aaaa", "0000", a masked ":****"
+        return True
+    if _REGEX_LIKE.search(v):
         return True
     return v.replace(".", "").replace("_", "").replace("-", "").isdigit()
 
