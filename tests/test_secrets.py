@@ -8,6 +8,8 @@ and detect-secrets 1.5, run on the same files, finds nothing we do not.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -27,6 +29,8 @@ from jobs.secrets import (
     redact_file,
     shannon_entropy,
 )
+from jobs.secrets.rules import PREFIXED_TOKEN_RULES
+from jobs.secrets.scanner import TOKEN_RUN
 
 DATA = Path(__file__).parent / "data" / "secrets"
 MANIFEST: dict[str, Any] = json.loads((DATA / "manifest.json").read_text())
@@ -123,6 +127,34 @@ def test_detect_secrets_finds_nothing_we_miss() -> None:
     assert len(found_by_peer) >= 150, "the peer works and the corpus is in formats it knows"
     # Per kind, ours >= the peer's: ours is every positive (test above), so only a sanity count here.
     assert len({p["kind"] for p in found_by_peer}) >= 40
+
+
+def test_corpus_is_what_its_generator_writes(tmp_path: Path) -> None:
+    """The committed corpus has not drifted from build_corpus.py (a reformat would move lines)."""
+    subprocess.run(
+        [sys.executable, str(DATA / "build_corpus.py"), str(tmp_path)],
+        check=True,
+        capture_output=True,
+    )
+    written = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*") if p.is_file())
+    committed = sorted(
+        p.relative_to(DATA)
+        for sub in ("positives", "near_misses")
+        for p in (DATA / sub).rglob("*")
+        if p.is_file()
+    )
+    assert written == sorted([*committed, Path("manifest.json")])
+    for rel in written:
+        assert (tmp_path / rel).read_bytes() == (DATA / rel).read_bytes(), rel
+
+
+def test_every_prefixed_token_has_the_run_that_gates_its_rules() -> None:
+    """The one-search gate in front of the prefixed-token rules never hides a token of theirs."""
+    prefixed = {r.kind for r in PREFIXED_TOKEN_RULES}
+    samples = [p for p in POSITIVES if p["kind"] in prefixed]
+    assert len({p["kind"] for p in samples}) == len(prefixed)
+    for p in samples:
+        assert TOKEN_RUN.search(p["secret"]), p
 
 
 def test_pack_sends_no_corpus_secret(tmp_path: Path) -> None:

@@ -1,6 +1,6 @@
 """Write the secret-redaction corpus: positives/, near_misses/ and manifest.json (run from anywhere).
 
-    python tests/data/secrets/build_corpus.py
+    python tests/data/secrets/build_corpus.py [OUT_DIR]
 
 Every value is random, made here from a fixed seed in the real format of its kind: realistic enough
 for a scanner, never a live credential. manifest.json lists each positive as file, line (where the
@@ -18,6 +18,7 @@ import json
 import random
 import shutil
 import string
+import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -27,7 +28,8 @@ LO = string.ascii_lowercase + string.digits
 HEX = "0123456789abcdef"
 B64 = AN + "+/"
 URLSAFE = AN + "-_"
-rng = random.Random(20261204)
+SEED = 20261204
+rng = random.Random(SEED)
 
 
 def t(alphabet: str, n: int) -> str:
@@ -190,11 +192,11 @@ class Corpus:
             dest.append(text)
             self.near.append({"file": "near_misses/" + path, "line": len(dest), "why": why})
 
-    def write(self) -> None:
+    def write(self, out: Path) -> None:
         for sub in ("positives", "near_misses"):
-            shutil.rmtree(HERE / sub, ignore_errors=True)
+            shutil.rmtree(out / sub, ignore_errors=True)
         for rel, lines in self.files.items():
-            p = HERE / rel
+            p = out / rel
             p.parent.mkdir(parents=True, exist_ok=True)
             p.write_text("\n".join(lines) + "\n")
         manifest = {
@@ -202,7 +204,7 @@ class Corpus:
             "positives": self.positives,
             "near_misses": self.near,
         }
-        (HERE / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+        (out / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
 
 
 def names(kind: str) -> dict[str, str]:
@@ -850,11 +852,13 @@ def near_misses(c: Corpus) -> None:
         )
 
 
-def main() -> None:
+def main(out: Path = HERE) -> None:
+    """Build the corpus from the fixed seed and write it under `out`."""
+    rng.seed(SEED)
     c = Corpus()
     for build in (tokens, keys, cloud, urls, files, named, near_misses):
         build(c)
-    c.write()
+    c.write(out)
     kinds = {p["kind"] for p in c.positives}
     types = {Path(str(p["file"])).suffix or Path(str(p["file"])).name for p in c.positives}
     print(
@@ -863,4 +867,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    main(Path(sys.argv[1]) if len(sys.argv) > 1 else HERE)
