@@ -129,9 +129,9 @@ _QUOTED = r"""(?:"(?P<dq>[^"\n]*)"|'(?P<sq>[^'\n]*)')"""
 _HINTS = ("pass", "pwd", "secret", "token", "credential", "key")
 
 
-def _assignment(kind: str, value: str, check=real_value) -> Rule:  # type: ignore[no-untyped-def]
+def _assignment(kind: str, value: str) -> Rule:
     rx = re.compile(rf"""(?m){_KEY_START}{_KEY_WORD}s?['"]?[ \t]*{_OP}[ \t]*{value}""")
-    return Rule(kind, rx, _HINTS, group="value", fold=True, check=check, per_line=True)
+    return Rule(kind, rx, _HINTS, group="value", fold=True, check=real_value, per_line=True)
 
 
 def _literal_check(value: str, line: str) -> bool:
@@ -205,6 +205,17 @@ _XML_ATTRIBUTE = Rule(
     group="value",
     check=real_value,
 )
+_YAML_BLOCK = Rule(
+    "secret-assignment",
+    # `password: |` then an indented block: the block is the value (the `|` alone is not).
+    re.compile(
+        rf"""(?m)^(?P<indent>[ \t]*)(?:- )?[\w.\-]*{_KEY_WORD}:[ \t]*[|>][-+]?[ \t]*\n(?P<bare>(?:(?P=indent)[ \t]+[^\n]*(?:\n|$))+)"""
+    ),
+    _HINTS,
+    group="value",
+    fold=True,
+    check=real_value,
+)
 _DOCKER_AUTH = Rule(
     "docker-registry-auth",
     re.compile(r""""auth"\s*:\s*"(?P<dq>[A-Za-z0-9+/=]{8,})\""""),
@@ -247,16 +258,21 @@ _PGPASS = Rule(
     re.compile(r"(?m)^(?!#)(?:(?:[^:\\\n]|\\.)*:){4}(?P<bare>[^\n]+)$"),
     (":",),
     group="value",
-    check=lambda v, line: real_value(v) and v != "*",
+    check=lambda v, line: real_value(v) and v != "*",  # `*` matches any password: a wildcard
 )
-# Hashes start with `$` (`$apr1$`, `$2y$`): not a shell reference here.
-_HTPASSWD_CHECK = lambda v, line: len(v) >= 13  # noqa: E731
+
+
+def _htpasswd_check(value: str, line: str) -> bool:
+    # Hashes start with `$` (`$apr1$`, `$2y$`): not a shell reference here.
+    return len(value) >= 13
+
+
 _HTPASSWD = Rule(
     "htpasswd-hash",
     re.compile(r"(?m)^(?!#)[^:\s]+:(?P<bare>\S+)$"),
     (":",),
     group="value",
-    check=_HTPASSWD_CHECK,
+    check=_htpasswd_check,
 )
 
 # Rules for every file, after the token rules; then the rules of the file's own type.
@@ -266,6 +282,7 @@ _BY_TYPE: dict[FileType, tuple[Rule, ...]] = {
     FileType.DOCKERFILE: (_DOCKERFILE_ENV_SPACE, _DOCKERFILE_ASSIGNMENT, _CLI_FLAG),
     FileType.SHELL: (_CLI_FLAG, _SHELL_ASSIGNMENT),
     FileType.XML: (_XML_ELEMENT, _XML_ATTRIBUTE, _CONFIG_ASSIGNMENT),
+    FileType.YAML: (_YAML_BLOCK, _CLI_FLAG, _CONFIG_ASSIGNMENT),
     FileType.NPMRC: (_NPMRC, _CONFIG_ASSIGNMENT),
     FileType.NETRC: (_NETRC_LINE,),
     FileType.PGPASS: (_PGPASS,),

@@ -35,6 +35,7 @@ _WORD_LIST = """
     your-token your_token your-api-key your_api_key your-secret your_secret
     required optional string str bytes int value default env environment
     foo bar baz qux hunter2 s3cr3t
+    | > |- >- |+ >+
 """
 _WORDS = frozenset(_WORD_LIST.split())
 _PLACEHOLDER = re.compile(

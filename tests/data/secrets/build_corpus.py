@@ -508,6 +508,16 @@ def named(c: Corpus) -> None:
     for path, kind, tpl in rows:
         v = t(AN, rng.randrange(8, 15)) + rng.choice("!%+_")
         c.pos(path, kind, tpl.format(v=v), v)
+    v = t(AN, 24)
+    c.line("positives/cfg/values.yaml", "app:\n  name: shop")
+    c.pos(
+        "cfg/values.yaml",
+        "secret-assignment",
+        f"  sshPassphrase: >-\n    {v}\n    {t(AN, 8)}",
+        v,
+        offset=1,
+    )
+    c.line("positives/cfg/values.yaml", "  replicas: 2")
     v = t(AN, 12)
     c.line(
         "positives/cfg/vars.tf",

@@ -1,5 +1,5 @@
 variable "db_password" {
   type      = string
   sensitive = true
-  default   = "jQdz1lVu6yG1"
+  default   = "bAkkl00RVpAj"
 }

@@ -1,1 +1,1 @@
-            var pwd = "7ai130JEef";
+            var pwd = "QNzw9RLIY";

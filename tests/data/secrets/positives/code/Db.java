@@ -1,1 +1,1 @@
-        ds.setPassword("x"); String dbPassword = "PejwwCTH";
+        ds.setPassword("x"); String dbPassword = "121qRYH";

@@ -1,1 +1,1 @@
-    val apiKey = "KWzc0j2isaB6NPyCLU4muPdajORnozy2"
+    val apiKey = "2eIytYQuU8FItUhdKSWQdko9xmxoYh5s"

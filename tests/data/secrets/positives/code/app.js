@@ -1,1 +1,1 @@
-const clientSecret = "wTYXw11LMVaYURxHcluadTIO4wRBHWvF";
+const clientSecret = "FKWzc0j2isaB6NPyCLU4muPdajORnozy";

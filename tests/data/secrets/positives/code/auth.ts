@@ -1,1 +1,1 @@
-const adminPass = "Ajut0i5";
+const adminPass = "Pq9bCy";

@@ -1,1 +1,1 @@
-if password == "ELlh4B":
+if password == "6H4jn6GIM":

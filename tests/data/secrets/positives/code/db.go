@@ -1,1 +1,1 @@
-	password := "Ybndv0"
+	password := "7ai130JEef"

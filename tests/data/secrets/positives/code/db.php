@@ -1,1 +1,1 @@
-$db_pass = 'yo121qRYH';
+$db_pass = 'I7JCvnw';

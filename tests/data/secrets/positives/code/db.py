@@ -1,2 +1,2 @@
-conn = psycopg.connect(host="db", user="app", password="v7SKsIgd")
-engine = connect(user='ro', passwd='BJpIJ6i')
+conn = psycopg.connect(host="db", user="app", password="t0i5xPej")
+engine = connect(user='ro', passwd='wCTHYfYb')

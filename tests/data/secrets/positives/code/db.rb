@@ -1,1 +1,1 @@
-  password: 'THBhPq9b',
+  password: 'ELlh4B',

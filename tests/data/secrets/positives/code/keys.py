@@ -1,3 +1,3 @@
-SECRET_KEY = "oI7JCvnwRDQNzw9RLIY75B6H4jn6GIMv"
-stripe_secret = 'mekj8asxlkZ5GYLteYQaYHgoqMDZdcmA'
-HEROKU_API_KEY = "2c9af931-157b-46b7-a39d-69c023948f76"
+SECRET_KEY = "vmekj8asxlkZ5GYLteYQaYHgoqMDZdcm"
+stripe_secret = 'AOEPn632VrMw5JCkt8FLmXYSQtbjFo1Z'
+HEROKU_API_KEY = "d69c0239-48f7-467e-a1d3-c534d4595803"

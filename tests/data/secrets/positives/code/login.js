@@ -1,1 +1,1 @@
-await login({ user: 'admin', password: 'Akkl00' });
+await login({ user: 'admin', password: 'dv0xTHB' });
