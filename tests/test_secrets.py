@@ -293,3 +293,12 @@ def test_helpers() -> None:
     assert shannon_entropy("abcd") == 2.0
     assert is_placeholder("${X}") and is_placeholder("") and is_placeholder("DB_PASSWORD")
     assert not is_placeholder("hunter2!")
+
+
+def test_text_whose_lower_case_is_longer_is_still_redacted() -> None:
+    """`'İ'.lower()` is two characters: the per-line fast path must not use shifted offsets."""
+    text = '# İstanbul İİİ\npassword = "hunter22x"\nx = "İ"; api_key = "a1b2c3d4e5f6g7h8i9j0"\n'
+    assert len(text.lower()) != len(text)
+    result = redact_file(text, "src/a.py")
+    assert result.hits == (Hit(2, "password-literal"), Hit(3, "high-entropy-secret"))
+    assert "hunter22x" not in result.text and "a1b2c3d4e5f6g7h8i9j0" not in result.text

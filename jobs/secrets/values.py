@@ -8,7 +8,11 @@ Decisions per kind of look-alike, stated:
 - documented example values (any value containing `EXAMPLE`, as AWS's `AKIAIOSFODNN7EXAMPLE`) are
   test fixtures marked as examples and are left alone; a private key is redacted even in a fixture;
 - hashes (lock-file `integrity`/`sha256:` digests), UUIDs and base64 `data:` images are not secrets
-  by themselves; a UUID *assigned to a secret-named key* (Heroku and Snyk keys are UUIDs) is one.
+  by themselves; a UUID *assigned to a secret-named key* (Heroku and Snyk keys are UUIDs) is one;
+- publishable keys (`pk_live_`, Mapbox `pk.eyJ`) are public by design; regular expressions and
+  masked values (`:****`) are not secrets;
+- a detect-secrets `pragma: allowlist secret` comment is *not* honoured: it says a value may be
+  committed, not that it may leave the machine.
 """
 
 from __future__ import annotations
