@@ -46,13 +46,15 @@ from jobs.secrets import marker, redact_file  # noqa: E402
 DATA = ROOT / "tests" / "data" / "secrets"
 
 
-def peer_lines(paths: list[Path]) -> dict[Path, set[int]]:
-    """Lines detect-secrets (all plugins, default filters) flags, per file."""
+def peer_lines(paths: list[Path], types: Counter[str] | None = None) -> dict[Path, set[int]]:
+    """Lines detect-secrets (all plugins, default filters) flags, per file; counts its types."""
     found: dict[Path, set[int]] = defaultdict(set)
     with default_settings():
         for path in paths:
             for secret in scan_file(str(path)):
                 found[path].add(secret.line_number)
+                if types is not None:
+                    types[secret.type] += 1
     return found
 
 
@@ -118,7 +120,8 @@ def real_code(quick: bool) -> None:
     sample = paths[::10] if quick else paths
     sample_lines = sum(p.read_text(errors="replace").count("\n") for p in sample)
     t0 = time.perf_counter()
-    theirs = sum(len(v) for v in peer_lines(sample).values())
+    peer_types: Counter[str] = Counter()
+    theirs = sum(len(v) for v in peer_lines(sample, peer_types).values())
     peer_s = time.perf_counter() - t0
     print(f"\nreal code: {len(paths)} .py files, {lines} lines of {site.relative_to(ROOT)}")
     print(f"{'':<16}{'flagged':>9}{'per 10k lines':>15}{'seconds':>9}")
@@ -126,6 +129,7 @@ def real_code(quick: bool) -> None:
     label = "detect-secrets" + (" (1/10)" if quick else "")
     print(f"{label:<16}{theirs:>9}{theirs / sample_lines * 1e4:>15.2f}{peer_s:>9.1f}")
     print(f"by kind (ours): {dict(Counter(k for _, _, k, _ in flagged))}")
+    print(f"by type (detect-secrets): {dict(peer_types)}")
     print("lines we flag, for a person to check:")
     for rel, line, kind, src in flagged:
         print(f"  {rel}:{line}: {kind}: {src}")
