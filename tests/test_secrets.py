@@ -196,12 +196,6 @@ def test_pack_sends_no_corpus_secret(tmp_path: Path) -> None:
             '<img src="data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAAB">\n',
             id="data-image",
         ),
-        pytest.param("test_aws.py", 'key = "AKIAIOSFODNN7EXAMPLE"\n', id="documented-example"),
-        pytest.param(
-            "test_aws.py",
-            'aws_secret_access_key = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"\n',
-            id="documented-example-secret",
-        ),
         pytest.param(
             "checkout.js", "Stripe('pk_live_" + "a1B2" * 6 + "');\n", id="publishable-key"
         ),
@@ -229,6 +223,12 @@ def test_not_a_secret(path: str, text: str) -> None:
             "-----BEGIN EC PRIVATE KEY-----\nMHcCAQEEIEXAMPLEEXAMPLEEXAMPLE\n-----END EC PRIVATE KEY-----\n",
             "private-key",
             id="private-key-even-as-fixture",
+        ),
+        pytest.param(
+            "tests/test_aws.py",
+            'key = "AKIAIOSFODNN7EXAMPLE"\n',
+            "aws-access-key",
+            id="documented-example-fixture",
         ),
         pytest.param(
             "x.go",

@@ -28,7 +28,7 @@ recognisable shape (jobs/secrets/rules.py); passwords in URLs, secret query para
 Authorization headers; then the rules of the file's type (jobs/secrets/filetypes.py): named
 assignments in config files, Dockerfile ENV/ARG, shell exports and flags, Terraform, XML, .npmrc,
 .netrc, .pgpass, .htpasswd, docker config auths, Kubernetes Secrets; in code, password literals
-and random-looking secret-named literals. Placeholders, references and documented examples are not
+and random-looking secret-named literals. Placeholders and references are not
 secrets (jobs/secrets/values.py states the decision per kind).
 """
 

@@ -14,7 +14,7 @@ import enum
 import re
 
 from jobs.secrets.rules import Rule
-from jobs.secrets.values import high_entropy, not_example, real_value
+from jobs.secrets.values import high_entropy, real_value
 
 __all__ = ["FileType", "file_type", "is_config_file", "rules_for"]
 
@@ -135,7 +135,7 @@ def _assignment(kind: str, value: str) -> Rule:
 
 
 def _literal_check(value: str, line: str) -> bool:
-    return real_value(value) and not_example(value) and " " not in value.strip()
+    return real_value(value) and " " not in value.strip()
 
 
 _CONFIG_ASSIGNMENT = _assignment("secret-assignment", _QUOTED_OR_BARE)

@@ -12,7 +12,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from jobs.secrets.values import high_entropy, is_placeholder, not_example, real_value
+from jobs.secrets.values import high_entropy, is_placeholder, real_value
 
 __all__ = ["TOKEN_RULES", "URL_RULES", "Rule"]
 
@@ -37,7 +37,7 @@ class Rule:
         """Whether `value`, found by the regex on `line`, is a secret."""
         if self.check is not None:
             return self.check(value, line)
-        return self.kind in _ALWAYS or (not is_placeholder(value) and not_example(value))
+        return self.kind in _ALWAYS or not is_placeholder(value)
 
 
 # Kinds redacted even in fixtures: a private key is never a harmless example.
@@ -64,14 +64,14 @@ def _url_password(value: str, line: str) -> bool:
     # `host:8080/path@v2` is a port and a path, not a password; a real one may contain `/`.
     if "/" in value and value.split("/", 1)[0].isdigit():
         return False
-    return real_value(value) and not_example(value) and "://" not in value
+    return real_value(value) and "://" not in value
 
 
 def _standalone_storage_key(value: str, line: str) -> bool:
     # A 64-byte base64 value is an Azure key only where the line calls it a key; a lock file's
     # `sha512-...==` integrity digest has the same length and is not a secret.
     low = line.lower()
-    return "key" in low and "sha512-" not in low and not_example(value)
+    return "key" in low and "sha512-" not in low
 
 
 _PK_TAIL = r"(?:[\s\S]*?-----END {0}-----|(?:(?:\r?\n|\\n)[A-Za-z0-9+/=:,\- ]*)*)"
@@ -343,12 +343,7 @@ _QUERY_NAMES = (
 
 def _query_value(value: str, line: str) -> bool:
     # `?key=value` is common in docs; a generic `key` must also look random to be a secret.
-    return (
-        real_value(value)
-        and not_example(value)
-        and len(value) >= 8
-        and (high_entropy(value) or not value.isalpha())
-    )
+    return real_value(value) and len(value) >= 8 and (high_entropy(value) or not value.isalpha())
 
 
 URL_RULES: tuple[Rule, ...] = (
@@ -378,7 +373,7 @@ URL_RULES: tuple[Rule, ...] = (
         ("authorization",),
         group=1,
         fold=True,
-        check=lambda v, line: not_example(v) and any(c.isdigit() for c in v),
+        check=lambda v, line: any(c.isdigit() for c in v),
         per_line=True,
     ),
 )

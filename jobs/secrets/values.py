@@ -5,8 +5,10 @@ Decisions per kind of look-alike, stated:
 - placeholders and references (`${DB_PASSWORD}`, `$TOKEN`, `{{ .Values.x }}`, `<password>`,
   `%(pw)s`, `os.environ[...]`, `!vault`, `arn:aws:secretsmanager:...`, `changeme`, `xxx`, `***`,
   an empty value) are not secrets: nothing is redacted;
-- documented example values (any value containing `EXAMPLE`, as AWS's `AKIAIOSFODNN7EXAMPLE`) are
-  test fixtures marked as examples and are left alone; a private key is redacted even in a fixture;
+- documented example values and test fixtures (AWS's `AKIAIOSFODNN7EXAMPLE`, a key under tests/)
+  are redacted like live ones: a marker costs the review nothing, telling a fixture from a real
+  key by its text is guesswork, and the marker still lets a reviewer flag a hard-coded credential;
+  only the conventional stand-in *words* (`example`, `your-api-key`, `changeme`) are placeholders;
 - hashes (lock-file `integrity`/`sha256:` digests), UUIDs and base64 `data:` images are not secrets
   by themselves; a UUID *assigned to a secret-named key* (Heroku and Snyk keys are UUIDs) is one;
 - publishable keys (`pk_live_`, Mapbox `pk.eyJ`) are public by design; regular expressions and
@@ -25,7 +27,6 @@ __all__ = [
     "high_entropy",
     "is_placeholder",
     "is_uuid",
-    "not_example",
     "real_value",
     "shannon_entropy",
 ]
@@ -55,7 +56,7 @@ _PLACEHOLDER = re.compile(
 _REGEX_LIKE = re.compile(r"\(\?[:=!<P]|\[[^\]]{2,}\][*+?{]|\\[dwsbDWS]|\{\d+(?:,\d*)?\}")
 # An all-caps name with underscores is an environment variable's name, not its value.
 _ENV_NAME = re.compile(r"^[A-Z][A-Z0-9]*(?:_[A-Z0-9]+)+$")
-_HINT_WORDS = ("example", "your_", "your-", "replace", "placeholder", "changeme", "insert")
+_HINT_WORDS = ("your_", "your-", "replace", "placeholder", "changeme", "insert")
 # Publishable keys: Stripe's `pk_live_`/`pk_test_`, Mapbox's public `pk.eyJ...` tokens.
 _PUBLIC_PREFIXES = ("pk_live_", "pk_test_", "pk.eyJ")
 _UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
@@ -113,8 +114,3 @@ def high_entropy(value: str, line: str = "") -> bool:
         and " " not in value
         and shannon_entropy(value) >= 3.5
     )
-
-
-def not_example(value: str, line: str = "") -> bool:
-    """False for a documented example value (`...EXAMPLE...`), a test fixture marked as one."""
-    return "EXAMPLE" not in value.upper()

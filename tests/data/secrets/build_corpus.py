@@ -654,8 +654,6 @@ NEAR: list[tuple[str, str, list[str]]] = [
         "examples.py",
         "documented examples, references and code that handles passwords",
         [
-            'AWS_ACCESS_KEY_ID = "AKIAIOSFODNN7EXAMPLE"',
-            'AWS_SECRET_ACCESS_KEY = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"',
             'password = os.environ["DB_PASSWORD"]',
             'token = os.getenv("API_TOKEN")',
             "password = getpass.getpass()",
@@ -816,7 +814,6 @@ NEAR: list[tuple[str, str, list[str]]] = [
             "The password must be at least 12 characters.",
             "Set `DB_PASSWORD` in the environment, never in the file.",
             "Use `Authorization: Bearer <token>` on every request.",
-            "Example key: `AKIAIOSFODNN7EXAMPLE`.",
             "Tokens look like `ghp_` followed by 36 characters.",
             "Run `export API_KEY=...` first.",
             "See https://docs.test/auth?token=YOUR_TOKEN for the flow.",
@@ -833,6 +830,43 @@ NEAR: list[tuple[str, str, list[str]]] = [
         ],
     ),
     (
+        "docs.md",
+        "prose that names token formats",
+        [
+            "Access key ids start with AKIA and are 20 characters long.",
+            "Classic tokens look like ghp_abc123 followed by more characters.",
+            "# sk-learn is what people mistype for scikit-learn",
+            "Secret keys start with sk_live_ or sk_test_.",
+            "Bot tokens start with xoxb- and user tokens with xoxp-.",
+            "App tokens start with xapp-1-.",
+            "![x](data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk)",
+            "Send `Authorization: Bearer <token>` with every request.",
+            "PuTTY keys (.ppk) hold Private-Lines.",
+        ],
+    ),
+    (
+        "misc.py",
+        "short look-alikes and non-secret names",
+        [
+            'prefix = "AKIAshort123"',
+            'DSN = "postgres://app@db.internal:5432/app"',
+            'BASE = "http://localhost:8080/path?x=1"',
+            'DEFAULT_TOKEN = "not-a-real-token-value"',
+            'HEADER_PREFIX = "eyJhbGciOi"',
+            'k = "AIzaSyShort"',
+            'api_key_header = "X-Api-Key"',
+            "password = get_password()",
+            'token = f"{prefix}{suffix}"',
+            'k = "key-short"',
+            'author = "Ada Lovelace"',
+            'ALGORITHM = "HS256"  # signing_key is loaded from the vault',
+            'oauth = {"client_id": "1234567890-abc.apps.googleusercontent.com"}',
+            "max_tokens = 4096",
+            'conn = connect(password=os.environ["PGPASSWORD"])',
+            "login(user, password=password)",
+        ],
+    ),
+    (
         "hashes.lock",
         "lock-file hashes",
         [
@@ -842,6 +876,24 @@ NEAR: list[tuple[str, str, list[str]]] = [
         ],
     ),
 ]
+
+
+def fixtures(c: Corpus) -> None:
+    """Documented example keys and test fixtures: redacted like live ones (see jobs/secrets/values.py)."""
+    c.pos(
+        "fixtures/test_s3.py",
+        "aws-access-key",
+        'AWS_ACCESS_KEY_ID = "AKIAIOSFODNN7EXAMPLE"',
+        "AKIAIOSFODNN7EXAMPLE",
+    )
+    secret = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
+    c.pos("fixtures/test_s3.py", "aws-secret-key", f'AWS_SECRET_ACCESS_KEY = "{secret}"', secret)
+    c.pos(
+        "fixtures/README.md",
+        "aws-access-key",
+        "Example key: `AKIAIOSFODNN7EXAMPLE`.",
+        "AKIAIOSFODNN7EXAMPLE",
+    )
 
 
 def near_misses(c: Corpus) -> None:
@@ -866,7 +918,7 @@ def main(out: Path = HERE) -> None:
     """Build the corpus from the fixed seed and write it under `out`."""
     rng.seed(SEED)
     c = Corpus()
-    for build in (tokens, keys, cloud, urls, files, named, near_misses):
+    for build in (tokens, keys, cloud, urls, files, named, fixtures, near_misses):
         build(c)
     c.write(out)
     kinds = {p["kind"] for p in c.positives}

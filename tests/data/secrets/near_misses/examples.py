@@ -1,5 +1,3 @@
-AWS_ACCESS_KEY_ID = "AKIAIOSFODNN7EXAMPLE"
-AWS_SECRET_ACCESS_KEY = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
 password = os.environ["DB_PASSWORD"]
 token = os.getenv("API_TOKEN")
 password = getpass.getpass()
