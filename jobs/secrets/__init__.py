@@ -8,8 +8,8 @@ written or logged.
 
 Why our own rules and not detect-secrets at run time: detect-secrets 1.5 (Yelp) finds secrets but
 does not redact them; its private-key plugin flags only the BEGIN line (the key body would leave
-the machine); it runs each of its 27 plugins over every line, which took 96 s on the 10,000-file
-benchmark tree where these rules take 0.35 s, and would break the packing budget (at least 5x
+the machine); it runs each of its 27 plugins over every line, which took 47-96 s on the 10,000-file
+benchmark tree where these rules take 0.2-0.35 s, and would break the packing budget (at least 5x
 faster than repomix; benchmarks/secrets_bench.py prints both); and it misses kinds we must catch
 (Azure keys outside connection strings, `_PASS` names, Docker registry auths, Dockerfile, shell
 and Terraform passwords, URL query keys, PuTTY v3 keys, Slack `xapp-` tokens...). So
