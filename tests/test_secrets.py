@@ -1,377 +1,304 @@
-"""Planted-secret corpus: every secret redacted with a marker naming its kind, no near-miss touched."""
+"""Secret redaction against the corpus in tests/data/secrets (see build_corpus.py there).
+
+Every positive is redacted (its value gone, its kind's marker on its line, a hit recorded, the line
+count unchanged); every near-miss, and every other line of a positive file, is left byte for byte;
+and detect-secrets 1.5, run on the same files, finds nothing we do not.
+"""
 
 from __future__ import annotations
 
-import random
-import string
+import json
+import subprocess
+import sys
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
 
 import pytest
 
-from jobs.secrets import KINDS, is_config_file, marker, redact, shannon_entropy
-
-AN = string.ascii_letters + string.digits
-UP = string.ascii_uppercase + string.digits
-HEX = "0123456789abcdef"
-B64 = AN + "+/"
-
-
-def tok(alphabet: str, n: int, seed: int) -> str:
-    """A deterministic random-looking string (built at run time: no live-looking secret in the source)."""
-    rng = random.Random(seed)
-    return "".join(rng.choice(alphabet) for _ in range(n))
-
-
-PEM_BODY = "\n".join(tok(B64, 64, 100 + i) for i in range(4))
-GCP_KEY = (
-    "-----BEGIN PRIVATE KEY-----\\n"
-    + tok(B64, 64, 7)
-    + "\\n"
-    + tok(B64, 40, 8)
-    + "\\n-----END PRIVATE KEY-----\\n"
+from jobs.pack import pack_repo
+from jobs.secrets import (
+    KINDS,
+    FileType,
+    Hit,
+    file_type,
+    is_config_file,
+    is_placeholder,
+    marker,
+    redact,
+    redact_file,
+    shannon_entropy,
 )
+from jobs.secrets.rules import PREFIXED_TOKEN_RULES
+from jobs.secrets.scanner import TOKEN_RUN
 
-# (kind, path, text, the secret that must disappear)
-SECRETS = [
-    (
-        "private-key",
-        "deploy/id_rsa",
-        f"-----BEGIN RSA PRIVATE KEY-----\n{PEM_BODY}\n-----END RSA PRIVATE KEY-----\n",
-        PEM_BODY.split("\n")[1],
-    ),
-    (
-        "private-key",
-        "src/keys.py",
-        f'KEY = """-----BEGIN OPENSSH PRIVATE KEY-----\n{PEM_BODY}\n-----END OPENSSH PRIVATE KEY-----"""\n',
-        PEM_BODY.split("\n")[2],
-    ),
-    (
-        "private-key",
-        "sa.json",
-        f'{{"type": "service_account", "private_key": "{GCP_KEY}"}}\n',
-        GCP_KEY[40:80],
-    ),
-    (
-        "aws-access-key",
-        "src/aws.py",
-        f'client = boto3.client("s3", aws_access_key_id="AKIA{tok(UP, 16, 1)}")\n',
-        None,
-    ),
-    (
-        "aws-secret-key",
-        "config/credentials",
-        f"[default]\naws_secret_access_key = {tok(B64, 40, 2)}\n",
-        None,
-    ),
-    ("github-token", "ci.sh", f"curl -H 'X: ghp_{tok(AN, 36, 3)}' https://api.github.com\n", None),
-    (
-        "github-fine-grained-token",
-        "src/gh.go",
-        f'const t = "github_pat_{tok(AN, 22, 4)}_{tok(AN, 59, 5)}"\n',
-        None,
-    ),
-    ("gitlab-token", "src/gl.rb", f"TOKEN = 'glpat-{tok(AN, 20, 6)}'\n", None),
-    (
-        "slack-token",
-        "bot.js",
-        f"const slack = new App({{ token: 'xoxb-123456789012-1234567890123-{tok(AN, 24, 9)}' }});\n",
-        None,
-    ),
-    (
-        "slack-webhook",
-        "notify.py",
-        f'URL = "https://hooks.slack.com/services/T{tok(UP, 8, 10)}/B{tok(UP, 8, 11)}/{tok(AN, 24, 12)}"\n',
-        None,
-    ),
-    ("stripe-key", "pay.py", f'stripe.api_key = "sk_live_{tok(AN, 24, 13)}"\n', None),
-    ("stripe-webhook-secret", "hooks.py", f'endpoint_secret = "whsec_{tok(AN, 32, 14)}"\n', None),
-    (
-        "anthropic-api-key",
-        "llm.py",
-        f'client = Anthropic(api_key="sk-ant-api03-{tok(AN + "-_", 93, 15)}AA")\n',
-        None,
-    ),
-    (
-        "openai-api-key",
-        "llm.ts",
-        f'const openai = new OpenAI({{ apiKey: "sk-proj-{tok(AN + "-_", 64, 16)}" }});\n',
-        None,
-    ),
-    (
-        "google-api-key",
-        "maps.html",
-        f'<script src="https://maps.googleapis.com/maps/api/js?key=AIza{tok(AN, 35, 17)}"></script>\n',
-        None,
-    ),
-    ("google-oauth-client-secret", "oauth.py", f'SECRET = "GOCSPX-{tok(AN, 28, 18)}"\n', None),
-    (
-        "google-oauth-access-token",
-        "fetch.sh",
-        f"curl -H 'Authorisation-ish: ya29.{tok(AN, 60, 19)}' x\n",
-        None,
-    ),
-    ("huggingface-token", "hub.py", f'login("hf_{tok(string.ascii_letters, 34, 20)}")\n', None),
-    ("npm-token", "publish.sh", f"NPM_PUBLISH=npm_{tok(AN, 36, 21)} npm publish\n", None),
-    (
-        "pypi-token",
-        "release.sh",
-        f"twine upload -p pypi-AgEIcHlwaS5vcmc{tok(AN, 60, 22)} dist/*\n",
-        None,
-    ),
-    (
-        "sendgrid-api-key",
-        "mail.py",
-        f'sg = SendGridAPIClient("SG.{tok(AN, 22, 23)}.{tok(AN, 43, 24)}")\n',
-        None,
-    ),
-    ("twilio-api-key", "sms.py", f'client = Client("SK{tok(HEX, 32, 25)}", other)\n', None),
-    ("mailgun-api-key", "mg.py", f'auth=("api", "key-{tok(AN, 32, 26)}")\n', None),
-    ("mailchimp-api-key", "mc.py", f'mc.set_config({{"api": "{tok(HEX, 32, 27)}-us6"}})\n', None),
-    (
-        "digitalocean-token",
-        "do.tf",
-        f'provider "digitalocean" {{ do_api = "dop_v1_{tok(HEX, 64, 28)}" }}\n',
-        None,
-    ),
-    (
-        "shopify-token",
-        "shop.rb",
-        f"ShopifyAPI::Session.new(token: 'shpat_{tok(HEX, 32, 29)}')\n",
-        None,
-    ),
-    ("vault-token", "vault.sh", f"vault login hvs.{tok(AN, 90, 30)}\n", None),
-    (
-        "terraform-token",
-        "tfrc.hcl",
-        f'credentials "app.terraform.io" {{ t = "{tok(AN, 14, 31)}.atlasv1.{tok(AN, 67, 32)}" }}\n',
-        None,
-    ),
-    (
-        "discord-webhook",
-        "alert.py",
-        f'HOOK = "https://discord.com/api/webhooks/123456789012345678/{tok(AN, 68, 33)}"\n',
-        None,
-    ),
-    ("telegram-bot-token", "bot.py", f'bot = Bot("123456789:AA{tok(AN, 33, 34)}")\n', None),
-    ("databricks-token", "dbx.py", f'host_cfg = ("dapi{tok(HEX, 32, 35)}", 1)\n', None),
-    (
-        "linear-api-key",
-        "linear.ts",
-        f'new LinearClient({{ apiKey: "lin_api_{tok(AN, 40, 36)}" }})\n',
-        None,
-    ),
-    ("square-token", "sq.py", f'Client(access_token="sq0atp-{tok(AN, 22, 37)}")\n', None),
-    ("newrelic-key", "nr.js", f"const nr = 'NRAK-{tok(UP, 27, 38)}';\n", None),
-    ("postman-api-key", "pm.sh", f"X=PMAK-{tok(HEX, 24, 39)}-{tok(HEX, 34, 40)}\n", None),
-    ("grafana-token", "graf.py", f'g = "glsa_{tok(AN, 32, 41)}_{tok(HEX, 8, 42)}"\n', None),
-    ("doppler-token", "dop.sh", f"doppler run --token dp.pt.{tok(AN, 43, 43)} -- app\n", None),
-    ("pulumi-token", "pulumi.sh", f"export PULUMI_ACCESS=pul-{tok(HEX, 40, 44)}\n", None),
-    (
-        "jwt",
-        "api_test.http",
-        f"GET /me\nX-Session: eyJ{tok(AN, 30, 45)}.eyJ{tok(AN, 60, 46)}.{tok(AN + '-_', 43, 47)}\n",
-        None,
-    ),
-    (
-        "azure-storage-key",
-        "azure.cs",
-        f'var c = "DefaultEndpointsProtocol=https;AccountName=acct;AccountKey={tok(B64, 86, 48)}==;EndpointSuffix=core.windows.net";\n',
-        None,
-    ),
-    (
-        "azure-sas-signature",
-        "blob.py",
-        f'url = "https://a.blob.core.windows.net/c/f?sv=2022-11-02&sig={tok(AN, 44, 49)}%3D"\n',
-        None,
-    ),
-    (
-        "connection-string-password",
-        "src/db.py",
-        'DSN = "postgresql://app:S3cr3t-Pa55word@db.internal:5432/app"\n',
-        "S3cr3t-Pa55word",
-    ),
-    (
-        "connection-string-password",
-        "app.yaml",
-        "url: mongodb+srv://admin:hunter2hunter2@cluster0.mongodb.net/db\n",
-        "hunter2hunter2",
-    ),
-    (
-        "authorization-header",
-        "client.sh",
-        f"curl -H 'Authorization: Bearer {tok(AN, 40, 50)}' https://x\n",
-        None,
-    ),
-    (
-        "npmrc-auth",
-        ".npmrc",
-        "//registry.npmjs.org/:_authToken=5f1a2b3c-4d5e-6f70-8192-a3b4c5d6e7f8\n",
-        "5f1a2b3c-4d5e",
-    ),
-    (
-        "netrc-password",
-        ".netrc",
-        "machine api.example.com login bob password tr0ub4dor&3\n",
-        "tr0ub4dor&3",
-    ),
-    (
-        "secret-assignment",
-        ".env",
-        "DEBUG=1\nDB_PASSWORD=correct-horse-battery\n",
-        "correct-horse-battery",
-    ),
-    (
-        "secret-assignment",
-        "config/settings.yaml",
-        'oauth:\n  client_secret: "weakbutreal"\n',
-        "weakbutreal",
-    ),
-    ("secret-assignment", "app.ini", "[smtp]\nsmtp_password = letmein99\n", "letmein99"),
-    ("secret-assignment", "config.json", '{"db": {"password": "p@ss w0rd"}}\n', "p@ss w0rd"),
-    ("high-entropy-secret", "src/settings.py", f'API_TOKEN = "{tok(AN, 24, 51)}"\n', None),
-    (
-        "high-entropy-secret",
-        "src/client.ts",
-        f'const headers = {{ "X-Api-Key": "{tok(AN, 32, 52)}" }};\n',
-        None,
-    ),
-    (
-        "age-secret-key",
-        "keys.txt",
-        f"AGE-SECRET-KEY-1{tok('QPZRY9X8GF2TVDW0S3JN54KHCE6MUA7L', 58, 53)}\n",
-        None,
-    ),
-]
+DATA = Path(__file__).parent / "data" / "secrets"
+MANIFEST: dict[str, Any] = json.loads((DATA / "manifest.json").read_text())
+POSITIVES: list[dict[str, Any]] = MANIFEST["positives"]
+NEAR: list[dict[str, Any]] = MANIFEST["near_misses"]
+BY_FILE: dict[str, list[dict[str, Any]]] = defaultdict(list)
+for _p in POSITIVES:
+    BY_FILE[_p["file"]].append(_p)
+NEAR_FILES = sorted({n["file"] for n in NEAR})
+
+# The kinds the issue lists as missed by the redactor of f06b30e and by detect-secrets.
+ISSUE_KINDS = {
+    "azure-storage-key",
+    "azure-service-bus-key",
+    "secret-assignment",  # DB_PASS, SMTP_PASS, YAML db_pass
+    "docker-registry-auth",
+    "kubernetes-dockerconfigjson",
+    "dockerfile-secret",
+    "shell-secret",
+    "terraform-secret",
+    "password-literal",
+    "url-query-secret",
+    "connection-string-password",
+    "putty-private-key",
+    "slack-app-token",
+}
 
 
-def _secret_of(kind: str, text: str, secret: str | None) -> str:
-    if secret is not None:
-        return secret
-    # The token is the longest word-ish run in the line that holds it.
-    words = [w for w in __import__("re").split(r"[\s'\"(){}=,;:]+", text) if w]
-    return max(words, key=len)
+def _file_kind(path: str) -> str:
+    p = Path(path)
+    return p.suffix or p.name
 
 
-@pytest.mark.parametrize(
-    ("kind", "path", "text", "secret"), [pytest.param(*s, id=f"{s[0]}:{s[1]}") for s in SECRETS]
-)
-def test_secret_is_redacted(kind: str, path: str, text: str, secret: str | None) -> None:
-    out, counts = redact(text, path)
-    value = _secret_of(kind, text, secret)
-    assert value not in out
-    assert marker(kind) in out
-    assert counts.get(kind, 0) >= 1
-    assert sum(counts.values()) >= 1
-    assert out.count("\n") == text.count("\n"), "line numbers must survive redaction"
+def _redacted(path: str) -> tuple[str, Any]:
+    text = (DATA / path).read_text()
+    return text, redact_file(text, path)
 
 
-def test_corpus_covers_at_least_30_kinds() -> None:
-    kinds = {s[0] for s in SECRETS}
-    assert len(kinds) >= 30
+def test_corpus_size_and_coverage() -> None:
+    kinds = {p["kind"] for p in POSITIVES}
+    assert len(POSITIVES) >= 200
+    assert len(kinds) >= 60
+    assert len({_file_kind(p["file"]) for p in POSITIVES}) >= 15
+    assert len({file_type(p["file"]) for p in POSITIVES}) == len(FileType), "every file type"
+    assert len(NEAR) >= 200
+    assert kinds >= ISSUE_KINDS
     assert kinds <= set(KINDS)
-    assert set(KINDS) == kinds, "every rule has a planted secret"
+    assert set(KINDS) == kinds, "every kind the redactor can report has a sample"
 
 
-NEAR_MISSES = [
-    ("docs/aws.md", "Access key ids start with AKIA and are 20 characters long.\n"),
-    ("src/a.py", 'prefix = "AKIAshort123"\n'),
-    ("docs/gh.md", "Classic tokens look like ghp_abc123 followed by more characters.\n"),
-    ("src/ml.py", "# sk-learn is what people mistype for scikit-learn\n"),
-    ("docs/stripe.md", "Secret keys start with sk_live_ or sk_test_.\n"),
-    ("src/db.py", 'password = os.environ["DB_PASSWORD"]\n'),
-    (".env", "DB_PASSWORD=${DB_PASSWORD}\n"),
-    (".github/workflows/ci.yml", "env:\n  token: ${{ secrets.GITHUB_TOKEN }}\n"),
-    ("deploy/app.yaml", "secret_name: my-app-secret\n"),
-    ("pyproject.toml", 'token_url = "https://oauth2.googleapis.com/token"\n'),
-    ("src/db.py", 'DSN = "postgres://app@db.internal:5432/app"\n'),
-    ("src/web.py", 'BASE = "http://localhost:8080/path?x=1"\n'),
-    ("src/db.py", 'DSN = "postgres://user:${PGPASSWORD}@host/db"\n'),
-    ("docs/setup.yaml", "password: <your-password>\n"),
-    ("config.toml", "max_tokens = 4096\n"),
-    ("policy.yaml", "password_min_length: 12\n"),
-    ("src/defaults.py", 'DEFAULT_TOKEN = "not-a-real-token-value"\n'),
-    ("CHANGELOG.md", "commit 3f786850e387550fdab836ed7e6dc881de23001b fixed it\n"),
-    ("src/ids.py", 'id = "123e4567-e89b-12d3-a456-426614174000"\n'),
-    (
-        "deps.toml",
-        'checksum = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"\n',
-    ),
-    (
-        "certs/pub.pem",
-        "-----BEGIN PUBLIC KEY-----\nMFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAE\n-----END PUBLIC KEY-----\n",
-    ),
-    (
-        "certs/ca.crt",
-        "-----BEGIN CERTIFICATE-----\nMIIBszCCAVmgAwIBAgIUb3\n-----END CERTIFICATE-----\n",
-    ),
-    ("run.sh", 'curl -H "Authorization: Bearer ${TOKEN}" https://api.example.com\n'),
-    ("docs/api.md", "Send `Authorization: Bearer <token>` with every request.\n"),
-    ("src/jwt.py", 'HEADER_PREFIX = "eyJhbGciOi"\n'),
-    ("src/maps.py", 'k = "AIzaSyShort"\n'),
-    ("docs/slack.md", "Bot tokens start with xoxb- and user tokens with xoxp-.\n"),
-    ("feature.yaml", "auth: true\n"),
-    ("src/http.py", 'api_key_header = "X-Api-Key"\n'),
-    ("settings.ini", "[app]\nsecret = changeme\n"),
-    ("oauth.json", '{"client_id": "1234567890-abc.apps.googleusercontent.com"}\n'),
-    ("src/checkout.js", f"Stripe('pk_live_{tok(AN, 24, 60)}');\n"),
-    ("src/auth.py", "password = get_password()\n"),
-    ("src/auth.py", 'token = f"{prefix}{suffix}"\n'),
-    (
-        "docs/img.md",
-        "![x](data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk)\n",
-    ),
-    ("src/t.py", f'tid = "SK{tok(HEX, 31, 61)}"\n'),
-    ("src/m.py", 'k = "key-short"\n'),
-    (".env", "export GITHUB_TOKEN=\n"),
-    (".env", "TOKEN_TTL=3600\n"),
-    ("src/author.py", 'author = "Ada Lovelace"\n'),
-    ("k8s/secret.yaml", "kind: Secret\nmetadata:\n  name: db-credentials-ref\n"),
-    ("src/crypto.py", 'ALGORITHM = "HS256"  # signing_key is loaded from the vault\n'),
-]
+@pytest.mark.parametrize("path", sorted(BY_FILE), ids=str)
+def test_every_positive_is_redacted(path: str) -> None:
+    text, result = _redacted(path)
+    before, after = text.split("\n"), result.text.split("\n")
+    assert len(after) == len(before), "line numbers must survive redaction"
+    touched: set[int] = set()
+    for p in BY_FILE[path]:
+        first, line, last = p["start_line"], p["line"], p["end_line"]
+        assert p["secret"] in "\n".join(before[first - 1 : last]), "the manifest points at it"
+        assert p["secret"] not in result.text, p
+        assert marker(p["kind"]) in after[line - 1], p
+        assert Hit(line, p["kind"]) in result.hits, p
+        touched |= set(range(line, last + 1))
+    for n, (a, b) in enumerate(zip(before, after, strict=True), 1):
+        if n not in touched:
+            assert a == b, f"{path}:{n} is not a secret and must stay as it is"
+    assert len(result.hits) == len(BY_FILE[path]), "one hit per positive, none elsewhere"
+
+
+@pytest.mark.parametrize("path", NEAR_FILES, ids=str)
+def test_near_misses_are_left_byte_for_byte(path: str) -> None:
+    text, result = _redacted(path)
+    assert result.text == text
+    assert result.hits == ()
+
+
+def test_detect_secrets_finds_nothing_we_miss() -> None:
+    """The peer on the same files: every line it flags is one of our positives or a listed near-miss."""
+    from detect_secrets.core.scan import scan_file
+    from detect_secrets.settings import default_settings
+
+    flagged: set[tuple[str, int]] = set()
+    with default_settings():
+        for path in sorted(set(BY_FILE) | set(NEAR_FILES)):
+            flagged |= {(path, s.line_number) for s in scan_file(str(DATA / path))}
+    spans = {(p["file"], n) for p in POSITIVES for n in range(p["start_line"], p["end_line"] + 1)}
+    near = {(n["file"], n["line"]) for n in NEAR}
+    assert flagged - spans - near == set()
+    found_by_peer = [
+        p
+        for p in POSITIVES
+        if any((p["file"], n) in flagged for n in range(p["start_line"], p["end_line"] + 1))
+    ]
+    assert len(found_by_peer) >= 150, "the peer works and the corpus is in formats it knows"
+    # Per kind, ours >= the peer's: ours is every positive (test above), so only a sanity count here.
+    assert len({p["kind"] for p in found_by_peer}) >= 40
+
+
+def test_corpus_is_what_its_generator_writes(tmp_path: Path) -> None:
+    """The committed corpus has not drifted from build_corpus.py (a reformat would move lines)."""
+    subprocess.run(
+        [sys.executable, str(DATA / "build_corpus.py"), str(tmp_path)],
+        check=True,
+        capture_output=True,
+    )
+    written = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*") if p.is_file())
+    committed = sorted(
+        p.relative_to(DATA)
+        for sub in ("positives", "near_misses")
+        for p in (DATA / sub).rglob("*")
+        if p.is_file()
+    )
+    assert written == sorted([*committed, Path("manifest.json")])
+    for rel in written:
+        assert (tmp_path / rel).read_bytes() == (DATA / rel).read_bytes(), rel
+
+
+def test_every_prefixed_token_has_the_run_that_gates_its_rules() -> None:
+    """The one-search gate in front of the prefixed-token rules never hides a token of theirs."""
+    prefixed = {r.kind for r in PREFIXED_TOKEN_RULES}
+    samples = [p for p in POSITIVES if p["kind"] in prefixed]
+    assert len({p["kind"] for p in samples}) == len(prefixed)
+    for p in samples:
+        assert TOKEN_RUN.search(p["secret"]), p
+
+
+def test_pack_sends_no_corpus_secret(tmp_path: Path) -> None:
+    root = tmp_path / "repo"
+    for path in BY_FILE:
+        dest = root / path
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.write_text((DATA / path).read_text())
+    pack = pack_repo(root, slug="corpus", max_input_tokens=10**7)
+    shown = {f.path for f in pack.files if f.status == "included"}
+    checked = [p for p in POSITIVES if p["file"] in shown]
+    assert len(checked) >= 150, "most of the corpus is packed"
+    for p in checked:
+        assert p["secret"] not in pack.text, p
+    assert sum(pack.redactions.values()) >= len(checked)
 
 
 @pytest.mark.parametrize(
-    ("path", "text"), [pytest.param(p, t, id=f"{i}:{p}") for i, (p, t) in enumerate(NEAR_MISSES)]
+    ("path", "text"),
+    [
+        pytest.param(".env", "DB_PASSWORD=${DB_PASSWORD}\n", id="env-reference"),
+        pytest.param("app.py", 'password = os.environ["X"]\n', id="os-environ"),
+        pytest.param("config.yaml", "password: <password>\n", id="angle-placeholder"),
+        pytest.param("config.yaml", "password: changeme\n", id="changeme"),
+        pytest.param(".env", "API_KEY=xxx\n", id="xxx"),
+        pytest.param(".env", "DB_PASSWORD=\n", id="empty"),
+        pytest.param("settings.json", '{"password": ""}\n', id="empty-json"),
+        pytest.param(
+            "app.py", 'request_id = "123e4567-e89b-12d3-a456-426614174000"\n', id="uuid-alone"
+        ),
+        pytest.param(
+            "package-lock.json",
+            '"integrity": "sha512-' + "Q" * 40 + "a1" * 23 + '=="\n',
+            id="lock-file-hash",
+        ),
+        pytest.param("poetry.lock", 'hash = "sha256:' + "ab12" * 16 + '"\n', id="lock-sha256"),
+        pytest.param(
+            "page.html",
+            '<img src="data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAAB">\n',
+            id="data-image",
+        ),
+        pytest.param(
+            "checkout.js", "Stripe('pk_live_" + "a1B2" * 6 + "');\n", id="publishable-key"
+        ),
+        pytest.param(
+            "x.py", 'dsn = "http://example.com:8080/path@v2"\n', id="port-and-path-not-password"
+        ),
+        pytest.param("arn.yaml", "ref: arn:aws:secretsmanager:eu-west-1:1:secret:db\n", id="arn"),
+    ],
 )
-def test_near_miss_is_untouched(path: str, text: str) -> None:
+def test_not_a_secret(path: str, text: str) -> None:
+    assert redact(text, path) == (text, {})
+
+
+@pytest.mark.parametrize(
+    ("path", "text", "kind"),
+    [
+        pytest.param(
+            "app.py",
+            'HEROKU_API_KEY = "123e4567-e89b-42d3-a456-426614174000"\n',
+            "high-entropy-secret",
+            id="uuid-named",
+        ),
+        pytest.param(
+            "tests/fixtures/key.pem",
+            "-----BEGIN EC PRIVATE KEY-----\nMHcCAQEEIEXAMPLEEXAMPLEEXAMPLE\n-----END EC PRIVATE KEY-----\n",
+            "private-key",
+            id="private-key-even-as-fixture",
+        ),
+        pytest.param(
+            "tests/test_aws.py",
+            'key = "AKIAIOSFODNN7EXAMPLE"\n',
+            "aws-access-key",
+            id="documented-example-fixture",
+        ),
+        pytest.param(
+            "x.go",
+            'u := "https://u:pa/ss@host.test/x"\n',
+            "connection-string-password",
+            id="slash-in-url-password",
+        ),
+    ],
+)
+def test_decided_to_be_a_secret(path: str, text: str, kind: str) -> None:
     out, counts = redact(text, path)
-    assert out == text
-    assert counts == {}
+    assert counts == {kind: 1}
+    assert out.count("\n") == text.count("\n")
 
 
-def test_near_miss_corpus_size() -> None:
-    assert len(NEAR_MISSES) >= 30
-
-
-def test_counts_per_kind_and_idempotence() -> None:
-    key1, key2 = f"AKIA{tok(UP, 16, 70)}", f"AKIA{tok(UP, 16, 71)}"
-    text = f"a = '{key1}'\nb = '{key2}'\nc = 'ghp_{tok(AN, 36, 72)}'\n"
-    out, counts = redact(text, "src/x.py")
-    assert counts == {"aws-access-key": 2, "github-token": 1}
-    assert (
-        out
-        == "a = '[REDACTED:aws-access-key]'\nb = '[REDACTED:aws-access-key]'\nc = '[REDACTED:github-token]'\n"
-    )
-    again, counts2 = redact(out, "src/x.py")
-    assert again == out and counts2 == {}
-
-
-def test_multiline_key_keeps_line_numbers() -> None:
-    text = f"line1\n-----BEGIN EC PRIVATE KEY-----\n{PEM_BODY}\n-----END EC PRIVATE KEY-----\nafter = 1\n"
-    out, counts = redact(text, "src/k.py")
-    assert counts == {"private-key": 1}
-    assert out.splitlines()[1] == "[REDACTED:private-key]"
-    assert out.splitlines().index("after = 1") == text.splitlines().index("after = 1")
+def test_hits_give_line_and_kind_never_the_value() -> None:
+    key = "ghp_" + "a1B2c3D4" * 4 + "zZ9y"
+    body = "\n".join("Q" * 64 for _ in range(3))
+    text = f"one\nTOKEN = '{key}'\n-----BEGIN RSA PRIVATE KEY-----\n{body}\n-----END RSA PRIVATE KEY-----\nafter\n"
+    result = redact_file(text, "src/x.py")
+    assert result.hits == (Hit(2, "github-token"), Hit(3, "private-key"))
+    assert [tuple(h) for h in result.hits] == [(2, "github-token"), (3, "private-key")]
+    assert result.counts == {"github-token": 1, "private-key": 1}
+    assert key not in repr(result.hits)
+    lines = result.text.split("\n")
+    assert lines[2] == marker("private-key") and lines[7] == "after"
+    assert redact(text, "src/x.py") == (result.text, result.counts)
+    again = redact_file(result.text, "src/x.py")
+    assert again.text == result.text and again.hits == (), "markers are never re-matched"
 
 
 def test_unterminated_private_key_is_still_redacted() -> None:
-    text = f"-----BEGIN PRIVATE KEY-----\n{PEM_BODY}\n"
-    out, _ = redact(text, "leak.txt")
-    assert PEM_BODY.split("\n")[0] not in out and PEM_BODY.split("\n")[-1] not in out
+    body = ["Zm9v" * 16, "YmFy" * 16]
+    out, counts = redact("-----BEGIN PRIVATE KEY-----\n" + "\n".join(body) + "\n", "leak.txt")
+    assert counts == {"private-key": 1}
+    assert body[0] not in out and body[1] not in out
+
+
+@pytest.mark.parametrize(
+    ("path", "ftype"),
+    [
+        (".env.production", FileType.ENV),
+        ("deploy/app.yml", FileType.YAML),
+        ("infra/main.tf", FileType.TERRAFORM),
+        ("Dockerfile.dev", FileType.DOCKERFILE),
+        ("api.Dockerfile", FileType.DOCKERFILE),
+        ("home/.pgpass", FileType.PGPASS),
+        ("home/.git-credentials", FileType.GIT_CREDENTIALS),
+        ("keys/me.ppk", FileType.PUTTY_KEY),
+        ("src/app.py", FileType.CODE),
+    ],
+)
+def test_file_types(path: str, ftype: FileType) -> None:
+    assert file_type(path) is ftype
+    assert is_config_file(path) == (
+        ftype not in (FileType.CODE, FileType.PUTTY_KEY, FileType.SSH_KEY)
+    )
 
 
 def test_helpers() -> None:
     assert shannon_entropy("") == 0.0
-    assert shannon_entropy("aaaa") == 0.0
     assert shannon_entropy("abcd") == 2.0
-    assert is_config_file(".env.production") and is_config_file("deploy/app.yml")
-    assert not is_config_file("src/app.py")
+    assert is_placeholder("${X}") and is_placeholder("") and is_placeholder("DB_PASSWORD")
+    assert not is_placeholder("hunter2!")
+
+
+def test_text_whose_lower_case_is_longer_is_still_redacted() -> None:
+    """`'İ'.lower()` is two characters: the per-line fast path must not use shifted offsets."""
+    text = '# İstanbul İİİ\npassword = "hunter22x"\nx = "İ"; api_key = "a1b2c3d4e5f6g7h8i9j0"\n'
+    assert len(text.lower()) != len(text)
+    result = redact_file(text, "src/a.py")
+    assert result.hits == (Hit(2, "password-literal"), Hit(3, "high-entropy-secret"))
+    assert "hunter22x" not in result.text and "a1b2c3d4e5f6g7h8i9j0" not in result.text

@@ -1,0 +1,1 @@
+headers = {"Authorization": "Basic amskcBqdQXwhkKdwU3DnI04Rywk4U+b9"}

@@ -1,0 +1,1 @@
+aws_secret_key = "aAPyQ1L9V4P3UcERsTTfb60NiSBDx3jHNbzyFwMT"

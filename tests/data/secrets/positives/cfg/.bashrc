@@ -1,0 +1,1 @@
+export GH_TOKEN=P4vmEIA3Ium+

@@ -1,0 +1,1 @@
+ENV SECRET_KEY="28rkoDc92N2Rn%"

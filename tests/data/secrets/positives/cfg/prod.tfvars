@@ -1,0 +1,1 @@
+db_password = "oj9mY5W1Q%"

@@ -1,0 +1,1 @@
+            var pwd = "QNzw9RLIY";

@@ -1,0 +1,1 @@
+        ds.setPassword("x"); String dbPassword = "121qRYH";

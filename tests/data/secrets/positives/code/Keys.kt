@@ -1,0 +1,1 @@
+    val apiKey = "2eIytYQuU8FItUhdKSWQdko9xmxoYh5s"

@@ -1,0 +1,1 @@
+const clientSecret = "FKWzc0j2isaB6NPyCLU4muPdajORnozy";

@@ -1,0 +1,1 @@
+const adminPass = "Pq9bCy";

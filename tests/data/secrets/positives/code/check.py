@@ -1,0 +1,1 @@
+if password == "6H4jn6GIM":

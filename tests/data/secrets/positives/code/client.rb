@@ -1,0 +1,1 @@
+API_TOKEN = 'pwTYXw11LMVaYURxHcluadTIO4wRBHWv'

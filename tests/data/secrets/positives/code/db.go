@@ -1,0 +1,1 @@
+	password := "7ai130JEef"

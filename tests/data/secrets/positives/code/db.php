@@ -1,0 +1,1 @@
+$db_pass = 'I7JCvnw';

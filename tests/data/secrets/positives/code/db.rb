@@ -1,0 +1,1 @@
+  password: 'ELlh4B',

@@ -1,0 +1,3 @@
+SECRET_KEY = "vmekj8asxlkZ5GYLteYQaYHgoqMDZdcm"
+stripe_secret = 'AOEPn632VrMw5JCkt8FLmXYSQtbjFo1Z'
+HEROKU_API_KEY = "d69c0239-48f7-467e-a1d3-c534d4595803"

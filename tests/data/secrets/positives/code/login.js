@@ -1,0 +1,1 @@
+await login({ user: 'admin', password: 'dv0xTHB' });

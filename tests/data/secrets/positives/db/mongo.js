@@ -1,0 +1,1 @@
+const uri = 'mongodb+srv://admin:KiRJIfCVS0dZJByulE@cluster0.abcde.mongodb.net/test';

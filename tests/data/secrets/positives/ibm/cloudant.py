@@ -1,0 +1,1 @@
+cloudant_password = "619f45ee7ca180471cd226bd5f03820814c27e283561dc7abcf093c9a6f1875d"

@@ -1,0 +1,1 @@
+cos_hmac_secret_access_key = "f8fcb6caea96aaa6c94a3792011b9d91df5e51e77f79363f"

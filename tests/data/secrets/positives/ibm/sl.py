@@ -1,0 +1,1 @@
+SOFTLAYER_API_KEY = "afrp17qpyiytx0kojrje7kgjco3jwxlnvbt67pabaxvqrhvpfbpaxyhajxve6ee5"
