@@ -13,35 +13,15 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from gitsupport import GIT_ENV, make_origin, plain_git, url_spec
 
 from jobs import git as jgit
 from jobs.errors import JobsInputError
 from jobs.git import GitError
-from jobs.manifest import AGENTS, RepoSpec, load_manifest, resolve_repo
+from jobs.manifest import load_manifest, resolve_repo
 from jobs.pack import pack_repo
 
 ROOT = Path(__file__).resolve().parent.parent
-GIT_ENV = {
-    "GIT_AUTHOR_NAME": "t",
-    "GIT_AUTHOR_EMAIL": "t@example.invalid",
-    "GIT_COMMITTER_NAME": "t",
-    "GIT_COMMITTER_EMAIL": "t@example.invalid",
-    "GIT_CONFIG_GLOBAL": os.devnull,
-    "GIT_CONFIG_NOSYSTEM": "1",
-}
-
-
-def plain_git(root: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    """git as a naive caller runs it: the repository's own config in force."""
-    return subprocess.run(
-        ["git", "-C", str(root), *args],
-        capture_output=True,
-        text=True,
-        env={**os.environ, **GIT_ENV},
-        stdin=subprocess.DEVNULL,
-        timeout=60,
-        check=check,
-    )
 
 
 class Marks:
@@ -86,23 +66,6 @@ class Marks:
     def clear(self) -> None:
         for p in self.dir.iterdir():
             p.unlink()
-
-
-def _origin(tmp_path: Path, name: str = "origin") -> tuple[Path, str]:
-    origin = tmp_path / name
-    origin.mkdir()
-    plain_git(origin, "init", "-q", "-b", "main")
-    (origin / "a.py").write_text("v = 1\n")
-    plain_git(origin, "add", "-A")
-    plain_git(origin, "commit", "-qm", "one")
-    plain_git(origin, "tag", "v1")
-    (origin / "a.py").write_text("v = 2\n")
-    plain_git(origin, "commit", "-qam", "two")
-    return origin, f"file://{origin}"
-
-
-def _spec(url: str, ref: str | None, slug: str = "origin") -> RepoSpec:
-    return RepoSpec(url, None, url, ref, slug, "m", AGENTS, 1000)
 
 
 # --- item 1: refs and URLs that git could read as options ---------------------------------
@@ -173,7 +136,7 @@ def test_manifest_refuses_option_like_urls(tmp_path: Path, url: str, key: str) -
 
 
 def test_upload_pack_in_a_ref_runs_nothing(tmp_path: Path) -> None:
-    _, url = _origin(tmp_path)
+    _, url = make_origin(tmp_path)
     marker = tmp_path / "pwned"
     payload = f"--upload-pack=touch {marker};git-upload-pack"
     # Control: a naive fetch with the ref after the URL runs the payload.
@@ -191,7 +154,7 @@ def test_upload_pack_in_a_ref_runs_nothing(tmp_path: Path) -> None:
     assert str(info.value).startswith(f"{path}: key 'repos[0] (ref after '#')': expected a git ref")
     assert f"for repo {url}" in str(info.value)
     with pytest.raises(JobsInputError, match="unsafe git URL or ref"):
-        resolve_repo(_spec(url, payload), tmp_path / "cache")
+        resolve_repo(url_spec(url, payload), tmp_path / "cache")
     # Below the validation, the ref still comes after --end-of-options: a refspec, not an option.
     with pytest.raises(GitError, match="invalid refspec"):
         jgit.git(scratch, "fetch", "--end-of-options", url, payload, allow_protocol="file")
@@ -207,7 +170,7 @@ def _hostile_repo(tmp_path: Path, marks: Marks, where: str = "config") -> tuple[
     `where`: "config" plants every key in .git/config (plus a few more in included files),
     "include" plants every key in a file that .git/config only includes.
     """
-    _, other_url = _origin(tmp_path, "other")
+    _, other_url = make_origin(tmp_path, "other")
     root = tmp_path / "hostile"
     root.mkdir()
     plain_git(root, "init", "-q", "-b", "main")
@@ -311,7 +274,7 @@ def test_hostile_config_runs_nothing(tmp_path: Path, where: str) -> None:
     with pytest.raises(GitError, match="is not run by review-runner"):
         jgit.git(root, "push", "origin")
     # Clone the hostile repo by URL: upload-pack runs in it with our sealed environment.
-    cloned = resolve_repo(_spec(f"file://{root}", "main", "hostile"), tmp_path / "cache")
+    cloned = resolve_repo(url_spec(f"file://{root}", "main", "hostile"), tmp_path / "cache")
     pack_repo(cloned, slug="clone", max_input_tokens=10_000)
     jgit.fetch(cloned, f"file://{root}", "main", deepen=1)
     assert marks.made() == []
@@ -342,7 +305,7 @@ def test_clone_runs_no_hooks_from_a_template(
     template = tmp_path / "template"
     template.mkdir()
     (template / "hooks").symlink_to(marks.hooks("template"))
-    _, url = _origin(tmp_path)
+    _, url = make_origin(tmp_path)
     # Control: a naive clone under this environment runs the template's hooks.
     subprocess.run(
         ["git", "clone", "-q", url, str(tmp_path / "naive")],
@@ -354,9 +317,9 @@ def test_clone_runs_no_hooks_from_a_template(
     monkeypatch.setenv("GIT_TEMPLATE_DIR", str(template))
     monkeypatch.setenv("GIT_ASKPASS", marks.script("askpass"))
     monkeypatch.setenv("SSH_ASKPASS", marks.script("ssh-askpass"))
-    dest = resolve_repo(_spec(url, "main"), tmp_path / "cache")
+    dest = resolve_repo(url_spec(url, "main"), tmp_path / "cache")
     assert (dest / "a.py").read_text() == "v = 2\n"
-    resolve_repo(_spec(url, "main"), tmp_path / "cache")  # the second use fetches again
+    resolve_repo(url_spec(url, "main"), tmp_path / "cache")  # the second use fetches again
     assert marks.made() == []
 
 
@@ -383,8 +346,8 @@ def test_safe_env_and_subcommands(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_fetch_helpers_deepen_a_clone(tmp_path: Path) -> None:
-    _, url = _origin(tmp_path)
-    dest = resolve_repo(_spec(url, "main"), tmp_path / "cache")
+    _, url = make_origin(tmp_path)
+    dest = resolve_repo(url_spec(url, "main"), tmp_path / "cache")
     assert jgit.git(dest, "rev-list", "--count", "HEAD").strip() == b"1"
     jgit.fetch(dest, url, "main", deepen=1)
     assert jgit.git(dest, "rev-list", "--count", "FETCH_HEAD").strip() == b"2"

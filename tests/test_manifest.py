@@ -2,36 +2,16 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
 from pathlib import Path
 
 import pytest
+from gitsupport import git, make_origin, url_spec
 
 from jobs.errors import JobsError, JobsInputError
 from jobs.gitcache import cache_name, scrub_url
 from jobs.manifest import AGENTS, RepoSpec, is_git_url, load_manifest, resolve_repo
 
 ROOT = Path(__file__).resolve().parent.parent
-GIT_ENV = {
-    "GIT_AUTHOR_NAME": "t",
-    "GIT_AUTHOR_EMAIL": "t@example.invalid",
-    "GIT_COMMITTER_NAME": "t",
-    "GIT_COMMITTER_EMAIL": "t@example.invalid",
-    "GIT_CONFIG_GLOBAL": os.devnull,
-    "GIT_CONFIG_NOSYSTEM": "1",
-}
-
-
-def git(root: Path, *args: str) -> str:
-    res = subprocess.run(
-        ["git", "-C", str(root), *args],
-        capture_output=True,
-        text=True,
-        env={**os.environ, **GIT_ENV},
-        check=True,
-    )
-    return res.stdout.strip()
 
 
 def manifest(tmp_path: Path, body: str, name: str = "m.toml") -> Path:
@@ -332,38 +312,21 @@ def test_shipped_nightly_manifest() -> None:
     assert m.limits["itpm"] > m.max_input_tokens, "one request must fit the input bucket"
 
 
-def _origin(tmp_path: Path) -> tuple[Path, str]:
-    origin = tmp_path / "origin"
-    origin.mkdir()
-    git(origin, "init", "-q", "-b", "main")
-    (origin / "a.py").write_text("v = 1\n")
-    git(origin, "add", "-A")
-    git(origin, "commit", "-qm", "one")
-    git(origin, "tag", "v1")
-    (origin / "a.py").write_text("v = 2\n")
-    git(origin, "commit", "-qam", "two")
-    return origin, f"file://{origin}"
-
-
-def _spec(url: str, ref: str | None, slug: str = "origin") -> RepoSpec:
-    return RepoSpec(url, None, url, ref, slug, "m", AGENTS, 1000)
-
-
 def test_resolve_clones_shallow_at_ref_and_follows_branch(tmp_path: Path) -> None:
-    origin, url = _origin(tmp_path)
+    origin, url = make_origin(tmp_path)
     cache = tmp_path / "cache"
-    at_tag = resolve_repo(_spec(url, "v1"), cache)
-    assert at_tag == cache / cache_name(_spec(url, "v1"))
+    at_tag = resolve_repo(url_spec(url, "v1"), cache)
+    assert at_tag == cache / cache_name(url_spec(url, "v1"))
     assert (at_tag / "a.py").read_text() == "v = 1\n"
-    head = resolve_repo(_spec(url, None), cache)
+    head = resolve_repo(url_spec(url, None), cache)
     assert head != at_tag and (head / "a.py").read_text() == "v = 2\n"
     assert git(head, "rev-list", "--count", "HEAD") == "1", "clone is shallow"
     (origin / "a.py").write_text("v = 3\n")
     git(origin, "commit", "-qam", "three")
     (head / "stray.txt").write_text("left over\n")
-    again = resolve_repo(_spec(url, "main"), cache)
+    again = resolve_repo(url_spec(url, "main"), cache)
     assert (again / "a.py").read_text() == "v = 3\n"
-    assert resolve_repo(_spec(url, None), cache) == head
+    assert resolve_repo(url_spec(url, None), cache) == head
     assert (head / "a.py").read_text() == "v = 3\n" and not (head / "stray.txt").exists()
     assert sorted(p.name for p in cache.iterdir() if not p.name.endswith(".lock")) == sorted(
         {at_tag.name, head.name, again.name}
@@ -371,9 +334,9 @@ def test_resolve_clones_shallow_at_ref_and_follows_branch(tmp_path: Path) -> Non
 
 
 def test_resolve_errors(tmp_path: Path) -> None:
-    _, url = _origin(tmp_path)
+    _, url = make_origin(tmp_path)
     with pytest.raises(JobsInputError, match=r"cannot fetch ref 'no-such-ref': git fetch failed: "):
-        resolve_repo(_spec(url, "no-such-ref"), tmp_path / "cache")
+        resolve_repo(url_spec(url, "no-such-ref"), tmp_path / "cache")
     assert not any(p.is_dir() for p in (tmp_path / "cache").iterdir()), "no half-made clone is left"
     with pytest.raises(JobsInputError, match="repository folder not found"):
         resolve_repo(
@@ -393,13 +356,13 @@ def test_scrub_url_hides_credentials() -> None:
 
 
 def _resolve_in_child(url: str, cache: str) -> str:
-    return str(resolve_repo(_spec(url, "main"), Path(cache)))
+    return str(resolve_repo(url_spec(url, "main"), Path(cache)))
 
 
 def test_concurrent_resolves_share_one_clone(tmp_path: Path) -> None:
     import multiprocessing
 
-    _, url = _origin(tmp_path)
+    _, url = make_origin(tmp_path)
     cache = tmp_path / "cache"
     with multiprocessing.get_context("spawn").Pool(3) as pool:
         results = pool.starmap(_resolve_in_child, [(url, str(cache))] * 3, chunksize=1)

@@ -5,34 +5,17 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
+from gitsupport import git
 
 import jobs.pack as pack_module
 from jobs.errors import JobsInputError
 from jobs.pack import Pack, estimate_tokens, pack_repo
 
-GIT_ENV = {
-    "GIT_AUTHOR_NAME": "t",
-    "GIT_AUTHOR_EMAIL": "t@example.invalid",
-    "GIT_COMMITTER_NAME": "t",
-    "GIT_COMMITTER_EMAIL": "t@example.invalid",
-}  # the user's git config stays in force: pack_repo's own `git ls-files` sees it too
 BLOCK_START = re.compile(r'^<file path="([^"]*)" lines="(\d+)"')
 CONTENT = re.compile(r"^(\d+)\| (.*)$")
-
-
-def git(root: Path, *args: str) -> str:
-    res = subprocess.run(
-        ["git", "-c", "commit.gpgsign=false", "-C", str(root), *args],
-        capture_output=True,
-        text=True,
-        env={**os.environ, **GIT_ENV},
-        check=True,
-    )
-    return res.stdout
 
 
 def ls_files(root: Path) -> set[str]:

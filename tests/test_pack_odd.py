@@ -11,36 +11,16 @@ import json
 import os
 import pickle
 import socket
-import subprocess
 import tracemalloc
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from gitsupport import git
 
 import jobs.pack as pack_module
 from jobs.errors import JobsError
 from jobs.pack import PackError, pack_repo
-
-GIT_ENV = {
-    "GIT_AUTHOR_NAME": "t",
-    "GIT_AUTHOR_EMAIL": "t@example.invalid",
-    "GIT_COMMITTER_NAME": "t",
-    "GIT_COMMITTER_EMAIL": "t@example.invalid",
-    "GIT_CONFIG_GLOBAL": os.devnull,
-    "GIT_CONFIG_NOSYSTEM": "1",
-}
-
-
-def git(root: Path, *args: str) -> None:
-    subprocess.run(
-        ["git", "-C", str(root), *args],
-        capture_output=True,
-        env={**os.environ, **GIT_ENV},
-        stdin=subprocess.DEVNULL,
-        timeout=60,
-        check=True,
-    )
 
 
 def write(root: Path, rel: str | bytes, content: str = "x = 1\n") -> None:
