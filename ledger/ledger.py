@@ -41,6 +41,8 @@ from statedb import process_alive, process_identity
 __all__ = ["EVENT_KINDS", "Admission", "JobEstimate", "Ledger", "Projection", "Reservation"]
 
 EVENT_KINDS = ("rate_limited", "spend_cap")
+# A token budget above this is a typo (and would overflow a SQLite integer in the sums).
+MAX_BUDGET_TOKENS = 10**15
 
 
 @dataclass(frozen=True)
@@ -120,6 +122,11 @@ class Ledger:
         ):
             raise LedgerInputError(
                 f"budget: expected a non-negative number of tokens, got {tokens!r}"
+            )
+        if tokens is not None and tokens > MAX_BUDGET_TOKENS:
+            raise LedgerInputError(
+                f"budget: expected a non-negative number of tokens, got {tokens:,}: more than"
+                f" the {MAX_BUDGET_TOKENS:,} ceiling"
             )
         key = "*" if month is None else parse_month(month)
         with self._store.write() as conn:

@@ -7,9 +7,10 @@ token, so costs come out in integer micro-dollars without float drift.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
+from decimal import ROUND_HALF_UP, Decimal
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -142,14 +143,38 @@ def money(micros: int) -> str:
     return f"{sign}${abs(micros) / 1_000_000:,.2f}"
 
 
+# USD text as people write it: plain digits or comma-grouped thousands, optional cents.
+# Anything else ("1,5", "1e30", "nan") is refused rather than guessed at: "1,5" is $1.50
+# in much of Europe and $15 with the commas stripped.
+_USD_TEXT = re.compile(r"\$?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|\$?\.\d+")
+# Far above any real budget, and far below what a SQLite integer holds in micro-dollars
+# (2**63 - 1 micros is about $9.2e12): a larger figure is a typo, not a budget.
+MAX_USD = Decimal(1_000_000_000)
+
+
 def usd_to_micros(value: Decimal | str | float | int, what: str) -> int:
-    """USD as given by a person or a price table ("$1,250.50", 0.5) as integer micro-dollars."""
+    """USD as given by a person or a price table ("$1,250.50", 0.5) as integer micro-dollars.
+
+    Text must be plain decimal notation (thousands grouped by commas of three digits);
+    numbers must be finite, non-negative and at most MAX_USD. LedgerInputError otherwise.
+    """
+    expected = f"{what}: expected a non-negative number of USD"
     if isinstance(value, bool):
-        raise LedgerInputError(f"{what}: expected a non-negative number of USD, got {value!r}")
-    try:
-        amount = Decimal(str(value).strip().lstrip("$").replace(",", ""))
-    except (InvalidOperation, ValueError):
-        amount = Decimal("NaN")
+        raise LedgerInputError(f"{expected}, got {value!r}")
+    if isinstance(value, str):
+        text = value.strip()
+        if _USD_TEXT.fullmatch(text.removeprefix("-")):
+            amount = Decimal(text.lstrip("$").replace(",", ""))
+        else:
+            raise LedgerInputError(
+                f"{expected}, got {value!r} (written like 500, 12.50 or 1,250.50: no exponent,"
+                " commas only between thousands)"
+            )
+    else:
+        amount = Decimal(str(value))  # a float's or int's str() is always a valid Decimal
     if not amount.is_finite() or amount < 0:
-        raise LedgerInputError(f"{what}: expected a non-negative number of USD, got {value!r}")
+        raise LedgerInputError(f"{expected}, got {value!r}")
+    if amount > MAX_USD:
+        limit = money(int(MAX_USD) * 1_000_000)
+        raise LedgerInputError(f"{expected}, got {value!r}: more than the {limit} ceiling")
     return int((amount * 1_000_000).quantize(Decimal(1), rounding=ROUND_HALF_UP))
