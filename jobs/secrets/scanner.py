@@ -105,7 +105,9 @@ def _apply(rule: Rule, text: str, lowered: str, hits: list[Hit]) -> str:
     # str.lower() can change the length of some non-ASCII text; then offsets would not match.
     if rule.per_line and len(lowered) == len(text):
         lines = _hint_lines(rule, lowered if rule.fold else text)
-        matches = (m for start, end in lines for m in rule.regex.finditer(text, start, end))
+        matches: Iterator[re.Match[str]] = (
+            m for start, end in lines for m in rule.regex.finditer(text, start, end)
+        )
     else:
         matches = rule.regex.finditer(text)
     spans = (_span(m, rule.group) for m in matches)
