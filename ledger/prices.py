@@ -163,8 +163,11 @@ def usd_to_micros(value: Decimal | str | float | int, what: str) -> int:
         raise LedgerInputError(f"{expected}, got {value!r}")
     if isinstance(value, str):
         text = value.strip()
-        if _USD_TEXT.fullmatch(text.removeprefix("-")):
-            amount = Decimal(text.lstrip("$").replace(",", ""))
+        digits = text.removeprefix("-")
+        if _USD_TEXT.fullmatch(digits):
+            # The sign is kept apart so that "-$5" is refused below as negative, like "-5".
+            sign = "-" if digits != text else ""
+            amount = Decimal(sign + digits.lstrip("$").replace(",", ""))
         else:
             raise LedgerInputError(
                 f"{expected}, got {value!r} (written like 500, 12.50 or 1,250.50: no exponent,"

@@ -52,10 +52,11 @@ def test_unclear_usd_is_exit_2_naming_the_value(value: str) -> None:
     assert budget_usd() == 20.0
 
 
-def test_negative_usd_is_exit_2() -> None:
-    result = cli("set", "--usd", "-1,000")
+@pytest.mark.parametrize("value", ["-1,000", "-$5"])
+def test_negative_usd_is_exit_2(value: str) -> None:
+    result = cli("set", "--usd", value)
     assert result.exit_code == 2
-    assert result.stderr == "Error: budget: expected a non-negative number of USD, got '-1,000'\n"
+    assert result.stderr == f"Error: budget: expected a non-negative number of USD, got {value!r}\n"
     assert budget_usd() is None
 
 
