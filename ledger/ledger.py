@@ -146,8 +146,9 @@ class Ledger:
 
     # -- projection and admission -------------------------------------------------------------
 
-    def project(self, mode: str, jobs: Sequence[JobEstimate]) -> Projection:
-        """Expected and worst-case cost of `jobs` in `mode`; UnknownModel for an unpriced model."""
+    def project(self, mode: str, jobs: Sequence[JobEstimate], *, batch: bool = False) -> Projection:
+        """Expected and worst-case cost of `jobs` in `mode` (as Message Batches if `batch`);
+        UnknownModel for an unpriced model."""
         with self._store.read() as conn:
 
             def expected_output(agent: str, model: str) -> float | None:
@@ -159,7 +160,12 @@ class Ledger:
                 return None if row is None else row[0]
 
             return project(
-                mode, jobs, self.prices, expected_output, lambda model: ops.input_ratio(conn, model)
+                mode,
+                jobs,
+                self.prices,
+                expected_output,
+                lambda model: ops.input_ratio(conn, model),
+                batch=batch,
             )
 
     def admit(
@@ -281,13 +287,16 @@ class Ledger:
         review: str | None = None,
         mode: str | None = None,
         counted: bool = False,
+        batch: bool = False,
+        cache_ttl: str = "5m",
     ) -> Reservation:
         """Hold the worst case of one request, or raise BudgetExceeded with the numbers.
 
         The check (spent + reserved + other runs' holds + this, beyond the run's own hold)
         and the insert are one transaction. Records pid and host for crash detection. A local
         estimate (not `counted`) is raised by the model's learned actual/estimate ratio when
-        that is above 1, so the worst case stays a worst case.
+        that is above 1, so the worst case stays a worst case. A `batch` request (Message
+        Batches) is held at the batch price, its cache writes at `cache_ttl`'s price.
         """
         for name, value in (("input_estimate", input_estimate), ("max_output", max_output)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
@@ -302,7 +311,7 @@ class Ledger:
             if ratio is not None and ratio > 1:
                 # History says local estimates run low: hold what the request will likely bill.
                 worst_in = math.ceil(input_estimate * min(ratio, INPUT_RATIO_BOUNDS[1]))
-            worst = worst_case_micros(price, worst_in, max_output)
+            worst = worst_case_micros(price, worst_in, max_output, cache_ttl=cache_ttl, batch=batch)
             worst_t = worst_in + max_output
             usd_budget, token_budget = ops.effective_budget(conn, month)
             if usd_budget is not None or token_budget is not None:
@@ -322,6 +331,7 @@ class Ledger:
                     "input_estimate": input_estimate,
                     "max_output": max_output,
                     "counted": int(counted),
+                    "batch": int(batch),
                     "worst_micros": worst,
                     "worst_tokens": worst_t,
                     "pid": pid,
@@ -401,7 +411,10 @@ class Ledger:
         """Mark reservations of dead processes unknown and end holds of dead runs; returns how many."""
         with self._store.read() as conn:
             owners = conn.execute(
-                "SELECT DISTINCT pid, pid_start, host FROM entries WHERE state = 'reserved'"
+                # A Message Batches request outlives its process: the batch holds it, and a
+                # resume collects it, so it stays reserved ("processing"), never unknown.
+                "SELECT DISTINCT pid, pid_start, host FROM entries"
+                " WHERE state = 'reserved' AND batch = 0"
             ).fetchall()
             runs = conn.execute(
                 "SELECT run_id, pid, pid_start, host FROM runs WHERE active = 1"

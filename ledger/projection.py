@@ -47,6 +47,7 @@ class JobEstimate:
     counted: bool = False
     cache_write_tokens: int = 0  # of input_tokens, expected to be written to the (5-minute) cache
     cache_read_tokens: int = 0  # of input_tokens, expected to be read from the cache
+    cache_ttl: str = "5m"  # the TTL its cache writes are priced at ("5m" or "1h")
 
 
 @dataclass(frozen=True)
@@ -86,10 +87,13 @@ def project(
     prices: Mapping[str, Price],
     expected_output: Callable[[str, str], float | None],
     input_ratio: Callable[[str], float | None],
+    *,
+    batch: bool = False,
 ) -> Projection:
     """The projection of `jobs` in `mode`; UnknownModel for a model without a price.
 
     `expected_output(agent, model)` and `input_ratio(model)` give history, or None for the prior.
+    `batch`: the jobs go as Message Batches, every price at the model's batch discount.
     """
     if mode not in MODES:
         raise LedgerInputError(f"bad mode {mode!r}: expected one of {', '.join(MODES)}")
@@ -118,13 +122,17 @@ def project(
         total_out += tokens_out
         # Calibration scales the uncached part only: the cached prefix is counted as it is.
         uncached = max(0, tokens_in - cached)
-        cost += (
+        write = price.cache_write_1h if job.cache_ttl == "1h" else price.cache_write_5m
+        job_cost = (
             uncached * price.input
-            + job.cache_write_tokens * price.cache_write_5m
+            + job.cache_write_tokens * write
             + job.cache_read_tokens * price.cache_read
             + tokens_out * price.output
         )
-        worst += worst_case_micros(price, tokens_in, job.max_output)
+        cost += job_cost * (1 - price.batch_discount) if batch else job_cost
+        worst += worst_case_micros(
+            price, tokens_in, job.max_output, cache_ttl=job.cache_ttl, batch=batch
+        )
     return Projection(
         mode=mode,
         requests=len(jobs),
