@@ -46,7 +46,7 @@ from runner.run.results import Progress, RunResult, Tally, job_counts, make_resu
 from runner.run.worker import request_blocks
 from statedb import iso, parse_iso
 
-__all__ = ["MAX_BATCH_BYTES", "MAX_BATCH_REQUESTS", "run_batches"]
+__all__ = ["MAX_BATCH_BYTES", "MAX_BATCH_REQUESTS", "run_batches", "split", "unanswered"]
 
 # The platform's limits per batch: 100,000 requests or 256 MB. We stay a little under the
 # size cap: the JSON the SDK sends is not byte-identical to ours.
@@ -96,6 +96,8 @@ class _Session:
     works: dict[str, RepoWork] = field(init=False)
     tally: Tally = field(init=False)
     submit_failures: int = 0
+    retry_submit: bool = False  # a submission failed and is worth another try
+    budget_blocked: bool = False  # a reservation was refused; cleared when a batch is collected
     last_line: str = ""
     tries_before: dict[str, int] = field(default_factory=dict)  # attempts of earlier sessions
 
@@ -144,7 +146,7 @@ class _Session:
                 if stop is None:
                     stop = self._submit_ready()
                 open_batches = self.records.batches(self.run_id, open_only=True)
-                if not open_batches:
+                if not open_batches and not (self.retry_submit and config.wait):
                     break
                 if not config.wait:
                     return self._submitted(open_batches)
@@ -218,20 +220,17 @@ class _Session:
         return [j for j in self.jobs.values() if ready(j)]
 
     def _submit_ready(self) -> StopReason | None:
+        self.retry_submit = False
+        if self.budget_blocked:  # nothing settled since the budget said no
+            return None
         ready = self._ready()
         requests = {job.id: self._request(job) for job in ready}
-        chunk: list[Job] = []
-        size = 0
-        for job in ready:
-            item_size = len(json.dumps(requests[job.id])) + 100
-            if chunk and (len(chunk) >= MAX_BATCH_REQUESTS or size + item_size > MAX_BATCH_BYTES):
-                stop = self._submit(chunk, requests)
-                if stop:
-                    return stop
-                chunk, size = [], 0
-            chunk.append(job)
-            size += item_size
-        return self._submit(chunk, requests) if chunk else None
+        sizes = [len(json.dumps(requests[job.id])) for job in ready]
+        for chunk in split(ready, sizes):
+            stop = self._submit(chunk, requests)
+            if stop:
+                return stop
+        return None
 
     def _request(self, job: Job) -> dict[str, Any]:
         """The Messages params of `job` (built before anything is held)."""
@@ -274,8 +273,18 @@ class _Session:
                     cache_ttl=job.cache_ttl,
                 )
             except BudgetExceeded as exc:
-                self._say(f"the month's budget is used up: {exc}")
-                stop = StopReason.BUDGET
+                # Every request of a batch is held at its worst case at once. While a batch
+                # is in flight its settling frees money: the rest waits for it. With none in
+                # flight and nothing that fits, the budget is used up.
+                self.budget_blocked = True
+                if held or self._in_flight():
+                    self._say(
+                        f"{len(chunk) - len(held)} requests wait for the batches in flight to "
+                        f"settle: the budget cannot hold their worst case yet ({exc})"
+                    )
+                else:
+                    self._say(f"the month's budget is used up: {exc}")
+                    stop = StopReason.BUDGET
                 break
         self.records.set_reservations(row.key, {c: (r.id, r.month) for c, r in held.items()})
         if not held:
@@ -313,6 +322,7 @@ class _Session:
         self.submit_failures += 1
         if err.retryable and self.submit_failures < self.execution.config.max_attempts:
             self._say(f"batch submission failed ({err}); trying again at the next poll")
+            self.retry_submit = True
             return None
         for job in jobs:
             runs.finish_job(job.id, JobStatus.FAILED, error=f"batch submission failed: {err}")
@@ -418,6 +428,7 @@ class _Session:
                 self._handle(item, results.get(cid) or {"type": "expired"})
         ended = iso(info.ended_at) if info.ended_at else None
         self.records.set_status(row.key, BatchStatus.COLLECTED, ended_at=ended)
+        self.budget_blocked = False
         self._say(
             f"batch {info.id} ended: {info.counts.get('succeeded', 0)} succeeded, "
             f"{info.counts.get('errored', 0)} errored, "
@@ -441,15 +452,14 @@ class _Session:
             return
         else:
             self._release([reservation])
-            error = _error_text(kind, result)
+            error, final = unanswered(result)
             tries = (
                 self.records.tries(self.run_id).get(job.id, 0)
                 - self.tries_before.get(job.id, 0)
                 + 1
             )
-            invalid = kind == "errored" and _error_type(result) == "invalid_request_error"
-            if invalid or tries >= self.execution.config.max_attempts:
-                text = error if invalid else f"{error} (after {tries} batch attempts)"
+            if final or tries >= self.execution.config.max_attempts:
+                text = error if final else f"{error} (after {tries} batch attempts)"
                 runs.finish_job(job.id, JobStatus.FAILED, error=text, attempts=1)
                 outcome = JobOutcome(job, JobStatus.FAILED, error=text, attempts=tries)
             else:
@@ -528,13 +538,42 @@ def _usage(message: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in usage.items() if v is not None}
 
 
-def _error_type(result: Mapping[str, Any]) -> str | None:
-    error = (result.get("error") or {}).get("error") or {}
-    return error.get("type")
+def unanswered(result: Mapping[str, Any]) -> tuple[str, bool]:
+    """(what to say, whether it is final) of a result that is not `succeeded`.
 
-
-def _error_text(kind: str, result: Mapping[str, Any]) -> str:
+    Only invalid_request_error is final (the same request would fail again); other errors,
+    `expired` and `canceled` were not billed and are worth a next batch.
+    """
+    kind = str(result.get("type"))
     if kind != "errored":
-        return f"batch request {kind} (not billed)"
+        return f"batch request {kind} (not billed)", False
     error = (result.get("error") or {}).get("error") or {}
-    return f"batch request errored: {error.get('type')}: {error.get('message')}"
+    text = f"batch request errored: {error.get('type')}: {error.get('message')}"
+    return text, error.get("type") == "invalid_request_error"
+
+
+def split(
+    items: Sequence[Job],
+    sizes: Sequence[int],
+    *,
+    max_requests: int = MAX_BATCH_REQUESTS,
+    max_bytes: int = MAX_BATCH_BYTES,
+) -> list[list[Job]]:
+    """`items` in order, cut into batches within the platform's request and size limits.
+
+    `sizes` are the items' JSON sizes in bytes; each item is counted with room for its
+    custom_id and the framing around it.
+    """
+    chunks: list[list[Job]] = []
+    chunk: list[Job] = []
+    size = 0
+    for item, item_size in zip(items, sizes, strict=True):
+        item_size += 128
+        if chunk and (len(chunk) >= max_requests or size + item_size > max_bytes):
+            chunks.append(chunk)
+            chunk, size = [], 0
+        chunk.append(item)
+        size += item_size
+    if chunk:
+        chunks.append(chunk)
+    return chunks
