@@ -27,6 +27,7 @@ from batch_support import (
 )
 from support import api_env, cli, ledger_of, make_repos, spawn, write_manifest
 
+from runner.runs import Runs
 from runner.simulator import SimConfig, Simulator
 
 REPORTS = ("review.md", "findings.json", "findings.sarif")
@@ -301,3 +302,17 @@ def test_the_spend_cap_on_submission_defers_the_run_with_exit_3(
     assert "the account's spend limit is reached" in result.stderr
     entries = ledger_entries(isolated_state, doc["run_id"])
     assert entries and all(e["state"] == "released" for e in entries)
+
+
+def test_a_reply_cut_at_max_tokens_is_marked_truncated_never_no_findings(
+    tmp_path: Path, isolated_state: Path
+) -> None:
+    manifest = _manifest(tmp_path, 1, max_output_tokens=40)
+    with Simulator(SimConfig(seed=16, output_mean=4000)) as sim:
+        result = run_batches(manifest, sim, "--mode", "single")
+    assert result.returncode == 0, result.stderr
+    doc = doc_of(result)
+    rows = Runs(isolated_state / "runs.db").jobs(doc["run_id"])
+    assert [r.result["status"] for r in rows if r.result] == ["truncated"]
+    review = (Path(doc["out_dir"]) / "repo00" / "review.md").read_text()
+    assert "truncated" in review.lower()

@@ -63,7 +63,7 @@ def test_custom_ids_are_valid_unique_and_map_back_to_their_jobs(isolated_state: 
     records = BatchRecords(runs)
     jobs = [f"{run_id}/repo{i}/code_review" for i in range(3)]
     first, ids1 = records.record_intent(run_id, 1, jobs)
-    second, ids2 = records.record_intent(run_id, 2, jobs)
+    _, ids2 = records.record_intent(run_id, 2, jobs)
     assert all(CUSTOM_ID.match(c) for c in ids1 + ids2)
     assert len(set(ids1 + ids2)) == 6
     assert [i.job_id for i in records.items(first.key)] == jobs
