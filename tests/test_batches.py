@@ -219,6 +219,8 @@ def test_no_wait_submits_and_exits_0_then_resume_collects(
         assert len(sim.batch_log()) == 1
         status = doc_of(cli("budget", "status", "--json"))
         assert status["batch_requests_processing"] == 3
+        text = cli("budget", "status").stdout
+        assert "spent at the batch price; 3 request(s) still processing" in text
         # A second --no-wait collects phase 1 once it has ended and submits phase 2.
         time.sleep(1.2)
         second = resume(sim, "--no-wait")
@@ -316,3 +318,34 @@ def test_a_reply_cut_at_max_tokens_is_marked_truncated_never_no_findings(
     assert [r.result["status"] for r in rows if r.result] == ["truncated"]
     review = (Path(doc["out_dir"]) / "repo00" / "review.md").read_text()
     assert "truncated" in review.lower()
+
+
+def test_ctrl_c_while_waiting_exits_130_and_the_batches_are_collected_later(
+    tmp_path: Path, isolated_state: Path
+) -> None:
+    manifest = _manifest(tmp_path, 2)
+    with Simulator(SimConfig(seed=17, batch_delay=2.0)) as sim:
+        proc = spawn(
+            "run",
+            str(manifest),
+            "--api",
+            "batches",
+            "--mode",
+            "single",
+            "--poll-interval",
+            POLL,
+            sim=sim,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        _wait_for(_submitted(isolated_state, 1))
+        os.kill(proc.pid, signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 130, err
+        assert ": interrupted." in out
+        assert "interrupted: the batches keep running; `run --resume` collects them" in err
+        assert "Resume with: review-runner run --resume" in err
+        result = resume(sim)
+        assert result.returncode == 0, result.stderr
+        jobs = submitted_jobs(sim, isolated_state)
+    assert doc_of(result)["jobs"]["done"] == 2 and len(jobs) == 2

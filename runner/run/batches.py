@@ -494,12 +494,16 @@ class _Session:
             attempts=1,
         )
         cost = self._settle(reservation, message)
-        runs.set_job_cost(job.id, cost)
+        if cost is None:  # settled before a crash, and its cost recorded then
+            cost = 0
+        else:
+            runs.set_job_cost(job.id, cost)
         return JobOutcome(
             job, JobStatus.DONE, result=parsed.to_dict(), usage=usage, cost_micros=cost, attempts=1
         )
 
-    def _settle(self, reservation: Reservation | None, message: Mapping[str, Any]) -> int:
+    def _settle(self, reservation: Reservation | None, message: Mapping[str, Any]) -> int | None:
+        """The cost charged now; None if it was charged before (a collection cut short)."""
         if reservation is None:
             return 0
         try:
@@ -511,7 +515,7 @@ class _Session:
                 batch=True,
             )
         except AlreadyFinal:  # settled before a crash: charged once, never twice
-            return 0
+            return None
 
     def _release(self, reservations: Any) -> None:
         for reservation in reservations:
