@@ -29,7 +29,7 @@ from runner.run.plan import Plan, RepoWork, count_prefixes, make_plan, pack_all,
 from runner.run.pool import run_pool
 from runner.run.reporting import finish_reports, json_totals, write_if_complete
 from runner.run.results import PlanResult, Progress, RunResult, Tally, job_counts, make_result
-from runner.run.worker import WorkerConfig, request_blocks
+from runner.run.worker import WorkerConfig, request_blocks, request_tools
 from runner.runs import JobRow, Runs
 from statedb import StatePaths
 
@@ -79,6 +79,7 @@ def _counter(client: ApiClient) -> Callable[[RepoWork], int]:
             model=work.spec.model,
             system=work.prompts.system,
             blocks=request_blocks(work.prompts.pack, None),
+            tools=request_tools(),
         )
 
     return count

@@ -249,6 +249,12 @@ class Simulator(BatchSide):
         prompt = validate_message_request(body)
         cls = model_class(prompt.model)
         record.update(model=prompt.model, model_class=cls, stream=bool(body.get("stream")))
+        # What a test checks about every request: the tools it carried and the tool it forced.
+        tools = body.get("tools")
+        record.update(
+            tools=[t.get("name") for t in tools if isinstance(t, dict)] if isinstance(tools, list) else [],  # fmt: skip
+            tool_choice=body.get("tool_choice"),
+        )
         price = self._price(prompt.model)
         cfg = self.config
         with self._lock:
