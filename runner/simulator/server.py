@@ -252,7 +252,9 @@ class Simulator(BatchSide):
         # What a test checks about every request: the tools it carried and the tool it forced.
         tools = body.get("tools")
         record.update(
-            tools=[t.get("name") for t in tools if isinstance(t, dict)] if isinstance(tools, list) else [],  # fmt: skip
+            tools=[t.get("name") for t in tools if isinstance(t, dict)]
+            if isinstance(tools, list)
+            else [],
             tool_choice=body.get("tool_choice"),
         )
         price = self._price(prompt.model)
