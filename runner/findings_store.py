@@ -16,15 +16,24 @@ never replaced, so a finding keeps its first acceptance.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from jobs.findings import Finding
 from jobs.suppressions import Baseline, BaselineEntry
 from jobs.tracking import Status, Tracked, Tracking
+from runner.errors import RunnerInputError
 from runner.runs import Runs, utc_now
 
-__all__ = ["UNVERIFIED", "FindingsStore", "Review"]
+__all__ = [
+    "UNVERIFIED",
+    "Accepted",
+    "FindingsStore",
+    "Listed",
+    "Review",
+    "accept_baseline",
+    "list_findings",
+]
 
 #: The status a finding whose quote is not in the file is stored with (it is never tracked).
 UNVERIFIED = "unverified"
@@ -151,3 +160,109 @@ class FindingsStore:
             bucket.append(tracked)
         tracking = Tracking(tuple(tonight), tuple(carried), tuple(fixed), tuple(unverified))
         return Review(row["run_id"], row["slug"], row["run_date"], bool(row["complete"]), tracking)
+
+
+@dataclass(frozen=True)
+class Listed:
+    """What ``findings list`` shows: each repo's last complete review and its findings."""
+
+    reviews: tuple[Review, ...]
+    baselines: Mapping[str, Baseline]
+
+    def rows(self, status: str | None = None) -> list[dict]:
+        """One dict per finding (tonight's, still open, fixed; not the unverified), optionally of one status."""
+        out = []
+        for review in self.reviews:
+            t = review.tracking
+            accepted = self.baselines.get(review.slug, Baseline()).entries
+            for tracked in t.findings + t.carried + t.fixed:
+                if status is not None and tracked.status.value != status:
+                    continue
+                out.append(
+                    {
+                        "slug": review.slug,
+                        "run_id": review.run_id,
+                        **tracked.to_dict(),
+                        "baselined": tracked.fingerprint in accepted,
+                    }
+                )
+        return out
+
+    def to_json(self, status: str | None = None) -> dict:
+        """The ``findings list --json`` document."""
+        return {
+            "repos": [
+                {
+                    "slug": r.slug,
+                    "run_id": r.run_id,
+                    "run_date": r.run_date,
+                    "counts": r.tracking.counts(),
+                }
+                for r in self.reviews
+            ],
+            "status": status,
+            "findings": self.rows(status),
+        }
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """What ``findings baseline`` did for one repo."""
+
+    slug: str
+    run_id: str
+    added: int
+    already: int
+
+    def to_json(self) -> dict:
+        """A JSON-able dict."""
+        return {"slug": self.slug, "run_id": self.run_id, "added": self.added, "already": self.already}  # fmt: skip
+
+
+def _require(store: FindingsStore, slugs: Sequence[str]) -> list[str]:
+    known = store.slugs()
+    if not known:
+        raise RunnerInputError(
+            f"no review recorded in {store.runs.path} yet: run `review-runner run MANIFEST` first"
+        )
+    for slug in slugs:
+        if slug not in known:
+            raise RunnerInputError(
+                f"unknown repo {slug!r}: no review of it in {store.runs.path} (known: {', '.join(known)})"
+            )
+    return list(dict.fromkeys(slugs)) or known
+
+
+def list_findings(store: FindingsStore) -> Listed:
+    """Every repo's last complete review; RunnerInputError when no review was recorded yet."""
+    slugs = _require(store, ())
+    reviews = tuple(r for r in (store.last_complete(s) for s in slugs) if r is not None)
+    return Listed(reviews, {r.slug: store.baseline(r.slug) for r in reviews})
+
+
+def accept_baseline(
+    store: FindingsStore, slugs: Sequence[str], *, by: str, reason: str = ""
+) -> list[Accepted]:
+    """Accept the open findings of each repo's last complete review (every repo when ``slugs`` is empty).
+
+    RunnerInputError, before anything is written, for no review yet, an unknown repo, or a named repo
+    without a complete review.
+    """
+    chosen = _require(store, slugs)
+    reviews = {s: store.last_complete(s) for s in chosen}
+    missing = [s for s, r in reviews.items() if r is None]
+    if missing and slugs:
+        raise RunnerInputError(
+            f"repo {missing[0]!r} has no complete review to accept (every review of it had an agent "
+            "that failed or was cut off); run it again first"
+        )
+    at = utc_now()
+    done = []
+    for slug, review in reviews.items():
+        if review is None:
+            continue
+        fingerprints = [t.fingerprint for t in review.tracking.open()]
+        entries = Baseline().accept(fingerprints, by=by, at=at, run_id=review.run_id, reason=reason)
+        added = store.accept(slug, entries.entries.values())
+        done.append(Accepted(slug, review.run_id, added, len(entries.entries) - added))
+    return done
