@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from sarif_support import multitool_problems
-from support import api_env, cli, messages, write_manifest
+from support import api_env, cli, make_repos, messages, write_manifest
 from test_nights import BUGS, SUPPRESSED, SUPPRESSIONS, Oracle, bug_of, commit
 
 from jobs.errors import JobsInputError
@@ -197,3 +197,31 @@ def test_a_broken_suppressions_file_stops_the_run_before_anything_is_sent(tmp_pa
     assert sent == []  # no review request; and nothing held in the ledger
     status = json.loads(cli("budget", "status", "--json").stdout)
     assert status["held_usd"] == 0 and status["reserved_usd"] == 0
+
+
+def test_a_resumed_run_reports_the_repos_its_first_attempt_tracked(tmp_path: Path) -> None:
+    manifest = write_manifest(tmp_path / "m.toml", make_repos(tmp_path / "repos", 4))
+    cli("budget", "set", "--usd", "50")
+    with Simulator(SimConfig(seed=3)) as sim:
+        first = cli("run", str(manifest), "--mode", "single", "--json", env=api_env(sim))
+    assert first.returncode == 0, first.stderr
+    # The second night stops at the spend cap part-way, then is resumed: the repos done before the stop
+    # were tracked then (persisting), and the summary of the resumed run must say so, not "new".
+    with Simulator(SimConfig(seed=3, spend_cap_usd=0.01)) as sim:
+        capped = cli("run", str(manifest), "--mode", "single", "--workers", "1", "--json", env=api_env(sim))  # fmt: skip
+    assert capped.returncode == 3, capped.stderr
+    stopped = json.loads(capped.stdout)
+    assert stopped["jobs"]["done"] >= 1 and stopped["jobs"]["deferred"] >= 1
+    with Simulator(SimConfig(seed=3)) as sim:
+        resumed = cli("run", "--resume", "last", "--json", env=api_env(sim))
+    assert resumed.returncode == 0, resumed.stderr
+    doc = json.loads(resumed.stdout)
+    summary = json.loads((Path(doc["out_dir"]) / "summary.json").read_text("utf-8"))
+    assert len(summary["repos"]) == 4
+    for row in summary["repos"]:
+        report = json.loads(
+            (Path(doc["out_dir"]) / row["slug"] / "findings.json").read_text("utf-8")
+        )
+        assert (row["new"], row["persisting"]) == (0, report["counts"]["persisting"]) and row["persisting"] >= 3, row  # fmt: skip
+    listed = json.loads(cli("findings", "list", "--json").stdout)
+    assert {r["run_id"] for r in listed["repos"]} == {doc["run_id"]}
