@@ -225,3 +225,21 @@ def test_a_resumed_run_reports_the_repos_its_first_attempt_tracked(tmp_path: Pat
         assert (row["new"], row["persisting"]) == (0, report["counts"]["persisting"]) and row["persisting"] >= 3, row  # fmt: skip
     listed = json.loads(cli("findings", "list", "--json").stdout)
     assert {r["run_id"] for r in listed["repos"]} == {doc["run_id"]}
+
+
+def test_a_gateway_that_answers_in_text_is_parsed_by_the_text_parser(tmp_path: Path) -> None:
+    root = _repo(tmp_path)
+    commit(root, 1)
+    manifest = _manifest(tmp_path, root)
+    cli("budget", "set", "--usd", "50")
+    with Simulator(SimConfig(seed=5, tool_use=False)) as sim:
+        result = cli("run", str(manifest), "--mode", "concurrent", "--json", env=api_env(sim))
+        sent = messages(sim)
+    assert result.returncode == 0, result.stderr
+    assert all(m["tools"] == ["report_findings"] for m in sent)  # asked for, not used
+    folder = Path(json.loads(result.stdout)["out_dir"]) / SLUG
+    doc = json.loads((folder / "findings.json").read_text("utf-8"))
+    assert [a["status"] for a in doc["agents"]] == ["ok"] * 4
+    present = {k for k, (_, _, nights) in BUGS.items() if 1 in nights}
+    assert {bug_of(f["evidence"]) for f in doc["findings"]} == present
+    assert doc["counts"]["unverified"] == 0

@@ -317,6 +317,11 @@ class Simulator(BatchSide):
             tool_choice=adm.body.get("tool_choice"),
             realism=Realism(cfg.reword_rate, cfg.misline_rate, cfg.misquote_rate),
         )
+        reply = adm.reply
+        if not cfg.tool_use and reply.tool_input is not None:
+            # A gateway without tool use: the same findings JSON, as text.
+            stop = "end_turn" if reply.stop_reason == "tool_use" else reply.stop_reason
+            adm.reply = Reply(reply.text, stop, reply.output_tokens)
         return adm.reply
 
     def produce(self, adm: Admitted, tokens: int) -> None:
