@@ -243,3 +243,32 @@ def test_a_gateway_that_answers_in_text_is_parsed_by_the_text_parser(tmp_path: P
     present = {k for k, (_, _, nights) in BUGS.items() if 1 in nights}
     assert {bug_of(f["evidence"]) for f in doc["findings"]} == present
     assert doc["counts"]["unverified"] == 0
+
+
+def test_after_a_baseline_only_what_is_new_is_reported_as_new(tmp_path: Path) -> None:
+    root = _repo(tmp_path)
+    manifest = _manifest(tmp_path, root)
+    cli("budget", "set", "--usd", "50")
+    docs = []
+    with Simulator(SimConfig(seed=9, reword_rate=1.0)) as sim:
+        for night in (1, 2):
+            commit(root, night)
+            result = cli("run", str(manifest), "--mode", "single", "--json", env=api_env(sim))
+            assert result.returncode == 0, result.stderr
+            folder = Path(json.loads(result.stdout)["out_dir"]) / SLUG
+            docs.append((json.loads((folder / "findings.json").read_text("utf-8")), folder))
+            if night == 1:
+                accepted = cli("findings", "baseline", SLUG, "--reason", "known")
+                assert accepted.returncode == 0, accepted.stderr
+    tonight, folder = docs[1]
+    status = {bug_of(f["evidence"]): (f["status"], (f["suppression"] or {}).get("source")) for f in tonight["findings"]}  # fmt: skip
+    assert status == {
+        1: ("suppressed", "baseline"), 2: ("suppressed", "baseline"), 4: ("suppressed", "baseline"),
+        5: ("suppressed", "baseline"), 7: ("suppressed", "manifest"), 3: ("new", None),
+    }  # fmt: skip
+    assert tonight["counts"]["new"] == 1 and tonight["counts"]["suppressed"] == 5
+    first = {bug_of(f["evidence"]): f["first_seen"] for f in docs[0][0]["findings"]}
+    assert all(f["first_seen"] == first[bug_of(f["evidence"])] for f in tonight["findings"] if bug_of(f["evidence"]) != 3)  # fmt: skip
+    sarif = json.loads((folder / "findings.sarif").read_text("utf-8"))
+    assert sum("suppressions" in r for r in sarif["runs"][0]["results"]) == 5
+    assert multitool_problems([folder / "findings.sarif"]) == []
