@@ -43,7 +43,8 @@ from runner.run.job import Job, JobOutcome
 from runner.run.plan import Plan, RepoWork
 from runner.run.reporting import write_if_complete
 from runner.run.results import Progress, RunResult, Tally, job_counts, make_result
-from runner.run.worker import request_blocks
+from runner.run.tracker import Tracker
+from runner.run.worker import request_blocks, request_tools
 from statedb import iso, parse_iso
 
 __all__ = ["MAX_BATCH_BYTES", "MAX_BATCH_REQUESTS", "run_batches", "split", "unanswered"]
@@ -66,6 +67,7 @@ class Execution(Protocol):
     run_id: str
     plan: Plan
     admission: Admission
+    tracker: Tracker
 
     @property
     def mode(self) -> Mode: ...
@@ -246,6 +248,7 @@ class _Session:
             "max_tokens": job.max_output,
             "system": prompts.system,
             "messages": [{"role": "user", "content": blocks}],
+            **request_tools(),  # the findings tool, as on the Messages path
         }
 
     def _submit(
@@ -527,7 +530,9 @@ class _Session:
     def _outcome(self, outcome: JobOutcome) -> None:
         ex = self.execution
         self.tally.add(outcome)
-        write_if_complete(self.run_id, outcome.job.slug, ex.mode, ex.out_dir, ex.state.runs)
+        write_if_complete(
+            self.run_id, outcome.job.slug, ex.mode, ex.out_dir, ex.state.runs, ex.tracker
+        )
         self.on_progress(self.tally.progress(self._in_flight(), outcome=outcome))
 
 
