@@ -67,6 +67,11 @@ def test_twelve_repos_in_each_mode_on_batches_ledger_equals_billing(
     assert s_doc["jobs"] == {"done": 12, "failed": 0, "deferred": 0, "pending": 0}
     _assert_reports(c_doc, 12)
     _assert_reports(s_doc, 12)
+    # Replies became findings as on the Messages path (the findings tool's input, parsed).
+    runs = Runs(isolated_state / "runs.db")
+    results = [r.result for d in (c_doc, s_doc) for r in runs.jobs(d["run_id"])]
+    assert len(results) == 60 and all(r and r["status"] == "ok" for r in results)
+    assert sum(len(r["findings"]) for r in results if r) > 0
     # Two phases: the first agent of each repo, then the other three once it has ended.
     assert [len(b["custom_ids"]) for b in log_concurrent] == [12, 36]
     # Nothing went through the Messages API, so the per-minute limits were never used.

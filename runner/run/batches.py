@@ -28,7 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from jobs.findings import parse, parse_tool_input
+from jobs.agents import FINDINGS_TOOL_NAME
+from jobs.findings import parse_content
 from ledger.errors import AlreadyFinal, BudgetExceeded
 from ledger.ledger import Admission, Reservation
 from ledger.modes import Mode
@@ -476,15 +477,14 @@ class _Session:
     def _succeeded(
         self, job: Job, message: Mapping[str, Any], reservation: Reservation | None
     ) -> JobOutcome:
-        pack = self.works[job.slug].pack
-        content = message.get("content") or []
-        stop_reason = message.get("stop_reason")
-        tool = next((b for b in content if b.get("type") == "tool_use"), None)
-        if tool is not None:
-            parsed = parse_tool_input(tool.get("input"), stop_reason, agent=job.agent, pack=pack)
-        else:
-            text = "".join(b.get("text") or "" for b in content if b.get("type") == "text")
-            parsed = parse(text, stop_reason, agent=job.agent, pack=pack)
+        # The same parser as the Messages path: the findings tool's input, else the text.
+        parsed = parse_content(
+            message.get("content") or [],
+            message.get("stop_reason"),
+            agent=job.agent,
+            tool_name=FINDINGS_TOOL_NAME,
+            pack=self.works[job.slug].pack,
+        )
         usage = _usage(message)
         runs = self.execution.state.runs
         # As on the Messages path: the reply is recorded before the ledger settles.
