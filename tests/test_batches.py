@@ -354,3 +354,10 @@ def test_ctrl_c_while_waiting_exits_130_and_the_batches_are_collected_later(
         assert result.returncode == 0, result.stderr
         jobs = submitted_jobs(sim, isolated_state)
     assert doc_of(result)["jobs"]["done"] == 2 and len(jobs) == 2
+
+
+def test_no_wait_on_the_messages_api_is_a_usage_error(tmp_path: Path) -> None:
+    manifest = _manifest(tmp_path, 1)
+    result = cli("run", str(manifest), "--no-wait")
+    assert result.returncode == 2
+    assert "Error: --no-wait applies to Message Batches only (--api batches)" in result.stderr

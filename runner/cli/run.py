@@ -210,6 +210,8 @@ def run(
         poll_interval=poll_interval,
     )
     config = load_config(load_manifest(manifest) if manifest else None, options, state_dir())
+    if no_wait and config.api != "batches":
+        raise click.UsageError("--no-wait applies to Message Batches only (--api batches)")
     renderer = _Renderer()
     with _api(simulate, dry_run, config.limits.simulator()) as (base_url, api_key):
         try:
