@@ -284,6 +284,7 @@ class _Execution:
                 workers=self.concurrency,
                 on_outcome=on_outcome,
                 on_stopping=on_stopping,
+                on_message=lambda text: on_progress(tally.progress(0, message=text)),
             )
         except BaseException:
             runs.update_run(self.run_id, status=RunStatus.INTERRUPTED)
