@@ -77,3 +77,44 @@ def test_a_worker_killed_mid_request_is_replaced_and_its_job_retried(
     run_dir = Path(doc["out_dir"])
     assert sorted(p.name for p in run_dir.iterdir() if p.is_dir()) == sorted(r.name for r in repos)
     assert all((run_dir / r.name / "review.md").is_file() for r in repos)
+
+
+def test_a_broken_database_met_in_a_worker_is_one_line_and_exit_2(
+    tmp_path: Path, isolated_state: Path
+) -> None:
+    repos = make_repos(tmp_path / "repos", 6)
+    manifest = write_manifest(tmp_path / "m.toml", repos)
+    with Simulator(SimConfig(latency=2.5, seed=3)) as sim:
+        proc = spawn(
+            "run",
+            str(manifest),
+            "--mode",
+            "single",
+            "--workers",
+            "2",
+            sim=sim,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        try:
+            _wait_for(lambda: _entries(isolated_state, "state = 'reserved'"))
+            # The processes running keep their open file; a worker started now cannot open it.
+            limiter_db = isolated_state / "limiter.db"
+            limiter_db.rename(tmp_path / "limiter.db.kept")
+            limiter_db.mkdir()
+            [(pid, _), *_] = _entries(isolated_state, "state = 'reserved'")
+            os.kill(pid, signal.SIGKILL)
+            _, err = proc.communicate(timeout=180)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 2, err
+    errors = [line for line in err.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1, err
+    assert f"{limiter_db}: cannot open the limiter database" in errors[0]
+    assert " failed " not in err and "Traceback" not in err
+    # Nothing was failed: the jobs not done are pending, for a resume once the file is fixed.
+    with sqlite3.connect(isolated_state / "runs.db") as conn:
+        statuses = {s for (s,) in conn.execute("SELECT status FROM jobs")}
+    assert statuses <= {"done", "pending"} and "pending" in statuses
+    assert _entries(isolated_state, "state = 'reserved'") == []

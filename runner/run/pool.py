@@ -207,7 +207,7 @@ def run_pool(
         slot.job = None
         if isinstance(message, Raised):
             if isinstance(message.error, FATAL_ERRORS):
-                fatal = fatal or message.error
+                fatal = fatal or _as_state_error(message.error)
                 pool.stop.set()
                 unsent.append(job)
                 return
@@ -264,6 +264,13 @@ def run_pool(
         raise fatal
     unsent += [*ready, *(s for group in waiting.values() for s in group)]
     return PoolResult(tuple(outcomes), tuple(unsent), stop, sum(deaths.values()))
+
+
+def _as_state_error(error: BaseException) -> BaseException:
+    """A store's own error as it is; a bare SQLite error as the runner's StateError."""
+    if isinstance(error, sqlite3.DatabaseError):
+        return StateError(f"a worker's state database failed: {error}")
+    return error
 
 
 def _recorded(paths: StatePaths, job: Job) -> JobOutcome | None:
