@@ -189,6 +189,9 @@ def test_a_broken_suppressions_file_stops_the_run_before_anything_is_sent(tmp_pa
     manifest = _manifest(tmp_path, root)
     (manifest.parent / SUPPRESSIONS_FILE).write_text('[[suppress]]\npath = "x/**"\n')
     cli("budget", "set", "--usd", "50")
+    plan = cli("plan", str(manifest))
+    assert plan.returncode == 2
+    assert f"{manifest.parent / SUPPRESSIONS_FILE} entry 1: reason is required" in plan.stderr
     with Simulator(SimConfig(seed=1)) as sim:
         result = cli("run", str(manifest), env=api_env(sim))
         sent = messages(sim)
