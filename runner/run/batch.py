@@ -31,7 +31,7 @@ from runner.run.plan import Plan, RepoWork, count_prefixes, make_plan, pack_all,
 from runner.run.pool import run_pool
 from runner.run.reporting import finish_reports, json_totals, write_if_complete
 from runner.run.results import PlanResult, Progress, RunResult, Tally, job_counts, make_result
-from runner.run.tracker import Tracker, tracker_for
+from runner.run.tracker import Tracker, load_repo_suppressions, tracker_for
 from runner.run.worker import WorkerConfig, request_blocks, request_tools
 from runner.runs import JobRow, Runs
 from statedb import StatePaths
@@ -151,6 +151,8 @@ def plan(config: RunConfig, *, on_message: Callable[[str], None] = lambda _: Non
         concurrency=_concurrency(config, state),
         on_message=on_message,
     )
+    # What `run` would refuse, `plan` says too: a broken suppressions file.
+    load_repo_suppressions(config.manifest, {w.spec.slug: w for w in the_plan.works})
     decision = state.ledger.decide(
         _wanted(the_plan, config),
         config.mode,
