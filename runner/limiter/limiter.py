@@ -23,7 +23,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +35,7 @@ from runner.limiter.store import LimiterStore, iso, parse_iso, pid_alive
 __all__ = [
     "BUCKETS",
     "DEFAULT_LIMITS",
+    "AcquireCancelled",
     "AcquireTimeout",
     "Health",
     "Lease",
@@ -95,6 +96,10 @@ class Lease:
     input_tokens: int
     output_estimate: int
     granted_at: float
+
+
+class AcquireCancelled(RunnerError):
+    """The caller's `cancelled()` turned true while it waited (the run is stopping)."""
 
 
 class AcquireTimeout(RunnerError):
@@ -275,13 +280,19 @@ class Limiter:
     # -- acquire ------------------------------------------------------------------------------
 
     def acquire(
-        self, input_tokens: int, output_estimate: int, timeout: float | None = None
+        self,
+        input_tokens: int,
+        output_estimate: int,
+        timeout: float | None = None,
+        *,
+        cancelled: Callable[[], bool] | None = None,
     ) -> Lease:
         """Debit one request, its input tokens, its output estimate and an in-flight slot, or wait.
 
         All or nothing, in arrival order across processes. Raises RunnerInputError when the
-        request exceeds a bucket's capacity (it could never be granted) and AcquireTimeout
-        when `timeout` seconds pass first.
+        request exceeds a bucket's capacity (it could never be granted), AcquireTimeout
+        when `timeout` seconds pass first, and AcquireCancelled when `cancelled()` turns true
+        while waiting (checked on every wake-up, so a stopping run does not wait for a grant).
         """
         for label, value in (("input_tokens", input_tokens), ("output_estimate", output_estimate)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
@@ -298,6 +309,8 @@ class Limiter:
                 if lease is not None:
                     ticket = None
                     return lease
+                if cancelled is not None and cancelled():
+                    raise AcquireCancelled("stopped while waiting for the limiter")
                 if deadline is not None:
                     remaining = deadline - time.monotonic()
                     if remaining <= 0:

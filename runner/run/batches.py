@@ -69,6 +69,8 @@ class Execution(Protocol):
     plan: Plan
     admission: Admission
     tracker: Tracker
+    report_errors: dict[str, str]  # by slug: a report that could not be written
+    reported: set[str]  # slugs whose report this attempt wrote
 
     @property
     def mode(self) -> Mode: ...
@@ -530,10 +532,14 @@ class _Session:
     def _outcome(self, outcome: JobOutcome) -> None:
         ex = self.execution
         self.tally.add(outcome)
-        write_if_complete(
-            self.run_id, outcome.job.slug, ex.mode, ex.out_dir, ex.state.runs, ex.tracker
+        slug = outcome.job.slug
+        error = write_if_complete(
+            self.run_id, slug, ex.mode, ex.out_dir, ex.state.runs, ex.tracker, ex.reported
         )
         self.on_progress(self.tally.progress(self._in_flight(), outcome=outcome))
+        if error:  # that repo fails alone, as on the Messages path
+            ex.report_errors[slug] = error
+            self._say(f"failed {slug}: {error}")
 
 
 def _reservation(item: ItemRow) -> Reservation | None:

@@ -5,17 +5,21 @@ settle, the reply recorded in runs.db, ledger settle. Every path out of an attem
 settles or releases both the lease and the reservation, so a failed request never
 leaves the account paced or the budget held.
 
-The process receives every repo's pack and prompt texts once, at start (`init_worker`);
-a Job names its repo by slug.
+The process receives every repo's pack and prompt texts once, at start (`serve`); a Job
+names its repo by slug. A stopping run (Ctrl-C, a state store that cannot be used) sets a
+shared event: a job checks it before each acquire, while waiting for the limiter and right
+before each send, so no new request leaves after it, not even a retry.
 """
 
 from __future__ import annotations
 
+import pickle
 import random
 import signal
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
@@ -26,13 +30,21 @@ from ledger.errors import BudgetExceeded
 from ledger.ledger import Ledger, Reservation
 from runner.client import ApiClient, CallError, Reply
 from runner.kinds import Billed, ErrorKind, JobStatus, StopReason
-from runner.limiter import AcquireTimeout, Lease, Limiter
+from runner.limiter import AcquireCancelled, AcquireTimeout, Lease, Limiter
 from runner.run.job import Job, JobOutcome
 from runner.run.plan import RepoWork, repo_prompts
 from runner.runs import Runs
 from statedb import StatePaths
 
-__all__ = ["WorkerConfig", "init_worker", "request_blocks", "request_tools", "run_job"]
+__all__ = [
+    "Raised",
+    "WorkerConfig",
+    "init_worker",
+    "request_blocks",
+    "request_tools",
+    "run_job",
+    "serve",
+]
 
 # A 429 is the limiter's business (shared cooldown), not a failure of the job, but a job
 # that keeps meeting them is not going to get through: give up after this many.
@@ -66,6 +78,33 @@ class _Context:
     runs: Runs
     client: ApiClient
     repos: dict[str, RepoWork]
+    stop: Any = None  # the pool's multiprocessing Event: set when the run stops sending
+
+    def stopping(self) -> bool:
+        return self.stop is not None and self.stop.is_set()
+
+    def pause(self, seconds: float) -> None:
+        """Sleep `seconds`, or less when the run stops meanwhile."""
+        if self.stop is None:
+            time.sleep(seconds)
+        else:
+            self.stop.wait(seconds)
+
+
+@dataclass(frozen=True)
+class Raised:
+    """What a worker sends back instead of an outcome when a job raised: the error itself."""
+
+    error: BaseException
+
+    @classmethod
+    def of(cls, exc: BaseException) -> Raised:
+        """`exc`, or a plain RuntimeError naming it when it does not survive the pipe."""
+        try:
+            pickle.loads(pickle.dumps(exc))
+        except Exception:
+            return cls(RuntimeError(f"{type(exc).__name__}: {exc}"))
+        return cls(exc)
 
 
 @dataclass
@@ -80,7 +119,7 @@ class _Attempts:
 _CTX: _Context | None = None
 
 
-def init_worker(config: WorkerConfig, repos: Mapping[str, RepoWork]) -> None:
+def init_worker(config: WorkerConfig, repos: Mapping[str, RepoWork], stop: Any = None) -> None:
     """Pool initializer: this process's limiter, ledger, runs db, API client, and every repo's
     pack and prompts (shipped once per process, not once per job).
 
@@ -97,7 +136,38 @@ def init_worker(config: WorkerConfig, repos: Mapping[str, RepoWork]) -> None:
         runs=Runs(paths.runs),
         client=ApiClient(config.base_url, config.api_key, timeout=config.request_timeout),
         repos=dict(repos),
+        stop=stop,
     )
+
+
+def serve(conn: Connection, config: WorkerConfig, repos: Mapping[str, RepoWork], stop: Any) -> None:
+    """A worker process: run each Job received on `conn` and send back its outcome (or Raised).
+
+    `None` received, or the pool's end of the pipe closed, ends the process. A failure to
+    set up (a state database that cannot be opened) is the answer to every job.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    broken: Raised | None = None
+    try:
+        init_worker(config, repos, stop)
+    except Exception as exc:
+        broken = Raised.of(exc)
+    while True:
+        try:
+            job = conn.recv()
+        except (EOFError, OSError):
+            return
+        if job is None:
+            return
+        answer: JobOutcome | Raised
+        if broken is not None:
+            answer = broken
+        else:
+            try:
+                answer = run_job(job)
+            except Exception as exc:
+                answer = Raised.of(exc)
+        conn.send(answer)
 
 
 def request_blocks(
@@ -135,10 +205,18 @@ def run_job(job: Job) -> JobOutcome:
     while True:
         # Built before anything is held: nothing below the acquire may fail unaccounted.
         system, blocks = _request(tries.shrunk or ctx.repos[job.slug], job)
+        unsent = JobOutcome(job, JobStatus.PENDING, attempts=tries.sent)
+        if ctx.stopping():
+            return unsent
         try:
             lease = ctx.limiter.acquire(
-                job.rate_tokens, job.output_estimate, timeout=ctx.config.acquire_timeout
+                job.rate_tokens,
+                job.output_estimate,
+                timeout=ctx.config.acquire_timeout,
+                cancelled=ctx.stopping,
             )
+        except AcquireCancelled:
+            return unsent
         except AcquireTimeout as exc:
             return JobOutcome(job, JobStatus.FAILED, error=str(exc), attempts=tries.sent)
         try:
@@ -161,6 +239,10 @@ def run_job(job: Job) -> JobOutcome:
         except BaseException:
             ctx.limiter.release(lease)
             raise
+        if ctx.stopping():  # the last look before the request leaves
+            ctx.ledger.release(reservation)
+            ctx.limiter.release(lease)
+            return unsent
         tries.sent += 1
         try:
             reply = ctx.client.create(
@@ -212,7 +294,7 @@ def _after_failure(
         tries.shrunk = _shrunk(ctx, ctx.repos[job.slug])
         return None, _scaled(job)
     elif err.retryable and tries.sent < ctx.config.max_attempts:
-        time.sleep(_backoff(tries.sent, ctx.config))
+        ctx.pause(_backoff(tries.sent, ctx.config))
         return None, job
     failed = JobOutcome(
         job,
