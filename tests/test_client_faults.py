@@ -1,0 +1,200 @@
+"""Time on the request path: short connects, long reads by streaming, black holes, no API at all.
+
+Black holes are loopback sockets: one that accepts and never answers, one that never accepts
+(its backlog is full). Timeouts are configured small; the tests assert outcomes, not timings.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import socket
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from support import cli, make_repos, messages, write_manifest
+
+from jobs.manifest import load_manifest
+from ledger.modes import Mode
+from runner.client import CONNECT_TIMEOUT_S, READ_TIMEOUT_S, ApiClient, streams
+from runner.kinds import JobStatus
+from runner.run.job import Job
+from runner.run.plan import build_jobs, pack_all, with_prompts
+from runner.run.worker import WorkerConfig, init_worker, run_job
+from runner.runs import Runs
+from runner.simulator import SimConfig, Simulator
+from statedb import StatePaths
+
+
+def _entries(state: Path) -> list[sqlite3.Row]:
+    with sqlite3.connect(state / "ledger.db") as conn:
+        conn.row_factory = sqlite3.Row
+        return conn.execute("SELECT * FROM entries ORDER BY id").fetchall()
+
+
+def _one_job(tmp_path: Path, state: Path) -> tuple[Job, dict]:
+    manifest = load_manifest(write_manifest(tmp_path / "m.toml", make_repos(tmp_path / "repos", 1)))
+    works = with_prompts(pack_all(manifest.repos, state / "repos"), manifest)
+    [job] = build_jobs("R", manifest, works, Mode.SINGLE)
+    Runs(StatePaths(state).runs).open()
+    return job, {w.spec.slug: w for w in works}
+
+
+def _run_in_process(config: WorkerConfig, job: Job, repos: dict):
+    previous = signal.getsignal(signal.SIGINT)
+    try:
+        init_worker(config, repos)  # it ignores SIGINT, as a worker process does
+        return run_job(job)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+@pytest.fixture
+def silent_server() -> Iterator[str]:
+    """A loopback endpoint that accepts connections and never sends a byte."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(16)
+    try:
+        yield f"http://127.0.0.1:{server.getsockname()[1]}"
+    finally:
+        server.close()
+
+
+@pytest.fixture
+def full_backlog() -> Iterator[str]:
+    """A loopback endpoint that never accepts: backlog 0, already filled by one connection,
+    so the kernel drops every further SYN (the connect times out)."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(0)
+    filler = socket.create_connection(server.getsockname(), timeout=2)
+    try:
+        yield f"http://127.0.0.1:{server.getsockname()[1]}"
+    finally:
+        filler.close()
+        server.close()
+
+
+def _closed_port() -> str:
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()  # nothing listens there now: connection refused
+    return f"http://127.0.0.1:{port}"
+
+
+# -- timeouts and streaming --------------------------------------------------------------------
+
+
+def test_the_sdk_connects_briefly_and_reads_long() -> None:
+    timeout = ApiClient("http://127.0.0.1:9", "k").sdk.timeout
+    assert (timeout.connect, timeout.read) == (CONNECT_TIMEOUT_S, READ_TIMEOUT_S)
+    assert timeout.connect <= 10 < timeout.read  # seconds to connect, a minute of silence to read
+    custom = ApiClient("http://127.0.0.1:9", "k", read_timeout=2.5, connect_timeout=0.5).sdk
+    assert (custom.timeout.connect, custom.timeout.read) == (0.5, 2.5)
+
+
+def test_a_reply_that_could_outlast_a_plain_read_is_streamed() -> None:
+    blocks = [{"type": "text", "text": "def f():\n    return 1\n"}]
+    assert not streams(1024) and streams(8192) and not streams(0)
+    with Simulator(SimConfig(rpm=600, seed=1)) as sim:
+        client = ApiClient(sim.base_url, "k")
+        short = client.create(model="claude-sonnet-5-5", system="s", blocks=blocks, max_tokens=1024)
+        long = client.create(model="claude-sonnet-5-5", system="s", blocks=blocks, max_tokens=8192)
+        sent = messages(sim)
+    assert [r["stream"] for r in sent] == [False, True]
+    # The streamed reply is a whole one: text, usage and the headers the limiter reads.
+    for reply, record in zip((short, long), sent, strict=True):
+        assert reply.text and reply.request_id == record["id"]
+        assert reply.usage["output_tokens"] == record["usage"]["output_tokens"] > 0
+        assert reply.headers["anthropic-ratelimit-requests-limit"] == "600"
+
+
+# -- black holes ---------------------------------------------------------------------------------
+
+
+def test_an_endpoint_that_accepts_and_never_answers_fails_the_job_after_two_timeouts(
+    tmp_path: Path, isolated_state: Path, silent_server: str
+) -> None:
+    job, repos = _one_job(tmp_path, isolated_state)
+    config = WorkerConfig(
+        state_dir=isolated_state,
+        base_url=silent_server,
+        api_key="k",
+        read_timeout=0.5,
+        connect_timeout=0.5,
+        backoff_base=0.01,
+    )
+    outcome = _run_in_process(config, job, repos)
+    assert outcome.status == JobStatus.FAILED
+    assert outcome.attempts == 2  # not max_attempts (5) read timeouts
+    assert outcome.error == (
+        "no response from the API within the read timeout (0.5 s); the request may have been"
+        " processed (after 2 attempts)"
+    )
+    # Each was sent and never answered: it may have been billed, so it stays charged.
+    assert [e["state"] for e in _entries(isolated_state)] == ["unknown", "unknown"]
+
+
+def test_an_endpoint_that_never_accepts_fails_the_job_with_nothing_charged(
+    tmp_path: Path, isolated_state: Path, full_backlog: str
+) -> None:
+    job, repos = _one_job(tmp_path, isolated_state)
+    config = WorkerConfig(
+        state_dir=isolated_state,
+        base_url=full_backlog,
+        api_key="k",
+        read_timeout=0.5,
+        connect_timeout=0.3,
+        backoff_base=0.01,
+        max_attempts=3,
+    )
+    outcome = _run_in_process(config, job, repos)
+    assert outcome.status == JobStatus.FAILED and outcome.attempts == 3
+    assert outcome.error is not None
+    assert outcome.error.startswith("could not reach the API (")
+    assert outcome.error.endswith("(after 3 attempts)")
+    # Never connected, never sent: nothing billed, nothing held.
+    assert [e["state"] for e in _entries(isolated_state)] == ["released"] * 3
+
+
+# -- an API that cannot be reached at all ------------------------------------------------------
+
+
+def test_an_unreachable_api_stops_the_run_deferred_and_a_resume_completes_it(
+    tmp_path: Path, isolated_state: Path
+) -> None:
+    repos = make_repos(tmp_path / "repos", 5)
+    manifest = write_manifest(tmp_path / "m.toml", repos, mode="single")
+    endpoint = _closed_port()
+    down = {"ANTHROPIC_BASE_URL": endpoint, "ANTHROPIC_API_KEY": "test-key"}
+    first = cli("run", str(manifest), "--workers", "2", "--json", env=down)
+    assert first.returncode == 4, first.stderr
+    doc = json.loads(first.stdout)
+    assert doc["status"] == "deferred" and doc["stop"] == "unreachable"
+    assert doc["jobs"] == {"done": 0, "failed": 0, "deferred": 5, "pending": 0}
+    # One line names the endpoint and the cause, and says what became of the rest.
+    [line] = [ln for ln in first.stderr.splitlines() if ln.startswith("the API at")]
+    assert re.match(
+        rf"the API at {re.escape(endpoint)} cannot be reached: \d+ attempts in a row failed,", line
+    )
+    assert "Connection refused" in line
+    assert line.endswith("the remaining jobs are deferred (resume when the API is back)")
+    assert f"Resume with: review-runner run --resume {doc['run_id']}" in first.stderr
+    # Nothing reached the API: nothing is charged or held.
+    assert {e["state"] for e in _entries(isolated_state)} == {"released"}
+    assert not list(isolated_state.glob("reachability-*"))  # the run's counter is gone with it
+
+    with Simulator(SimConfig(seed=5)) as sim:
+        up = {"ANTHROPIC_BASE_URL": sim.base_url, "ANTHROPIC_API_KEY": "test-key"}
+        second = cli("run", "--resume", doc["run_id"], "--json", env=up)
+        sent = len(messages(sim))
+    assert second.returncode == 0, second.stderr
+    resumed = json.loads(second.stdout)
+    assert resumed["run_id"] == doc["run_id"] and resumed["status"] == "done"
+    assert resumed["jobs"] == {"done": 5, "failed": 0, "deferred": 0, "pending": 0}
+    assert sent == 5
