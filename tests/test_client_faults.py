@@ -6,12 +6,15 @@ Black holes are loopback sockets: one that accepts and never answers, one that n
 
 from __future__ import annotations
 
+import http.server
 import json
 import re
 import signal
 import socket
 import sqlite3
+import threading
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -19,8 +22,9 @@ from support import cli, make_repos, messages, write_manifest
 
 from jobs.manifest import load_manifest
 from ledger.modes import Mode
-from runner.client import CONNECT_TIMEOUT_S, READ_TIMEOUT_S, ApiClient, streams
-from runner.kinds import JobStatus
+from runner.client import CONNECT_TIMEOUT_S, READ_TIMEOUT_S, ApiClient, CallError, streams
+from runner.kinds import Billed, ErrorKind, JobStatus, StopReason
+from runner.reachability import Breaker
 from runner.run.job import Job
 from runner.run.plan import build_jobs, pack_all, with_prompts
 from runner.run.worker import WorkerConfig, init_worker, run_job
@@ -198,3 +202,101 @@ def test_an_unreachable_api_stops_the_run_deferred_and_a_resume_completes_it(
     assert resumed["run_id"] == doc["run_id"] and resumed["status"] == "done"
     assert resumed["jobs"] == {"done": 5, "failed": 0, "deferred": 0, "pending": 0}
     assert sent == 5
+
+
+def test_a_black_hole_in_a_run_defers_the_job_and_opens_the_breaker(
+    tmp_path: Path, isolated_state: Path, silent_server: str
+) -> None:
+    job, repos = _one_job(tmp_path, isolated_state)
+    breaker = isolated_state / "reachability-R-1.json"
+    config = WorkerConfig(
+        state_dir=isolated_state,
+        base_url=silent_server,
+        api_key="k",
+        read_timeout=0.5,
+        connect_timeout=0.5,
+        backoff_base=0.01,
+        breaker=breaker,
+    )
+    outcome = _run_in_process(config, job, repos)
+    # Out of attempts with no answer from anywhere since its first: the API is down, not the job.
+    assert outcome.status == JobStatus.DEFERRED and outcome.stop == StopReason.UNREACHABLE
+    assert outcome.attempts == 2
+    assert outcome.error == (
+        f"the API at {silent_server} cannot be reached: 2 attempts in a row failed, the last"
+        " with: no response from the API within the read timeout (0.5 s); the request may have"
+        " been processed"
+    )
+    assert [e["state"] for e in _entries(isolated_state)] == ["unknown", "unknown"]
+    # Every other job of the run is deferred before it sends anything.
+    later = _run_in_process(config, replace(job, run_id="R2"), repos)
+    assert (later.status, later.attempts, later.error) == (JobStatus.DEFERRED, 0, outcome.error)
+    assert len(_entries(isolated_state)) == 2
+
+
+def test_the_breaker_counts_failures_in_a_row_and_any_answer_starts_again(tmp_path: Path) -> None:
+    breaker = Breaker(tmp_path / "b.json", "http://api.example", threshold=3)
+    assert breaker.failure("refused") is None and breaker.failure("refused") is None
+    breaker.success()  # a blip: the API answered in between
+    assert breaker.failure("refused") is None and breaker.failure("refused") is None
+    assert breaker.opened() is None
+    reason = "the API at http://api.example cannot be reached: 3 attempts in a row failed, the last with: dns"
+    assert breaker.failure("dns") == reason
+    breaker.success()  # a request that was already in flight answering does not close it
+    assert breaker.opened() == reason
+    # Another process sees the same state through the file.
+    assert Breaker(tmp_path / "b.json", "http://api.example", threshold=3).opened() == reason
+    breaker.remove()
+    assert breaker.opened() is None and not list(tmp_path.iterdir())
+
+
+class _BreaksMidStream(http.server.BaseHTTPRequestHandler):
+    """A stream that begins (the message has started) and then carries an error event."""
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("content-length") or 0))
+        start = {
+            "type": "message_start",
+            "message": {
+                "id": "msg_1",
+                "type": "message",
+                "role": "assistant",
+                "content": [],
+                "model": "claude-sonnet-5-5",
+                "stop_reason": None,
+                "stop_sequence": None,
+                "usage": {"input_tokens": 10, "output_tokens": 1},
+            },
+        }
+        error = {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}
+        self.send_response(200)
+        self.send_header("content-type", "text/event-stream")
+        self.send_header("request-id", "req_1")
+        self.end_headers()
+        for name, data in (("message_start", start), ("error", error)):
+            self.wfile.write(f"event: {name}\ndata: {json.dumps(data)}\n\n".encode())
+        self.wfile.flush()
+        self.close_connection = True
+
+    def log_message(self, *_: object) -> None:
+        pass
+
+
+def test_a_stream_that_breaks_after_it_began_may_have_been_billed() -> None:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _BreaksMidStream)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        client = ApiClient(f"http://127.0.0.1:{server.server_address[1]}", "k")
+        blocks = [{"type": "text", "text": "x = 1\n"}]
+        with pytest.raises(CallError) as caught:
+            client.create(model="claude-sonnet-5-5", system="s", blocks=blocks, max_tokens=8192)
+    finally:
+        server.shutdown()
+        server.server_close()
+    err = caught.value
+    assert (err.kind, err.billed, err.retryable) == (ErrorKind.DROPPED, Billed.UNKNOWN, True)
+    assert str(err) == (
+        "the reply stream broke off (overloaded_error: Overloaded); the request may have been"
+        " processed"
+    )
