@@ -20,11 +20,11 @@ from typing import Any
 
 from filelock import FileLock
 
-__all__ = ["UNREACHABLE_AFTER", "Breaker"]
+__all__ = ["UNREACHABLE_AFTER", "Breaker", "remove_counter"]
 
-# Consecutive attempts, across all workers, that could not reach the API before the run stops.
-# With 4 workers and 5 attempts a job that is two jobs' worth of retries: a blip of a few
-# seconds passes, an outage (every attempt failing) stops the run within a minute or so.
+# Consecutive attempts, across all workers, that did not reach the API before the run stops:
+# more than one job's attempts (5), so a blip that a job retries through passes, while an outage
+# (every attempt failing) stops a run of 4 workers after two or three rounds of backoff.
 UNREACHABLE_AFTER = 8
 
 
@@ -74,8 +74,7 @@ class Breaker:
 
     def remove(self) -> None:
         """Delete the file (the run is over)."""
-        for path in (self.path, self.path.with_name(self.path.name + ".lock")):
-            path.unlink(missing_ok=True)
+        remove_counter(self.path)
 
     def _lock(self) -> FileLock:
         return FileLock(str(self.path) + ".lock", mode=0o600)
@@ -93,3 +92,9 @@ class Breaker:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             json.dump(state, handle)
         os.replace(tmp, self.path)  # readers outside the lock see the old state or the new
+
+
+def remove_counter(path: Path) -> None:
+    """Delete a breaker's file and its lock (its run is over)."""
+    for name in (path, path.with_name(path.name + ".lock")):
+        name.unlink(missing_ok=True)

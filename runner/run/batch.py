@@ -23,7 +23,7 @@ from runner.client import ApiClient, CallError
 from runner.errors import RunnerInputError
 from runner.kinds import ErrorKind, JobStatus, RunStatus, StopReason
 from runner.limiter import Limiter
-from runner.reachability import Breaker
+from runner.reachability import remove_counter
 from runner.run.config import RunConfig
 from runner.run.job import Job, JobOutcome
 from runner.run.plan import Plan, RepoWork, count_prefixes, make_plan, pack_all, with_prompts
@@ -301,7 +301,7 @@ class _Execution:
             raise
         finally:
             if config.breaker is not None:
-                Breaker(config.breaker, "").remove()
+                remove_counter(config.breaker)
         if pool.stop in DEFERRING:
             for job in pool.unsent:
                 runs.finish_job(job.id, JobStatus.DEFERRED, error=f"not sent: {pool.stop}")

@@ -205,24 +205,9 @@ def _after_failure(
     ctx: _Context, job: Job, err: CallError, tries: _Attempts
 ) -> tuple[JobOutcome | None, Job]:
     """What a failed attempt leads to: an outcome, or None to try again (with this job)."""
-    if err.kind in UNREACHED:
-        tries.unreached += 1
-        if err.kind == ErrorKind.TIMED_OUT:
-            tries.timed_out += 1
-        gave_up = tries.timed_out >= MAX_TIMED_OUT or tries.sent >= ctx.config.max_attempts
-        reason = None
-        if ctx.breaker:
-            reason = ctx.breaker.failure(
-                str(err), gave_up_after=tries.unreached if gave_up else None
-            )
-        if reason:
-            return _unreachable(job, reason, tries), job
-        if tries.timed_out >= MAX_TIMED_OUT:
-            return _failed(job, err, tries), job
-    else:
-        tries.unreached = 0
-        if ctx.breaker:
-            ctx.breaker.success()  # an HTTP answer: the API can be reached
+    stopped = _reachability(ctx, job, err, tries)
+    if stopped is not None:
+        return stopped, job
     if err.kind == ErrorKind.RATE_LIMITED:
         tries.rate_limited += 1
         ctx.ledger.record_event("rate_limited", run_id=job.run_id)
@@ -249,6 +234,25 @@ def _after_failure(
         time.sleep(_backoff(tries.sent, ctx.config))
         return None, job
     return _failed(job, err, tries), job
+
+
+def _reachability(ctx: _Context, job: Job, err: CallError, tries: _Attempts) -> JobOutcome | None:
+    """Count `err` toward the run's connectivity breaker: DEFERRED when the API counts as
+    unreachable, FAILED after MAX_TIMED_OUT silent attempts, None to go on as the error says."""
+    if err.kind not in UNREACHED:
+        tries.unreached = 0
+        if ctx.breaker:
+            ctx.breaker.success()  # an HTTP answer: the API can be reached
+        return None
+    tries.unreached += 1
+    if err.kind == ErrorKind.TIMED_OUT:
+        tries.timed_out += 1
+    gave_up = tries.timed_out >= MAX_TIMED_OUT or tries.sent >= ctx.config.max_attempts
+    if ctx.breaker:
+        reason = ctx.breaker.failure(str(err), gave_up_after=tries.unreached if gave_up else None)
+        if reason:
+            return _unreachable(job, reason, tries)
+    return _failed(job, err, tries) if tries.timed_out >= MAX_TIMED_OUT else None
 
 
 def _failed(job: Job, err: CallError, tries: _Attempts) -> JobOutcome:
