@@ -359,7 +359,7 @@ class _Execution:
             prompts_folder=config.manifest.prompts,
             max_output_tokens=config.manifest.max_output_tokens,
             # This execution's own connectivity counter (a resume starts from zero).
-            breaker=config.state.root / f"reachability-{self.run_id}-{os.getpid()}.json",
+            breaker=config.state.reachability(self.run_id, os.getpid()),
         )
 
     def _finish(self, stop: StopReason | None) -> RunResult:
