@@ -31,7 +31,7 @@ from runner.kinds import ErrorKind, JobStatus, RunStatus
 from runner.run import RunOptions, load_config, run
 from runner.run import worker as worker_module
 from runner.run.job import Job
-from runner.run.plan import build_jobs, pack_all, with_prompts
+from runner.run.plan import TOOL_TOKENS, build_jobs, pack_all, with_prompts
 from runner.run.worker import WorkerConfig, init_worker, run_job
 from runner.runs import Runs
 from runner.simulator import SimConfig, Simulator
@@ -82,7 +82,7 @@ def test_a_one_hour_cache_write_is_reserved_at_its_own_rate(
     # Through the worker: a warm-up that writes the pack with the 1-hour TTL.
     manifest, repos = _works(tmp_path, isolated_state)
     work = next(iter(repos.values()))
-    prefix = estimate_tokens(work.prompts.system) + estimate_tokens(work.prompts.pack)
+    prefix = TOOL_TOKENS + estimate_tokens(work.prompts.system) + estimate_tokens(work.prompts.pack)
     warm = build_jobs(
         "R", manifest, list(repos.values()), Mode.CONCURRENT, {work.spec.slug: prefix}
     )[0]
@@ -144,8 +144,10 @@ def test_a_repacked_prompt_is_reserved_for_the_prompt_sent(
     # The second request is the shrunk prompt; its reservation is sized on exactly those texts.
     resent = fake.sent[1]
     assert len(resent["blocks"][0]["text"]) < len(fake.sent[0]["blocks"][0]["text"])
-    sent_estimate = estimate_tokens(resent["system"]) + sum(
-        estimate_tokens(b["text"]) for b in resent["blocks"]
+    sent_estimate = (
+        TOOL_TOKENS
+        + estimate_tokens(resent["system"])
+        + sum(estimate_tokens(b["text"]) for b in resent["blocks"])
     )
     assert second["input_estimate"] == sent_estimate and second["counted"] == 0
     assert second["worst_tokens"] == math.ceil(sent_estimate * ESTIMATE_MARGIN) + job.max_output
