@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 from support import cli, make_repos, messages, write_manifest
 
+from jobs.agents import FINDINGS_TOOL_NAME
 from jobs.manifest import load_manifest
 from ledger.modes import Mode
 from runner.client import CONNECT_TIMEOUT_S, READ_TIMEOUT_S, ApiClient, CallError, streams
@@ -27,7 +28,7 @@ from runner.kinds import Billed, ErrorKind, JobStatus, StopReason
 from runner.reachability import Breaker
 from runner.run.job import Job
 from runner.run.plan import build_jobs, pack_all, with_prompts
-from runner.run.worker import WorkerConfig, init_worker, run_job
+from runner.run.worker import WorkerConfig, init_worker, request_tools, run_job
 from runner.runs import Runs
 from runner.simulator import SimConfig, Simulator
 from statedb import StatePaths
@@ -109,13 +110,23 @@ def test_a_reply_that_could_outlast_a_plain_read_is_streamed() -> None:
         client = ApiClient(sim.base_url, "k")
         short = client.create(model="claude-sonnet-5-5", system="s", blocks=blocks, max_tokens=1024)
         long = client.create(model="claude-sonnet-5-5", system="s", blocks=blocks, max_tokens=8192)
+        tool = client.create(
+            model="claude-sonnet-5-5",
+            system="s",
+            blocks=blocks,
+            max_tokens=8192,
+            tools=request_tools(),
+        )
         sent = messages(sim)
-    assert [r["stream"] for r in sent] == [False, True]
-    # The streamed reply is a whole one: text, usage and the headers the limiter reads.
-    for reply, record in zip((short, long), sent, strict=True):
-        assert reply.text and reply.request_id == record["id"]
+    assert [r["stream"] for r in sent] == [False, True, True]
+    # The streamed reply is a whole one: content, usage and the headers the limiter reads.
+    for reply, record in zip((short, long, tool), sent, strict=True):
+        assert reply.content and reply.request_id == record["id"]
         assert reply.usage["output_tokens"] == record["usage"]["output_tokens"] > 0
         assert reply.headers["anthropic-ratelimit-requests-limit"] == "600"
+    # A streamed tool call arrives whole: its input assembled from the stream's JSON deltas.
+    [block] = [b for b in tool.content if b["type"] == "tool_use"]
+    assert block["name"] == FINDINGS_TOOL_NAME and isinstance(block["input"]["findings"], list)
 
 
 # -- black holes ---------------------------------------------------------------------------------
