@@ -10,7 +10,6 @@ recorded as it is and later reservations are refused.
 from __future__ import annotations
 
 import json
-import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -32,7 +31,7 @@ from ledger.prices import (
     usd_to_micros,
     worst_case_micros,
 )
-from ledger.projection import INPUT_RATIO_BOUNDS, JobEstimate, Projection, project
+from ledger.projection import JobEstimate, Projection, project, worst_input
 from ledger.status import BudgetStatus, build_history, build_status
 from ledger.store import Store
 from statedb import process_alive, process_identity
@@ -281,28 +280,34 @@ class Ledger:
         review: str | None = None,
         mode: str | None = None,
         counted: bool = False,
+        cache_ttl: str = "5m",
     ) -> Reservation:
         """Hold the worst case of one request, or raise BudgetExceeded with the numbers.
 
         The check (spent + reserved + other runs' holds + this, beyond the run's own hold)
         and the insert are one transaction. Records pid and host for crash detection. A local
-        estimate (not `counted`) is raised by the model's learned actual/estimate ratio when
-        that is above 1, so the worst case stays a worst case.
+        estimate (not `counted`) is raised by ESTIMATE_MARGIN, or by the model's learned
+        actual/estimate ratio when that is higher, so the worst case stays a worst case; input
+        is priced at the dearest rate it can bill, a cache write of `cache_ttl` ("5m" or "1h").
         """
         for name, value in (("input_estimate", input_estimate), ("max_output", max_output)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise LedgerInputError(f"{name}: expected a non-negative integer, got {value!r}")
+        if cache_ttl not in ("5m", "1h"):
+            raise LedgerInputError(f"cache_ttl: expected '5m' or '1h', got {cache_ttl!r}")
         price = price_for(self.prices, model)
         now = self._now()
         month = month_of(now)
         pid, start, host = self._me
         with self._store.write() as conn:
-            worst_in = input_estimate
-            ratio = None if counted else ops.input_ratio(conn, model)
-            if ratio is not None and ratio > 1:
-                # History says local estimates run low: hold what the request will likely bill.
-                worst_in = math.ceil(input_estimate * min(ratio, INPUT_RATIO_BOUNDS[1]))
-            worst = worst_case_micros(price, worst_in, max_output)
+            # An exact count is held as it is; a local estimate with its safety margin (or the
+            # model's learned actual/estimate ratio when history says estimates run lower).
+            worst_in = (
+                input_estimate
+                if counted
+                else worst_input(input_estimate, ops.input_ratio(conn, model))
+            )
+            worst = worst_case_micros(price, worst_in, max_output, cache_ttl=cache_ttl)
             worst_t = worst_in + max_output
             usd_budget, token_budget = ops.effective_budget(conn, month)
             if usd_budget is not None or token_budget is not None:

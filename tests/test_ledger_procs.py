@@ -166,7 +166,7 @@ CHILD = textwrap.dedent(
     led.admit("victim", {"single": Projection("single", 1, 1, 1, 500_000, 600_000)}, "single")
     done = led.reserve("victim", "done", "claude-haiku-4-5", 1000, 1000, agent="a")
     led.settle(done, {"input_tokens": 1000, "output_tokens": 10})
-    led.reserve("victim", "in-flight", "claude-haiku-4-5", 10_000, 2000, agent="a")
+    led.reserve("victim", "in-flight", "claude-haiku-4-5", 10_000, 2000, agent="a", counted=True)
     print("reserved", flush=True)
     time.sleep(60)
     """

@@ -286,6 +286,7 @@ def make_plan(
                 counted=j.counted,
                 cache_write_tokens=j.cache_write,
                 cache_read_tokens=j.cache_read,
+                cache_ttl=j.cache_ttl,
             )
             for j in planned
         ]
