@@ -320,8 +320,9 @@ class Limiter:
         in_flight, until_at, max_concurrent, *oldest = conn.execute(
             "SELECT (SELECT count(*) FROM leases), (SELECT until_at FROM cooldowns WHERE id = 1),"
             " (SELECT effective FROM limits WHERE name = 'max_concurrent'), w.id,"
-            " w.input_tokens, w.output_estimate FROM (SELECT 1) LEFT JOIN"
+            " w.input_tokens, w.output_estimate FROM (SELECT 1) AS one LEFT JOIN"
             " (SELECT id, input_tokens, output_estimate FROM waiters ORDER BY id LIMIT 1) AS w"
+            " ON 1 = 1"
         ).fetchone()
         head = None if oldest[0] is None else tuple(oldest)
         served = need if head is None else dict(zip(need, (1.0, head[1], head[2]), strict=True))

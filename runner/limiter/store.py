@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import sqlite3
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
@@ -122,9 +121,9 @@ class LimiterStore(SQLiteStore):
         checkpoint, with its fsync, runs there after the lock is released, never in acquire.
         """
         with self.transaction() as conn:
-            yield conn, time.time()  # the clock is read inside the lock
+            yield conn, self.clock(conn)  # the clock is read inside the lock (the database's on PG)
         self._commits += 1
-        if maintenance and self._commits >= CHECKPOINT_EVERY:
+        if maintenance and self._commits >= CHECKPOINT_EVERY and self.remote is None:
             self._commits = 0
             # PASSIVE never blocks writers, so other processes keep being granted meanwhile.
             with self._thread_lock, suppress(sqlite3.Error):
@@ -134,7 +133,7 @@ class LimiterStore(SQLiteStore):
     def read(self) -> Iterator[tuple[sqlite3.Connection, float]]:  # type: ignore[override]
         """A consistent read snapshot without the file lock (WAL readers never block writers)."""
         with super().read() as conn:
-            yield conn, time.time()
+            yield conn, self.clock(conn)
 
     def close(self) -> None:
         """Checkpoint, then close this process's connection (reopened on next use)."""
