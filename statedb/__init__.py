@@ -1,13 +1,14 @@
 """Where review-runner keeps its state, and the one SQLite store base its databases share.
 
 Imported by both `runner` and `ledger` (which must not import each other), so it imports
-neither. A PostgreSQL backend is meant to sit behind the same `transaction()`/`read()`
-interface later.
+neither. With `REVIEW_RUNNER_DATABASE_URL` set, the same stores run on PostgreSQL
+(statedb.postgres) behind the same `transaction()`/`read()` interface.
 """
 
 from __future__ import annotations
 
 from statedb.clock import iso, parse_iso, utc_now
+from statedb.config import DATABASE_URL_ENV, database_url, redact
 from statedb.errors import StoreError
 from statedb.paths import (
     LEDGER_DB,
@@ -24,6 +25,7 @@ from statedb.process import ProcessId, process_alive, process_identity
 from statedb.store import SQLiteStore
 
 __all__ = [
+    "DATABASE_URL_ENV",
     "LEDGER_DB",
     "LIMITER_DB",
     "LIMITER_LOCK",
@@ -34,11 +36,13 @@ __all__ = [
     "SQLiteStore",
     "StatePaths",
     "StoreError",
+    "database_url",
     "iso",
     "parse_iso",
     "private_file",
     "process_alive",
     "process_identity",
+    "redact",
     "state_dir",
     "utc_now",
 ]

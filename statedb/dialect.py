@@ -8,7 +8,8 @@ transactions:
   values); a literal `%` is doubled.
 - `INSERT OR IGNORE` becomes `INSERT ... ON CONFLICT DO NOTHING`; every INSERT returns its id,
   which is what `cursor.lastrowid` gives in SQLite.
-- Scalar `min(a, b)` / `max(a, b)` become LEAST / GREATEST; `IS NOT ?` becomes IS DISTINCT FROM.
+- Scalar `min(a, b)` / `max(a, b)` become LEAST / GREATEST; `IS ?` / `IS NOT ?` (a NULL-safe
+  comparison in SQLite) become IS NOT DISTINCT FROM / IS DISTINCT FROM.
 - In an upsert's `DO UPDATE SET`, a bare column on the right of `=` means the stored row in
   SQLite and is ambiguous in PostgreSQL: it is qualified with the table name.
 - DDL: INTEGER is BIGINT (micro-dollars pass 2^31), REAL is DOUBLE PRECISION, an
@@ -30,8 +31,29 @@ _NAMED = re.compile(r"(?<![:\w]):([A-Za-z_]\w*)")
 _UPSERT = re.compile(r"\bINSERT\s+INTO\s+(\w+).*?\bDO\s+UPDATE\s+SET\b", re.S | re.I)
 _IDENT = re.compile(r"(?<![.\w:])([A-Za-z_]\w*)\b(?!\s*[.(])")
 _KEYWORDS = frozenset(
-    "case when then else end null and or not is in where excluded true false distinct from "
-    "coalesce least greatest returning".split()
+    [
+        "case",
+        "when",
+        "then",
+        "else",
+        "end",
+        "null",
+        "and",
+        "or",
+        "not",
+        "is",
+        "in",
+        "where",
+        "excluded",
+        "true",
+        "false",
+        "distinct",
+        "from",
+        "coalesce",
+        "least",
+        "greatest",
+        "returning",
+    ]
 )
 
 
@@ -57,6 +79,7 @@ def _translate(sql: str, named: bool) -> tuple[str, tuple[int, ...] | None]:
     else:
         text = text.replace("?", "%s")
     text = re.sub(r"\bIS\s+NOT\s+%s", "IS DISTINCT FROM %s", text, flags=re.I)
+    text = re.sub(r"\bIS\s+%s", "IS NOT DISTINCT FROM %s", text, flags=re.I)
     text = _scalar_min_max(text)
     head = text.lstrip()[:20].upper()
     if head.startswith("INSERT"):

@@ -21,7 +21,6 @@ translate). What it guarantees, the same as the SQLite backend:
 from __future__ import annotations
 
 import os
-import re
 import threading
 import zlib
 from collections.abc import Iterator, Mapping, Sequence
@@ -32,34 +31,15 @@ import psycopg
 from psycopg.adapt import Loader
 from sqlite_utils.migrations import Migrations
 
+from statedb.config import redact
 from statedb.dialect import translate, translate_ddl
-from statedb.errors import StoreError
 
-__all__ = ["DATABASE_URL_ENV", "PgConnection", "PostgresBackend", "Row", "database_url", "redact"]
+__all__ = ["PgConnection", "PostgresBackend", "Row"]
 
-DATABASE_URL_ENV = "REVIEW_RUNNER_DATABASE_URL"
 CONNECT_TIMEOUT = 10  # seconds before an unreachable server is reported
 MIGRATIONS_TABLE = "_migrations"
 
 _INHERITED: list[psycopg.Connection[Any]] = []
-
-
-def database_url() -> str | None:
-    """The configured PostgreSQL URL, or None for the embedded SQLite default."""
-    url = os.environ.get(DATABASE_URL_ENV, "").strip()
-    if not url:
-        return None
-    if not re.match(r"postgres(ql)?://", url):
-        raise StoreError(
-            f"{DATABASE_URL_ENV}={redact(url)}: expected a postgresql://... URL "
-            "(unset it for the embedded SQLite state)"
-        )
-    return url
-
-
-def redact(url: str) -> str:
-    """`url` with any password replaced, for messages."""
-    return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
 
 
 class _Number(Loader):
@@ -293,7 +273,9 @@ class PostgresBackend:
                 with suppress(psycopg.Error):
                     conn.raw.execute("COMMIT")
 
-    def query(self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> list[dict[str, Any]]:
+    def query(
+        self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()
+    ) -> list[dict[str, Any]]:
         """Rows as dicts, read in one snapshot; `rowid` left out, as SQLite's `SELECT *` does."""
         with self.read() as conn:
             rows = [dict(zip(row.keys(), row, strict=True)) for row in conn.execute(sql, params)]

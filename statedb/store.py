@@ -31,14 +31,17 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext, suppress
 from pathlib import Path
-from typing import Any, ClassVar, cast
+from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 from sqlite_utils import Database
 from sqlite_utils.migrations import Migrations
 
+from statedb.config import database_url
 from statedb.errors import StoreError
 from statedb.paths import private_dir, private_file
-from statedb.postgres import PgConnection, PostgresBackend, database_url
+
+if TYPE_CHECKING:
+    from statedb.postgres import PostgresBackend
 
 __all__ = ["SQLiteStore"]
 
@@ -81,21 +84,18 @@ class SQLiteStore:
         except StoreError as exc:
             raise self.error(str(exc)) from exc
         #: The PostgreSQL backend when a database URL is configured; None is this SQLite file.
-        self.remote = (
-            PostgresBackend(
-                url,
-                f"review_runner_{self.path.stem}",
-                migrations,
-                label=self.label,
-                error=self.error,
+        self.remote: PostgresBackend | None = None
+        if url:
+            from statedb.postgres import PostgresBackend  # the driver only when it is used
+
+            schema = f"review_runner_{self.path.stem}"
+            self.remote = PostgresBackend(
+                url, schema, migrations, label=self.label, error=self.error
             )
-            if url
-            else None
-        )
 
     @property
     def backend(self) -> str:
-        """"sqlite" or "postgresql": where this store's state lives."""
+        """ "sqlite" or "postgresql": where this store's state lives."""
         return "sqlite" if self.remote is None else "postgresql"
 
     @property
@@ -244,17 +244,19 @@ class SQLiteStore:
                     with suppress(sqlite3.Error):
                         conn.execute("COMMIT")
 
-    def query(self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> list[dict[str, Any]]:
+    def query(
+        self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()
+    ) -> list[dict[str, Any]]:
         """The rows of one SELECT as dicts, read in one snapshot, on either backend."""
         if self.remote is not None:
             return self.remote.query(sql, params)
-        return list(self.db.query(sql, params))
+        return list(self.db.query(sql, dict(params) if isinstance(params, Mapping) else params))
 
     def clock(self, conn: sqlite3.Connection) -> float:
         """Epoch seconds now, read inside the transaction of `conn`: the host's clock for a
         SQLite file, the database's for PostgreSQL (shared by every host)."""
-        if isinstance(conn, PgConnection):
-            return conn.now
+        if self.remote is not None:
+            return float(getattr(conn, "now"))  # noqa: B009 (a PgConnection attribute)
         return time.time()
 
     def close(self) -> None:
