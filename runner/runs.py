@@ -213,9 +213,7 @@ class Runs(SQLiteStore):
     def run(self, run_id: str) -> RunRow:
         """One run, by id or by "last" (the newest)."""
         if run_id == "last":
-            rows = list(
-                self.query("SELECT * FROM runs ORDER BY created_at DESC, id DESC LIMIT 1")
-            )
+            rows = list(self.query("SELECT * FROM runs ORDER BY created_at DESC, id DESC LIMIT 1"))
             if not rows:
                 raise RunnerInputError(f"--resume last: no run recorded in {self.path}")
         else:

@@ -6,9 +6,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from pg_support import PgCluster, PgUnavailable
 
 from runner.simulator import Simulator
-from pg_support import PgCluster, PgUnavailable
 
 
 @pytest.fixture(autouse=True)
