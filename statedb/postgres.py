@@ -78,22 +78,44 @@ def _rows(cursor: Any) -> Any:
 
 
 class _Cursor:
-    """The slice of sqlite3.Cursor the stores use: fetch, iterate, rowcount, lastrowid, description."""
+    """The slice of sqlite3.Cursor the stores use: fetch, iterate, rowcount, lastrowid,
+    description. Inside a write transaction the statement is only queued (pipeline mode);
+    asking for any of these sends the queue and waits, so a statement whose result nobody
+    reads costs no round trip of its own."""
 
-    def __init__(self, cursor: psycopg.Cursor[Any], insert: bool) -> None:
+    def __init__(self, cursor: psycopg.Cursor[Any], conn: PgConnection, insert: bool) -> None:
         self._cursor = cursor
-        self.rowcount = cursor.rowcount
-        self.description = cursor.description
-        self.lastrowid: Any = None
-        if insert and cursor.description is not None:
-            first = cursor.fetchone()
-            self.lastrowid = first[0] if first is not None else None
+        self._conn = conn
+        self._insert = insert
+        self._id: list[Any] = []
+
+    def _ready(self) -> psycopg.Cursor[Any]:
+        if self._cursor.pgresult is None and self._conn.pipeline is not None:
+            self._conn.pipeline.sync()
+        return self._cursor
+
+    @property
+    def rowcount(self) -> int:
+        return self._ready().rowcount
+
+    @property
+    def description(self) -> Any:
+        return self._ready().description
+
+    @property
+    def lastrowid(self) -> Any:
+        if self._insert and not self._id:
+            first = self.fetchone()
+            self._id.append(first[0] if first is not None else None)
+        return self._id[0] if self._id else None
 
     def fetchone(self) -> Any:
-        return self._cursor.fetchone() if self._cursor.description else None
+        cursor = self._ready()
+        return cursor.fetchone() if cursor.description else None
 
     def fetchall(self) -> list[Any]:
-        return self._cursor.fetchall() if self._cursor.description else []
+        cursor = self._ready()
+        return cursor.fetchall() if cursor.description else []
 
     def __iter__(self) -> Iterator[Any]:
         return iter(self.fetchall())
@@ -106,12 +128,13 @@ class PgConnection:
         self.raw = raw
         self.now = 0.0  # the database's clock, read when the current transaction began
         self.row_factory: Any = None  # accepted and ignored: rows always read both ways
+        self.pipeline: psycopg.Pipeline | None = None  # set inside a write transaction
 
     def execute(self, sql: str, params: Any = ()) -> _Cursor:
         text, values = translate(sql, params)
         cursor = self.raw.cursor(row_factory=_rows)
         cursor.execute(text, values)
-        return _Cursor(cursor, text.lstrip()[:6].upper() == "INSERT")
+        return _Cursor(cursor, self, text.lstrip()[:6].upper() == "INSERT")
 
     def executemany(self, sql: str, rows: Sequence[Any]) -> None:
         pairs = [translate(sql, row) for row in rows]
@@ -186,7 +209,7 @@ class PostgresBackend:
         try:
             conn.raw.execute("SET synchronous_commit = off")
             conn.raw.execute(f'SET search_path = "{self.schema}"')
-            with self._locked(conn, "BEGIN"):
+            with self._locked(conn):
                 conn.raw.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
                 conn.raw.execute(
                     f"CREATE TABLE IF NOT EXISTS {MIGRATIONS_TABLE} (migration_set TEXT NOT NULL,"
@@ -217,27 +240,31 @@ class PostgresBackend:
             raise self._fail(exc) from exc
 
     @contextmanager
-    def _locked(self, conn: PgConnection, begin: str) -> Iterator[PgConnection]:
-        """`begin`, then this store's advisory lock and the database's clock; commit or roll back."""
-        cursor = conn.raw.execute(
-            f"{begin}; SELECT extract(epoch FROM clock_timestamp())::float8"
-            f" FROM (SELECT pg_advisory_xact_lock({self.lock_key})) AS held"
-        )
-        cursor.nextset()
-        row = cursor.fetchone()
-        conn.now = float(row[0]) if row else 0.0
+    def _locked(self, conn: PgConnection) -> Iterator[PgConnection]:
+        """BEGIN, this store's advisory lock and the database's clock; then commit or roll back.
+
+        The transaction runs in pipeline mode: statements whose results are not read go out
+        together with the next one that is, and the COMMIT with them.
+        """
+        raw = conn.raw
         try:
-            yield conn
+            with raw.pipeline() as pipeline:
+                conn.pipeline = pipeline
+                raw.execute("BEGIN")
+                row = raw.execute(
+                    "SELECT extract(epoch FROM clock_timestamp())::float8"
+                    f" FROM (SELECT pg_advisory_xact_lock({self.lock_key})) AS held"
+                ).fetchone()
+                conn.now = float(row[0]) if row else 0.0
+                yield conn
+                raw.execute("COMMIT")
         except BaseException:
-            with suppress(psycopg.Error):
-                conn.raw.execute("ROLLBACK")
+            if raw.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+                with suppress(psycopg.Error):
+                    raw.execute("ROLLBACK")
             raise
-        try:
-            conn.raw.execute("COMMIT")
-        except psycopg.Error:
-            with suppress(psycopg.Error):
-                conn.raw.execute("ROLLBACK")
-            raise
+        finally:
+            conn.pipeline = None
 
     @contextmanager
     def transaction(self) -> Iterator[PgConnection]:
@@ -245,7 +272,7 @@ class PostgresBackend:
         conn = self.connection()
         with self._thread_lock:
             try:
-                with self._locked(conn, "BEGIN") as locked:
+                with self._locked(conn) as locked:
                     yield locked
             except psycopg.Error as exc:
                 raise self._fail(exc) from exc
