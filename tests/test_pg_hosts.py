@@ -16,9 +16,10 @@ from typing import Any
 
 import anthropic
 import psycopg
+import pytest
 
 from ledger import BudgetExceeded, Ledger
-from runner.limiter import Limiter, Limits
+from runner.limiter import AcquireTimeout, Limiter, Limits
 from runner.simulator import SimConfig, Simulator
 
 SPAWN = mp.get_context("spawn")
@@ -217,3 +218,53 @@ def test_a_killed_hosts_lease_is_reclaimed_and_its_reservation_becomes_unknown(
         res = led.reserve("survivor", "next", MODEL, 1000, 100)
         cost = led.settle(res, {"input_tokens": 1000, "output_tokens": 100})
         assert led.status().spent_micros == worst + cost == worst + 1000 * 2 + 100 * 10
+
+
+OTHER_HOST = """
+import sys, time
+from pathlib import Path
+from runner.limiter import Limiter
+limiter = Limiter(Path(sys.argv[1]), heartbeat_timeout=float(sys.argv[2]))
+limiter.acquire(100, 100)
+print("holding", flush=True)
+time.sleep(float(sys.argv[3]))
+"""
+
+
+def hold_on_other_host(state: Path, timeout: float, hold: float) -> subprocess.Popen[str]:
+    """A process that says it runs on another host, holding one lease for `hold` seconds."""
+    child = subprocess.Popen(
+        [sys.executable, "-c", OTHER_HOST, str(state), str(timeout), str(hold)],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "REVIEW_RUNNER_HOST": "ci-runner-2"},
+    )
+    assert child.stdout is not None
+    assert child.stdout.readline().strip() == "holding"
+    return child
+
+
+def test_another_hosts_lease_lives_by_its_heartbeat_not_by_its_pid(
+    tmp_path: Path, pg_url: str
+) -> None:
+    here, there = hosts(tmp_path, 2)
+    Limiter(here, Limits(rpm=6000, itpm=10**7, otpm=10**7, max_concurrent=1)).close()
+    limiter = Limiter(here, heartbeat_timeout=2.0)
+    # Alive and heartbeating for 5 s: never reclaimed, though its pid means nothing here.
+    alive = hold_on_other_host(there, 2.0, 5.0)
+    try:
+        with pytest.raises(AcquireTimeout):
+            limiter.acquire(100, 100, timeout=3.5)  # past the timeout: the heartbeat kept it
+    finally:
+        alive.wait(TIMEOUT)
+        assert alive.stdout is not None
+        alive.stdout.close()
+    # That process ended without settling (its host went away): its lease goes once its
+    # heartbeat is older than the timeout, not at once, since its pid cannot be checked.
+    gone_at = time.monotonic()
+    lease = limiter.acquire(100, 100, timeout=30)
+    assert time.monotonic() - gone_at > 0.5
+    doc = limiter.status()
+    assert [x["pid"] for x in doc["in_flight"]] == [os.getpid()]
+    limiter.settle(lease, {"input_tokens": 100, "output_tokens": 100})
+    limiter.close()

@@ -7,6 +7,7 @@ limiter.lock, with the clock read inside it, so that check-and-debit is atomic a
 from __future__ import annotations
 
 import os
+import socket
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -17,7 +18,7 @@ import sqlite_utils
 from runner.errors import StateError
 from statedb import SQLiteStore, StatePaths, iso, parse_iso, process_alive
 
-__all__ = ["LimiterStore", "iso", "parse_iso", "pid_alive"]
+__all__ = ["LimiterStore", "host_name", "iso", "parse_iso", "pid_alive"]
 
 CHECKPOINT_EVERY = 200  # commits of one process between its WAL checkpoints
 MIGRATIONS = sqlite_utils.Migrations("review_runner.limiter")
@@ -81,6 +82,21 @@ def m001_create_tables(db: sqlite_utils.Database) -> None:
             latency REAL)"""
     )
     db.execute("CREATE INDEX samples_at ON samples (at)")
+
+
+@MIGRATIONS()
+def m002_lease_hosts(db: sqlite_utils.Database) -> None:
+    """The host of each lease and waiter, and a lease's last heartbeat: pids mean nothing
+    across hosts sharing one database, so another host's lease is judged by its heartbeat."""
+    db.execute("ALTER TABLE leases ADD COLUMN host TEXT")
+    db.execute("ALTER TABLE leases ADD COLUMN beat_at TEXT")
+    db.execute("ALTER TABLE waiters ADD COLUMN host TEXT")
+
+
+def host_name() -> str:
+    """The name this host's leases carry: $REVIEW_RUNNER_HOST (for hosts or containers that
+    share a hostname), else the hostname."""
+    return os.environ.get("REVIEW_RUNNER_HOST") or socket.gethostname()
 
 
 def pid_alive(pid: int) -> bool:
