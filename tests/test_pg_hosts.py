@@ -210,6 +210,7 @@ def test_a_killed_hosts_lease_is_reclaimed_and_its_reservation_becomes_unknown(
     lease = limiter.acquire(100, 100, timeout=30)
     assert [x["pid"] for x in limiter.status()["in_flight"]] == [os.getpid()]
     limiter.settle(lease, {"input_tokens": 100, "output_tokens": 100})
+    limiter.close()
     with Ledger(survivor / "ledger.db") as led:
         status = led.status()
         assert status.unknown_reservations == 1
