@@ -21,7 +21,7 @@ from statedb.paths import (
     private_file,
     state_dir,
 )
-from statedb.process import ProcessId, process_alive, process_identity
+from statedb.process import ProcessId, host_name, process_alive, process_identity
 from statedb.store import SQLiteStore
 
 __all__ = [
@@ -37,6 +37,7 @@ __all__ = [
     "StatePaths",
     "StoreError",
     "database_url",
+    "host_name",
     "iso",
     "parse_iso",
     "private_file",

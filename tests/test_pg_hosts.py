@@ -269,3 +269,48 @@ def test_another_hosts_lease_lives_by_its_heartbeat_not_by_its_pid(
     assert [x["pid"] for x in doc["in_flight"]] == [os.getpid()]
     limiter.settle(lease, {"input_tokens": 100, "output_tokens": 100})
     limiter.close()
+
+
+RESERVER = """
+import sys, time
+from pathlib import Path
+from ledger import Ledger
+led = Ledger(Path(sys.argv[1]) / "ledger.db", heartbeat_timeout=2.0)
+led.reserve("far", "in-flight", "claude-sonnet-5-5", 10_000, 2000)
+print("reserved", flush=True)
+time.sleep(120)
+"""
+
+
+def test_another_hosts_reservation_becomes_unknown_once_its_heartbeat_stops(
+    tmp_path: Path, pg_url: str
+) -> None:
+    here, there = hosts(tmp_path, 2)
+    with Ledger(here / "ledger.db", heartbeat_timeout=2.0) as led:
+        led.set_budget(usd="1.00")
+    child = subprocess.Popen(
+        [sys.executable, "-c", RESERVER, str(there)],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "REVIEW_RUNNER_HOST": "ci-runner-2"},
+    )
+    try:
+        assert child.stdout is not None
+        assert child.stdout.readline().strip() == "reserved"
+        time.sleep(3.0)  # past the timeout: alive and beating, so still reserved
+        with Ledger(here / "ledger.db", heartbeat_timeout=2.0) as led:
+            alive = led.status()
+        assert alive.unknown_reservations == 0 and alive.reserved_micros > 0
+    finally:
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait(TIMEOUT)
+        assert child.stdout is not None
+        child.stdout.close()
+    # Its pid means nothing here; its silence does.
+    deadline = time.monotonic() + 30
+    with Ledger(here / "ledger.db", heartbeat_timeout=2.0) as led:
+        while (status := led.status()).unknown_reservations == 0:
+            assert time.monotonic() < deadline, "the dead host's reservation stayed reserved"
+            time.sleep(0.2)
+    assert status.reserved_micros == 0
+    assert status.unknown_micros == status.spent_micros == alive.reserved_micros

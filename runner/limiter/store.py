@@ -7,7 +7,6 @@ limiter.lock, with the clock read inside it, so that check-and-debit is atomic a
 from __future__ import annotations
 
 import os
-import socket
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -16,7 +15,7 @@ from pathlib import Path
 import sqlite_utils
 
 from runner.errors import StateError
-from statedb import SQLiteStore, StatePaths, iso, parse_iso, process_alive
+from statedb import SQLiteStore, StatePaths, host_name, iso, parse_iso, process_alive
 
 __all__ = ["LimiterStore", "host_name", "iso", "parse_iso", "pid_alive"]
 
@@ -91,12 +90,6 @@ def m002_lease_hosts(db: sqlite_utils.Database) -> None:
     db.execute("ALTER TABLE leases ADD COLUMN host TEXT")
     db.execute("ALTER TABLE leases ADD COLUMN beat_at TEXT")
     db.execute("ALTER TABLE waiters ADD COLUMN host TEXT")
-
-
-def host_name() -> str:
-    """The name this host's leases carry: $REVIEW_RUNNER_HOST (for hosts or containers that
-    share a hostname), else the hostname."""
-    return os.environ.get("REVIEW_RUNNER_HOST") or socket.gethostname()
 
 
 def pid_alive(pid: int) -> bool:
