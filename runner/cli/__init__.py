@@ -6,7 +6,7 @@ import os
 
 import click
 
-from runner.cli import budget, limits, run, simulator
+from runner.cli import budget, findings, limits, run, simulator
 from runner.cli.common import ErrorHandlingGroup
 from statedb import DATABASE_URL_ENV
 
@@ -40,3 +40,4 @@ main.add_command(run.plan)
 main.add_command(budget.budget)
 main.add_command(limits.limits)
 main.add_command(simulator.simulator)
+main.add_command(findings.findings)

@@ -29,7 +29,8 @@ from runner.run.plan import Plan, RepoWork, count_prefixes, make_plan, pack_all,
 from runner.run.pool import run_pool
 from runner.run.reporting import finish_reports, json_totals, write_if_complete
 from runner.run.results import PlanResult, Progress, RunResult, Tally, job_counts, make_result
-from runner.run.worker import WorkerConfig, request_blocks
+from runner.run.tracker import Tracker, tracker_for
+from runner.run.worker import WorkerConfig, request_blocks, request_tools
 from runner.runs import JobRow, Runs
 from statedb import StatePaths
 
@@ -79,6 +80,7 @@ def _counter(client: ApiClient) -> Callable[[RepoWork], int]:
             model=work.spec.model,
             system=work.prompts.system,
             blocks=request_blocks(work.prompts.pack, None),
+            tools=request_tools(),
         )
 
     return count
@@ -182,6 +184,15 @@ def run(
         run_id, manifest, state, client=client, concurrency=concurrency, on_message=on_message
     )
     _check_limits(the_plan)
+    # Suppressions are read before admission: a broken file stops the run with nothing held or sent.
+    tracker = tracker_for(
+        config.manifest,
+        the_plan.works,
+        state.runs,
+        run_id,
+        run_date=previous.created_at if previous else None,
+        on_message=on_message,
+    )
     admission = state.ledger.admit(
         run_id,
         _wanted(the_plan, config),
@@ -195,7 +206,9 @@ def run(
         status = RunStatus.REFUSED if admission.mode == Decision.REFUSED else RunStatus.PLANNED
         totals = state.ledger.run_totals(run_id)
         return make_result(run_id, admission, status, None, {}, totals, None, the_plan)
-    execution = _Execution(config, state, run_id, the_plan, admission, done_rows, concurrency)
+    execution = _Execution(
+        config, state, run_id, the_plan, admission, done_rows, concurrency, tracker
+    )
     try:
         return execution.run(on_progress)
     finally:
@@ -246,6 +259,7 @@ class _Execution:
     admission: Admission
     done_rows: Mapping[str, JobRow]
     concurrency: int
+    tracker: Tracker
 
     @property
     def mode(self) -> Mode:
@@ -268,7 +282,9 @@ class _Execution:
                     outcome.job_id, outcome.status, error=outcome.error, attempts=outcome.attempts
                 )
             tally.add(outcome)
-            write_if_complete(self.run_id, outcome.job.slug, self.mode, self.out_dir, runs)
+            write_if_complete(
+                self.run_id, outcome.job.slug, self.mode, self.out_dir, runs, self.tracker
+            )
             on_progress(tally.progress(in_flight, outcome=outcome))
 
         def on_stopping(reason: StopReason, in_flight: int) -> None:
@@ -350,7 +366,7 @@ class _Execution:
         """Reports of every repo, the run's status and summary, from runs.db and the ledger."""
         runs, run_id = self.state.runs, self.run_id
         rows = runs.jobs(run_id)
-        repo_outcomes = finish_reports(run_id, self.mode, self.out_dir, runs, rows)
+        repo_outcomes = finish_reports(run_id, self.mode, self.out_dir, runs, rows, self.tracker)
         tally = job_counts(rows)
         if stop == StopReason.INTERRUPTED:
             status = RunStatus.INTERRUPTED
