@@ -355,7 +355,10 @@ def test_files_are_private_and_schema_is_migrated_once(tmp_path: Path) -> None:
     Ledger(path).close()
     assert path.stat().st_mode & 0o777 == 0o600
     conn = sqlite3.connect(path)
-    assert conn.execute("SELECT name FROM _sqlite_migrations").fetchall() == [("m001_initial",)]
+    assert conn.execute("SELECT name FROM _sqlite_migrations").fetchall() == [
+        ("m001_initial",),
+        ("m002_beats",),
+    ]
     assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
 
 
