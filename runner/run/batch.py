@@ -31,7 +31,8 @@ from runner.run.plan import Plan, RepoWork, count_prefixes, make_plan, pack_all,
 from runner.run.pool import run_pool
 from runner.run.reporting import finish_reports, json_totals, write_if_complete
 from runner.run.results import PlanResult, Progress, RunResult, Tally, job_counts, make_result
-from runner.run.worker import WorkerConfig, request_blocks
+from runner.run.tracker import Tracker, tracker_for
+from runner.run.worker import WorkerConfig, request_blocks, request_tools
 from runner.runs import JobRow, Runs
 from statedb import StatePaths
 
@@ -81,6 +82,7 @@ def _counter(client: ApiClient) -> Callable[[RepoWork], int]:
             model=work.spec.model,
             system=work.prompts.system,
             blocks=request_blocks(work.prompts.pack, None),
+            tools=request_tools(),
         )
 
     return count
@@ -202,6 +204,15 @@ def run(
         failed=pack_failures,
     )
     _check_limits(the_plan)
+    # Suppressions are read before admission: a broken file stops the run with nothing held or sent.
+    tracker = tracker_for(
+        config.manifest,
+        the_plan.works,
+        state.runs,
+        run_id,
+        run_date=previous.created_at if previous else None,
+        on_message=on_message,
+    )
     admission = state.ledger.admit(
         run_id,
         _wanted(the_plan, config),
@@ -216,7 +227,7 @@ def run(
         totals = state.ledger.run_totals(run_id)
         return make_result(run_id, admission, status, None, {}, totals, None, the_plan)
     execution = _Execution(
-        config, state, run_id, the_plan, admission, done_rows, concurrency, pack_failures
+        config, state, run_id, the_plan, admission, done_rows, concurrency, tracker, pack_failures
     )
     try:
         return execution.run(on_progress)
@@ -268,6 +279,7 @@ class _Execution:
     admission: Admission
     done_rows: Mapping[str, JobRow]
     concurrency: int
+    tracker: Tracker
     pack_failures: Mapping[RepoSpec, str]  # repos that could not be packed, and why
     report_errors: dict[str, str] = field(default_factory=dict)  # by slug: report not written
 
@@ -293,7 +305,9 @@ class _Execution:
                 )
             tally.add(outcome)
             slug = outcome.job.slug
-            error = write_if_complete(self.run_id, slug, self.mode, self.out_dir, runs)
+            error = write_if_complete(
+                self.run_id, slug, self.mode, self.out_dir, runs, self.tracker
+            )
             on_progress(tally.progress(in_flight, outcome=outcome))
             if error:
                 self.report_errors[slug] = error
@@ -401,7 +415,7 @@ class _Execution:
         runs, run_id = self.state.runs, self.run_id
         rows = runs.jobs(run_id)
         repo_outcomes = finish_reports(
-            run_id, self.mode, self.out_dir, runs, rows, self.report_errors
+            run_id, self.mode, self.out_dir, runs, rows, self.tracker, self.report_errors
         )
         repo_failed = any(o.status == JobStatus.FAILED for o in repo_outcomes)
         tally = job_counts(rows)

@@ -6,16 +6,21 @@ every attempt, and a report never depends on which process finished which job.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from jobs.findings import AgentResult
 from jobs.reports import RepoOutcome, write_repo_report
 from ledger.prices import USAGE_FIELDS, usd
+from runner.errors import StateError
 from runner.kinds import JobStatus
 from runner.runs import JobRow, Runs
+from statedb import StoreError
+
+if TYPE_CHECKING:
+    from runner.run.tracker import Tracker
 
 __all__ = ["finish_reports", "json_totals", "repo_outcome", "write_if_complete"]
 
@@ -54,24 +59,33 @@ def _complete(rows: Sequence[JobRow]) -> bool:
     return bool(rows) and all(r.status in finished for r in rows if not r.warm)
 
 
-def _write(out_dir: Path, outcome: RepoOutcome) -> str | None:
-    """Write one repo's report; the reason it could not be written, if so (it fails alone)."""
-    try:
-        write_repo_report(out_dir, outcome)
-    except Exception as exc:
-        return f"report not written: {type(exc).__name__}: {exc}"
-    return None
+def _write(
+    out_dir: Path, outcome: RepoOutcome, track: Callable[[RepoOutcome], RepoOutcome] | None = None
+) -> tuple[RepoOutcome, str | None]:
+    """Track and write one repo's report: the outcome, and why the report could not be written.
 
-
-def write_if_complete(run_id: str, slug: str, mode: str, out_dir: Path, runs: Runs) -> str | None:
-    """Write a repo's report once all its agents are done or failed.
-
-    Returns why the report could not be written, if so: that repo fails, the run goes on.
+    Any failure but a state store's fails that repo alone; a broken store stops the run.
     """
+    try:
+        outcome = track(outcome) if track else outcome
+        write_repo_report(out_dir, outcome)
+    except (StoreError, StateError):
+        raise
+    except Exception as exc:
+        return outcome, f"report not written: {type(exc).__name__}: {exc}"
+    return outcome, None
+
+
+def write_if_complete(
+    run_id: str, slug: str, mode: str, out_dir: Path, runs: Runs, tracker: Tracker | None = None
+) -> str | None:
+    """Write a repo's report once all its agents are done or failed (tracked across nights by
+    ``tracker``). Returns why the report could not be written, if so: that repo fails alone."""
     rows = runs.jobs(run_id, slug=slug)
-    if _complete(rows):
-        return _write(out_dir, repo_outcome(runs.repos(run_id, slug=slug)[0], mode, rows))
-    return None
+    if not _complete(rows):
+        return None
+    outcome = repo_outcome(runs.repos(run_id, slug=slug)[0], mode, rows)
+    return _write(out_dir, outcome, tracker.track if tracker else None)[1]
 
 
 def finish_reports(
@@ -80,12 +94,13 @@ def finish_reports(
     out_dir: Path,
     runs: Runs,
     rows: Sequence[JobRow],
+    tracker: Tracker | None = None,
     report_errors: Mapping[str, str] | None = None,
 ) -> list[RepoOutcome]:
     """Every repo's outcome at the end of a run, from the run's job `rows`.
 
-    Complete repos were reported as they completed; a repo stopped part-way gets a report
-    of what it has, if anything, so that no reply goes unreported. A repo whose report
+    Complete repos were reported (and tracked) as they completed; a repo stopped part-way gets a
+    report of what it has, if anything, so that no reply goes unreported. A repo whose report
     could not be written (`report_errors`, by slug, or now) is failed with that reason.
     """
     errors = dict(report_errors or {})
@@ -93,10 +108,14 @@ def finish_reports(
     for repo in runs.repos(run_id):
         mine = [r for r in rows if r.slug == repo["slug"]]
         outcome = repo_outcome(repo, mode, mine)
-        if not _complete(mine) and any(r.result for r in mine):
-            error = _write(out_dir, outcome)
+        partial = not _complete(mine) and any(r.result for r in mine)
+        if partial:
+            track = (lambda o: tracker.track(o, reuse=False)) if tracker else None
+            outcome, error = _write(out_dir, outcome, track)
             if error:
                 errors[repo["slug"]] = error
+        elif tracker is not None and _complete(mine):
+            outcome = tracker.track(outcome, reuse=True)
         if repo["slug"] in errors:
             why = "; ".join(e for e in (outcome.error, errors[repo["slug"]]) if e)
             outcome = replace(outcome, status=JobStatus.FAILED, error=why)
