@@ -31,7 +31,7 @@ from runner.run.plan import Plan, RepoWork, count_prefixes, make_plan, pack_all,
 from runner.run.pool import run_pool
 from runner.run.reporting import finish_reports, json_totals, write_if_complete
 from runner.run.results import PlanResult, Progress, RunResult, Tally, job_counts, make_result
-from runner.run.tracker import Tracker, tracker_for
+from runner.run.tracker import Tracker, load_repo_suppressions, tracker_for
 from runner.run.worker import WorkerConfig, request_blocks, request_tools
 from runner.runs import JobRow, Runs
 from statedb import StatePaths
@@ -151,6 +151,8 @@ def plan(config: RunConfig, *, on_message: Callable[[str], None] = lambda _: Non
         concurrency=_concurrency(config, state),
         on_message=on_message,
     )
+    # What `run` would refuse, `plan` says too: a broken suppressions file.
+    load_repo_suppressions(config.manifest, {w.spec.slug: w for w in the_plan.works})
     decision = state.ledger.decide(
         _wanted(the_plan, config),
         config.mode,
@@ -282,6 +284,7 @@ class _Execution:
     tracker: Tracker
     pack_failures: Mapping[RepoSpec, str]  # repos that could not be packed, and why
     report_errors: dict[str, str] = field(default_factory=dict)  # by slug: report not written
+    reported: set[str] = field(default_factory=set)  # slugs whose report this attempt wrote
 
     @property
     def mode(self) -> Mode:
@@ -306,7 +309,7 @@ class _Execution:
             tally.add(outcome)
             slug = outcome.job.slug
             error = write_if_complete(
-                self.run_id, slug, self.mode, self.out_dir, runs, self.tracker
+                self.run_id, slug, self.mode, self.out_dir, runs, self.tracker, self.reported
             )
             on_progress(tally.progress(in_flight, outcome=outcome))
             if error:
@@ -415,8 +418,9 @@ class _Execution:
         runs, run_id = self.state.runs, self.run_id
         rows = runs.jobs(run_id)
         repo_outcomes = finish_reports(
-            run_id, self.mode, self.out_dir, runs, rows, self.tracker, self.report_errors
-        )
+            run_id, self.mode, self.out_dir, runs, rows, self.tracker, self.report_errors,
+            self.reported,
+        )  # fmt: skip
         repo_failed = any(o.status == JobStatus.FAILED for o in repo_outcomes)
         tally = job_counts(rows)
         if stop == StopReason.INTERRUPTED:

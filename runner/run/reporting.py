@@ -6,7 +6,7 @@ every attempt, and a report never depends on which process finished which job.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -14,10 +14,8 @@ from typing import TYPE_CHECKING, Any
 from jobs.findings import AgentResult
 from jobs.reports import RepoOutcome, write_repo_report
 from ledger.prices import USAGE_FIELDS, usd
-from runner.errors import StateError
 from runner.kinds import JobStatus
 from runner.runs import JobRow, Runs
-from statedb import StoreError
 
 if TYPE_CHECKING:
     from runner.run.tracker import Tracker
@@ -59,33 +57,37 @@ def _complete(rows: Sequence[JobRow]) -> bool:
     return bool(rows) and all(r.status in finished for r in rows if not r.warm)
 
 
-def _write(
-    out_dir: Path, outcome: RepoOutcome, track: Callable[[RepoOutcome], RepoOutcome] | None = None
-) -> tuple[RepoOutcome, str | None]:
-    """Track and write one repo's report: the outcome, and why the report could not be written.
-
-    Any failure but a state store's fails that repo alone; a broken store stops the run.
-    """
+def _write(out_dir: Path, outcome: RepoOutcome) -> str | None:
+    """Write one repo's report; the reason it could not be written, if so (it fails alone)."""
     try:
-        outcome = track(outcome) if track else outcome
         write_repo_report(out_dir, outcome)
-    except (StoreError, StateError):
-        raise
     except Exception as exc:
-        return outcome, f"report not written: {type(exc).__name__}: {exc}"
-    return outcome, None
+        return f"report not written: {type(exc).__name__}: {exc}"
+    return None
 
 
 def write_if_complete(
-    run_id: str, slug: str, mode: str, out_dir: Path, runs: Runs, tracker: Tracker | None = None
+    run_id: str,
+    slug: str,
+    mode: str,
+    out_dir: Path,
+    runs: Runs,
+    tracker: Tracker | None = None,
+    written: set[str] | None = None,
 ) -> str | None:
-    """Write a repo's report once all its agents are done or failed (tracked across nights by
-    ``tracker``). Returns why the report could not be written, if so: that repo fails alone."""
+    """Write a repo's report once all its agents are done or failed (tracked across nights by ``tracker``).
+
+    Returns why the report could not be written, if so: that repo fails, the run goes on. A
+    report written is added to ``written`` (slugs).
+    """
     rows = runs.jobs(run_id, slug=slug)
     if not _complete(rows):
         return None
     outcome = repo_outcome(runs.repos(run_id, slug=slug)[0], mode, rows)
-    return _write(out_dir, outcome, tracker.track if tracker else None)[1]
+    error = _write(out_dir, tracker.track(outcome) if tracker else outcome)
+    if error is None and written is not None:
+        written.add(slug)
+    return error
 
 
 def finish_reports(
@@ -96,26 +98,29 @@ def finish_reports(
     rows: Sequence[JobRow],
     tracker: Tracker | None = None,
     report_errors: Mapping[str, str] | None = None,
+    written: Collection[str] = (),
 ) -> list[RepoOutcome]:
     """Every repo's outcome at the end of a run, from the run's job `rows`.
 
-    Complete repos were reported (and tracked) as they completed; a repo stopped part-way gets a
-    report of what it has, if anything, so that no reply goes unreported. A repo whose report
-    could not be written (`report_errors`, by slug, or now) is failed with that reason.
+    Complete repos were reported (and tracked) as they completed (`written`, by slug); one that
+    completed without its report (a process killed in between, then resumed) is reported now; a repo
+    stopped part-way gets a report of what it has, if anything, so that no reply goes unreported.
+    A repo whose report could not be written (`report_errors`, by slug, or now) is failed with
+    that reason.
     """
     errors = dict(report_errors or {})
     result = []
     for repo in runs.repos(run_id):
         mine = [r for r in rows if r.slug == repo["slug"]]
         outcome = repo_outcome(repo, mode, mine)
-        partial = not _complete(mine) and any(r.result for r in mine)
-        if partial:
-            track = (lambda o: tracker.track(o, reuse=False)) if tracker else None
-            outcome, error = _write(out_dir, outcome, track)
+        complete = _complete(mine)
+        partial = not complete and any(r.result for r in mine)
+        if tracker is not None and (partial or complete):
+            outcome = tracker.track(outcome, reuse=not partial)
+        if partial or (complete and repo["slug"] not in written):
+            error = _write(out_dir, outcome)
             if error:
                 errors[repo["slug"]] = error
-        elif tracker is not None and _complete(mine):
-            outcome = tracker.track(outcome, reuse=True)
         if repo["slug"] in errors:
             why = "; ".join(e for e in (outcome.error, errors[repo["slug"]]) if e)
             outcome = replace(outcome, status=JobStatus.FAILED, error=why)
