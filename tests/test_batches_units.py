@@ -134,7 +134,10 @@ def test_batch_reservations_outlive_their_process_and_show_as_processing(
 ) -> None:
     isolated_state.mkdir(parents=True, exist_ok=True)
     ledger = Ledger(isolated_state / "ledger.db")
-    ledger.reserve("R", "R/a/x", "claude-sonnet-5-5", 1000, 100, batch=True, cache_ttl="1h")
+    # Counted: the local estimate's safety margin is not this test's subject.
+    ledger.reserve(
+        "R", "R/a/x", "claude-sonnet-5-5", 1000, 100, batch=True, cache_ttl="1h", counted=True
+    )
     ledger.reserve("R", "R/a/y", "claude-sonnet-5-5", 1000, 100)
     with sqlite3.connect(isolated_state / "ledger.db") as conn:
         conn.execute("UPDATE entries SET pid = 999999999")  # both owners are dead now

@@ -26,6 +26,7 @@ __all__ = [
     "EXIT_BUDGET",
     "EXIT_FAILED",
     "EXIT_INTERRUPTED",
+    "EXIT_UNREACHABLE",
     "ErrorHandlingGroup",
     "echo_json",
     "exit_code_for",
@@ -35,6 +36,7 @@ __all__ = [
 EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
 EXIT_BUDGET = 3
+EXIT_UNREACHABLE = 4  # the API could not be reached: the rest is deferred, resumable
 EXIT_INTERRUPTED = 130
 
 F = TypeVar("F", bound=Callable[..., Any])

@@ -25,6 +25,7 @@ from runner.client import ApiClient, CallError
 from runner.errors import RunnerInputError
 from runner.kinds import ErrorKind, JobStatus, RunStatus, StopReason
 from runner.limiter import Limiter
+from runner.reachability import remove_counter
 from runner.run.batches import run_batches
 from runner.run.batchplan import Api, api_reason, apis_json, phase_seconds, to_batches
 from runner.run.batchrecords import past_durations
@@ -48,7 +49,10 @@ STOP_MESSAGES = {
     StopReason.BUDGET: "the month's budget is used up: the remaining jobs are deferred",
     StopReason.SPEND_CAP: "the account's spend limit is reached: sending nothing more",
     StopReason.AUTH: "the API rejected the credentials: stopping",
+    StopReason.UNREACHABLE: "the remaining jobs are deferred (resume when the API is back)",
 }
+# Stops that leave the unsent jobs deferred, for a resume.
+DEFERRING = (StopReason.BUDGET, StopReason.SPEND_CAP, StopReason.UNREACHABLE)
 
 
 @dataclass
@@ -341,8 +345,11 @@ class _Execution:
         reviews_done = sum(1 for j in self.done_rows.values() if not j.warm)
         tally = Tally(sum(1 for j in todo if not j.warm) + reviews_done, reviews_done)
         runs = self.state.runs
+        stop_errors: dict[StopReason, str] = {}
 
         def on_outcome(outcome: JobOutcome, in_flight: int) -> None:
+            if outcome.stop and outcome.error:
+                stop_errors.setdefault(outcome.stop, outcome.error)
             if outcome.status != JobStatus.DONE:
                 runs.finish_job(
                     outcome.job_id, outcome.status, error=outcome.error, attempts=outcome.attempts
@@ -358,14 +365,18 @@ class _Execution:
                 on_progress(tally.progress(in_flight, message=f"failed {slug}: {error}"))
 
         def on_stopping(reason: StopReason, in_flight: int) -> None:
-            on_progress(tally.progress(in_flight, message=STOP_MESSAGES[reason]))
+            message = STOP_MESSAGES[reason]
+            if reason == StopReason.UNREACHABLE:  # one line: the endpoint, the cause, what now
+                message = f"{stop_errors.get(reason, 'the API cannot be reached')}; {message}"
+            on_progress(tally.progress(in_flight, message=message))
 
         self.out_dir.mkdir(parents=True, exist_ok=True)
         on_progress(tally.progress(0))  # the starting line: what is left to do
+        config = self._worker_config()
         try:
             pool = run_pool(
                 todo,
-                self._worker_config(),
+                config,
                 {w.spec.slug: w for w in self.plan.works},
                 workers=self.concurrency,
                 on_outcome=on_outcome,
@@ -375,7 +386,10 @@ class _Execution:
         except BaseException:
             runs.update_run(self.run_id, status=RunStatus.INTERRUPTED)
             raise
-        if pool.stop in (StopReason.BUDGET, StopReason.SPEND_CAP):
+        finally:
+            if config.breaker is not None:
+                remove_counter(config.breaker)
+        if pool.stop in DEFERRING:
             for job in pool.unsent:
                 runs.finish_job(job.id, JobStatus.DEFERRED, error=f"not sent: {pool.stop}")
         return self._finish(pool.stop)
@@ -452,6 +466,8 @@ class _Execution:
             max_attempts=config.max_attempts,
             prompts_folder=config.manifest.prompts,
             max_output_tokens=config.manifest.max_output_tokens,
+            # This execution's own connectivity counter (a resume starts from zero).
+            breaker=config.state.reachability(self.run_id, os.getpid()),
         )
 
     def _finish(self, stop: StopReason | None) -> RunResult:
@@ -468,7 +484,7 @@ class _Execution:
             status = RunStatus.INTERRUPTED
         elif stop == StopReason.AUTH:
             status = RunStatus.FAILED
-        elif tally[JobStatus.DEFERRED] or stop in (StopReason.BUDGET, StopReason.SPEND_CAP):
+        elif tally[JobStatus.DEFERRED] or stop in DEFERRING:
             status = RunStatus.DEFERRED
         elif tally[JobStatus.FAILED] or tally[JobStatus.PENDING] or repo_failed:
             status = RunStatus.FAILED
