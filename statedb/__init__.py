@@ -20,7 +20,7 @@ from statedb.paths import (
     private_file,
     state_dir,
 )
-from statedb.process import ProcessId, process_alive, process_identity
+from statedb.process import ProcessId, process_alive, process_identity, process_started
 from statedb.store import SQLiteStore
 
 __all__ = [
@@ -39,6 +39,7 @@ __all__ = [
     "private_file",
     "process_alive",
     "process_identity",
+    "process_started",
     "state_dir",
     "utc_now",
 ]

@@ -29,6 +29,7 @@ from runner.run.plan import Plan, RepoWork, count_prefixes, make_plan, pack_all,
 from runner.run.pool import run_pool
 from runner.run.reporting import finish_reports, json_totals, write_if_complete
 from runner.run.results import PlanResult, Progress, RunResult, Tally, job_counts, make_result
+from runner.run.resume import Reconciled, gone_repos, manifest_sha256, reconcile, take_over
 from runner.run.worker import WorkerConfig, request_blocks
 from runner.runs import JobRow, Runs
 from statedb import StatePaths
@@ -169,9 +170,12 @@ def run(
     state = open_state(config)
     concurrency = _concurrency(config, state)
     manifest, done_rows = config.manifest, {}
+    gone: tuple[str, ...] = ()
     if previous is not None:
+        take_over(state.runs, previous, dry_run=config.dry_run)  # before anything is sent
         recorded = state.runs.jobs(run_id)
         done_rows = {j.id: j for j in recorded if j.status == JobStatus.DONE}
+        gone = gone_repos(manifest, recorded)
         manifest = _remaining(manifest, recorded)
     client = (
         None
@@ -182,6 +186,10 @@ def run(
         run_id, manifest, state, client=client, concurrency=concurrency, on_message=on_message
     )
     _check_limits(the_plan)
+    resumed = Reconciled()
+    if previous is not None:
+        resumed = reconcile(state.runs, run_id, gone, the_plan.works)
+        done_rows = resumed.still_done(done_rows)
     admission = state.ledger.admit(
         run_id,
         _wanted(the_plan, config),
@@ -193,9 +201,13 @@ def run(
     if admission.mode == Decision.REFUSED or config.dry_run:
         state.ledger.end_run(run_id)
         status = RunStatus.REFUSED if admission.mode == Decision.REFUSED else RunStatus.PLANNED
+        if previous is not None and not config.dry_run:
+            state.runs.update_run(run_id, status=status)  # ended: no longer running
         totals = state.ledger.run_totals(run_id)
         return make_result(run_id, admission, status, None, {}, totals, None, the_plan)
-    execution = _Execution(config, state, run_id, the_plan, admission, done_rows, concurrency)
+    execution = _Execution(
+        config, state, run_id, the_plan, admission, done_rows, concurrency, resumed
+    )
     try:
         return execution.run(on_progress)
     finally:
@@ -246,6 +258,7 @@ class _Execution:
     admission: Admission
     done_rows: Mapping[str, JobRow]
     concurrency: int
+    resumed: Reconciled
 
     @property
     def mode(self) -> Mode:
@@ -298,11 +311,13 @@ class _Execution:
         runs, run_id = self.state.runs, self.run_id
         planned = [(j.id, j.slug, j.agent, j.warm) for j in self.plan.jobs[self.mode]]
         if self.config.resume is not None:
+            self.resumed.apply(runs, run_id, self.plan.works)
             runs.add_jobs(run_id, planned)
         else:
             runs.create_run(
                 run_id,
                 manifest=str(self.config.manifest.path),
+                manifest_sha256=manifest_sha256(self.config.manifest.path),
                 name=self.config.manifest.name,
                 requested_mode=self.config.mode,
                 out_dir=str(self.config.out_root),
@@ -323,7 +338,6 @@ class _Execution:
             status=RunStatus.RUNNING,
             mode=self.mode,
             reason=self.admission.reason,
-            pid=os.getpid(),
         )
 
     def _todo(self) -> list[Job]:
