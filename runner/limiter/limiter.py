@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -30,7 +29,8 @@ from typing import Any
 
 from runner.errors import RunnerError, RunnerInputError
 from runner.limiter.health import Health, compute_health, status_document
-from runner.limiter.store import LimiterStore, iso, parse_iso, pid_alive
+from runner.limiter.store import LimiterStore, iso, me, parse_iso
+from statedb import process_alive
 
 __all__ = [
     "BUCKETS",
@@ -58,7 +58,7 @@ MIN_SLEEP = 0.001
 SLOT_POLL = 0.02  # a freed in-flight slot has no predictable time, so poll for it
 WAITER_STALE = 30.0  # a live waiter heartbeats every MAX_SLEEP; silence this long means gone
 AGE_SWEEP = 0.1  # seconds between one process's sweeps for leases past lease_max_age
-ALIVE_TTL = 0.5  # how long one process trusts "pid N is alive" before asking the kernel again
+ALIVE_TTL = 0.5  # how long one process trusts "process P is alive" before asking the kernel again
 USAGE_TAU = 60.0  # time constant of the per-bucket usage rate behind health utilisation
 
 
@@ -135,7 +135,7 @@ class Limiter:
         self.limits = limits
         self.lease_max_age = float(lease_max_age)
         self._store = LimiterStore(self.state_dir)
-        self._alive_cache: dict[int, float] = {}
+        self._alive_cache: dict[tuple[int, str, str], float] = {}
         self._next_age_sweep = 0.0
         with self._store.write() as (conn, now):
             self._init_rows(conn, now, limits)
@@ -252,23 +252,47 @@ class Limiter:
     # -- reclaim ------------------------------------------------------------------------------
 
     def _reclaim(self, conn: Any, now: float) -> None:
-        me = os.getpid()
+        """Drop the leases and tickets of dead processes, and leases past `lease_max_age`.
+
+        A holder is its pid + start time + host (a recycled pid is another process), asked of
+        statedb's one liveness check; rows from before that was recorded have '' for both.
+        """
+        mine, mono = me(), time.monotonic()
+        myself = (mine.pid, mine.start or "", mine.host)
         dead = []
-        for (pid,) in conn.execute("SELECT pid FROM leases UNION SELECT pid FROM waiters"):
-            if pid == me or self._alive_cache.get(pid, 0.0) > now:
+        for owner in conn.execute(
+            "SELECT pid, COALESCE(pid_start, ''), COALESCE(host, '') FROM leases UNION"
+            " SELECT pid, COALESCE(pid_start, ''), COALESCE(host, '') FROM waiters"
+        ):
+            owner = tuple(owner)
+            if owner == myself or self._alive_cache.get(owner, 0.0) > mono:
                 continue
-            if pid_alive(pid):
-                self._alive_cache[pid] = now + ALIVE_TTL
+            if process_alive(owner[0], owner[1] or None, owner[2] or None):
+                self._alive_cache[owner] = mono + ALIVE_TTL
             else:
-                dead.append((pid,))
+                dead.append(owner)
         if dead:
-            log.info("reclaiming leases and tickets of dead processes %s", [p for (p,) in dead])
-            conn.executemany("DELETE FROM leases WHERE pid = ?", dead)
-            conn.executemany("DELETE FROM waiters WHERE pid = ?", dead)
-        if now >= self._next_age_sweep:  # ages change slowly; no need to look on every grant
-            self._next_age_sweep = now + AGE_SWEEP
+            log.info("reclaiming leases and tickets of dead processes %s", [o[0] for o in dead])
+            for table in ("leases", "waiters"):
+                conn.executemany(
+                    f"DELETE FROM {table} WHERE pid = ? AND COALESCE(pid_start, '') = ?"
+                    " AND COALESCE(host, '') = ?",
+                    dead,
+                )
+        if mono >= self._next_age_sweep:  # ages change slowly; no need to look on every grant
+            self._next_age_sweep = mono + AGE_SWEEP
+            # A lease of this host ages by the monotonic clock (system-wide, so every process
+            # of the host shares it; a wall-clock step neither frees nor keeps a lease); other
+            # hosts' clocks cannot be compared, so theirs (and rows without one) by wall clock.
             conn.execute(
-                "DELETE FROM leases WHERE granted_at < ?", (iso(now - self.lease_max_age),)
+                "DELETE FROM leases WHERE (host = ? AND granted_mono < ?)"
+                " OR ((host IS NULL OR host <> ? OR granted_mono IS NULL) AND granted_at < ?)",
+                (
+                    mine.host,
+                    mono - self.lease_max_age,
+                    mine.host,
+                    iso(now - self.lease_max_age),
+                ),
             )
             conn.execute("DELETE FROM waiters WHERE seen_at < ?", (iso(now - WAITER_STALE),))
 
@@ -341,10 +365,17 @@ class Limiter:
         if first and cooldown <= 0 and deficit <= 0 and in_flight < max_concurrent:
             self._write_buckets(conn, now, state, need)
             granted_at = now
+            mine = me()
             lease_id = conn.execute(
-                "INSERT INTO leases (pid, input_tokens, output_estimate, granted_at)"
-                " VALUES (?, ?, ?, ?)",
-                (os.getpid(), int(need["input_tokens"]), int(need["output_tokens"]), iso(now)),
+                "INSERT INTO leases (pid, pid_start, host, input_tokens, output_estimate,"
+                " granted_at, granted_mono) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    *mine,
+                    int(need["input_tokens"]),
+                    int(need["output_tokens"]),
+                    iso(now),
+                    time.monotonic(),
+                ),
             ).lastrowid
             if ticket is not None:
                 conn.execute("DELETE FROM waiters WHERE id = ?", (ticket,))
@@ -355,9 +386,9 @@ class Limiter:
         stamp = iso(now)
         if ticket is None:
             ticket = conn.execute(
-                "INSERT INTO waiters (pid, input_tokens, output_estimate, created_at, seen_at)"
-                " VALUES (?, ?, ?, ?, ?)",
-                (os.getpid(), int(need["input_tokens"]), int(need["output_tokens"]), stamp, stamp),
+                "INSERT INTO waiters (pid, pid_start, host, input_tokens, output_estimate,"
+                " created_at, seen_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (*me(), int(need["input_tokens"]), int(need["output_tokens"]), stamp, stamp),
             ).lastrowid
             if head is None:
                 first = True

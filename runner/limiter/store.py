@@ -16,9 +16,16 @@ from pathlib import Path
 import sqlite_utils
 
 from runner.errors import StateError
-from statedb import SQLiteStore, StatePaths, iso, parse_iso, process_alive
+from statedb import (
+    ProcessId,
+    SQLiteStore,
+    StatePaths,
+    iso,
+    parse_iso,
+    process_identity,
+)
 
-__all__ = ["LimiterStore", "iso", "parse_iso", "pid_alive"]
+__all__ = ["LimiterStore", "iso", "me", "parse_iso"]
 
 CHECKPOINT_EVERY = 200  # commits of one process between its WAL checkpoints
 MIGRATIONS = sqlite_utils.Migrations("review_runner.limiter")
@@ -84,9 +91,26 @@ def m001_create_tables(db: sqlite_utils.Database) -> None:
     db.execute("CREATE INDEX samples_at ON samples (at)")
 
 
-def pid_alive(pid: int) -> bool:
-    """Whether `pid` is a live process on this host (statedb's one liveness check)."""
-    return process_alive(pid)
+@MIGRATIONS()
+def m002_owner_identity(db: sqlite_utils.Database) -> None:
+    """Leases and waiters name their process as ledger reservations do (pid + start + host),
+    so a recycled pid is not taken for their holder; a lease also keeps the monotonic clock
+    of its grant, for its age."""
+    for table in ("leases", "waiters"):
+        db.execute(f"ALTER TABLE {table} ADD COLUMN pid_start TEXT")
+        db.execute(f"ALTER TABLE {table} ADD COLUMN host TEXT")
+    db.execute("ALTER TABLE leases ADD COLUMN granted_mono REAL")
+
+
+_me: ProcessId | None = None
+
+
+def me() -> ProcessId:
+    """This process as leases record it (looked up again after a fork)."""
+    global _me
+    if _me is None or _me.pid != os.getpid():
+        _me = process_identity()
+    return _me
 
 
 class LimiterStore(SQLiteStore):
