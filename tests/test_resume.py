@@ -8,6 +8,7 @@ import signal
 import socket
 import sqlite3
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -166,7 +167,7 @@ def test_resume_after_a_repo_changed_reviews_all_its_agents_on_the_new_pack(
     tmp_path: Path, isolated_state: Path
 ) -> None:
     with Simulator(SimConfig()) as sim:
-        manifest, first = _done_run(tmp_path, sim)
+        _manifest, first = _done_run(tmp_path, sim)
         run_id, out = first["run_id"], Path(first["out_dir"])
         old_pack = json.loads((out / "repo00" / "findings.json").read_text())["pack"]
         _interrupt(isolated_state, run_id, [f"{run_id}/repo00/security"])
@@ -174,7 +175,7 @@ def test_resume_after_a_repo_changed_reviews_all_its_agents_on_the_new_pack(
             "def added():\n    return 1\n"
         )
         sent = len(messages(sim))
-        result = cli("run", str(manifest), "--resume", run_id, "--json", env=api_env(sim))
+        result = cli("run", "--resume", run_id, "--json", env=api_env(sim))
         assert result.returncode == 0, result.stderr
         resumed = {r["job"]: r["id"] for r in messages(sim)[sent:] if r["status"] == 200}
     doc = json.loads(result.stdout)
@@ -223,3 +224,40 @@ def test_resume_after_a_repo_left_the_manifest_skips_it_and_ends_done(
     [row] = [r for r in summary["repos"] if r["slug"] == "repo01"]
     assert row["status"] == "skipped"
     assert row["error"].count(": no longer in the manifest") == 3
+
+
+CLAIM = """
+import sys, time
+from pathlib import Path
+from runner.runs import Runs
+runs = Runs(Path(sys.argv[1])).open()
+while time.time() < float(sys.argv[3]):
+    time.sleep(0.001)
+print("refused" if runs.claim(sys.argv[2]) else "owner", flush=True)
+sys.stdin.read()  # stay alive, the owner, until every other claim is made
+"""
+
+
+def test_resumes_racing_for_a_dead_run_exactly_one_takes_it(
+    tmp_path: Path, isolated_state: Path
+) -> None:
+    with Simulator(SimConfig()) as sim:
+        _manifest, first = _done_run(tmp_path, sim, repos=1)
+    run_id = first["run_id"]
+    _interrupt(isolated_state, run_id, [f"{run_id}/repo00/security"])  # its process is gone
+    start = time.time() + 3
+    racers = [
+        subprocess.Popen(
+            [sys.executable, "-c", CLAIM, str(isolated_state / "runs.db"), run_id, str(start)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(4)
+    ]
+    try:
+        said = sorted(p.stdout.readline().strip() for p in racers if p.stdout)
+    finally:
+        for p in racers:
+            p.communicate(timeout=30)
+    assert said == ["owner", "refused", "refused", "refused"]
