@@ -218,9 +218,12 @@ class Runs(SQLiteStore):
         if found is None:
             return None
         row = _run_row(dict(zip(names, found, strict=True)))
-        owner = row.owner
+        owner, me = row.owner, process_identity()
         # A run that ended is no one's, even while the process that ended it lingers.
-        if owner is None or row.status not in _IN_PROGRESS or owner == process_identity():
+        if owner is None or row.status not in _IN_PROGRESS:
+            return None
+        # Rows from before start and host were recorded match this process by pid alone.
+        if owner.pid == me.pid and owner.start in (None, me.start) and owner.host in ("", me.host):
             return None
         return row if process_alive(owner.pid, owner.start, owner.host or None) else None
 
