@@ -30,7 +30,8 @@ from runner.run.pool import run_pool
 from runner.run.reporting import finish_reports, json_totals, write_if_complete
 from runner.run.results import PlanResult, Progress, RunResult, Tally, job_counts, make_result
 from runner.run.resume import Reconciled, gone_repos, manifest_sha256, reconcile, take_over
-from runner.run.worker import WorkerConfig, request_blocks
+from runner.run.tracker import Tracker, tracker_for
+from runner.run.worker import WorkerConfig, request_blocks, request_tools
 from runner.runs import JobRow, Runs
 from statedb import StatePaths
 
@@ -80,6 +81,7 @@ def _counter(client: ApiClient) -> Callable[[RepoWork], int]:
             model=work.spec.model,
             system=work.prompts.system,
             blocks=request_blocks(work.prompts.pack, None),
+            tools=request_tools(),
         )
 
     return count
@@ -190,6 +192,15 @@ def run(
     if previous is not None:
         resumed = reconcile(state.runs, run_id, gone, the_plan.works)
         done_rows = resumed.still_done(done_rows)
+    # Suppressions are read before admission: a broken file stops the run with nothing held or sent.
+    tracker = tracker_for(
+        config.manifest,
+        the_plan.works,
+        state.runs,
+        run_id,
+        run_date=previous.created_at if previous else None,
+        on_message=on_message,
+    )
     admission = state.ledger.admit(
         run_id,
         _wanted(the_plan, config),
@@ -206,7 +217,7 @@ def run(
         totals = state.ledger.run_totals(run_id)
         return make_result(run_id, admission, status, None, {}, totals, None, the_plan)
     execution = _Execution(
-        config, state, run_id, the_plan, admission, done_rows, concurrency, resumed
+        config, state, run_id, the_plan, admission, done_rows, concurrency, tracker, resumed
     )
     try:
         return execution.run(on_progress)
@@ -258,6 +269,7 @@ class _Execution:
     admission: Admission
     done_rows: Mapping[str, JobRow]
     concurrency: int
+    tracker: Tracker
     resumed: Reconciled
 
     @property
@@ -281,7 +293,9 @@ class _Execution:
                     outcome.job_id, outcome.status, error=outcome.error, attempts=outcome.attempts
                 )
             tally.add(outcome)
-            write_if_complete(self.run_id, outcome.job.slug, self.mode, self.out_dir, runs)
+            write_if_complete(
+                self.run_id, outcome.job.slug, self.mode, self.out_dir, runs, self.tracker
+            )
             on_progress(tally.progress(in_flight, outcome=outcome))
 
         def on_stopping(reason: StopReason, in_flight: int) -> None:
@@ -364,7 +378,7 @@ class _Execution:
         """Reports of every repo, the run's status and summary, from runs.db and the ledger."""
         runs, run_id = self.state.runs, self.run_id
         rows = runs.jobs(run_id)
-        repo_outcomes = finish_reports(run_id, self.mode, self.out_dir, runs, rows)
+        repo_outcomes = finish_reports(run_id, self.mode, self.out_dir, runs, rows, self.tracker)
         tally = job_counts(rows)
         if stop == StopReason.INTERRUPTED:
             status = RunStatus.INTERRUPTED

@@ -8,13 +8,16 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from jobs.findings import AgentResult
 from jobs.reports import RepoOutcome, write_repo_report
 from ledger.prices import USAGE_FIELDS, usd
 from runner.kinds import JobStatus
 from runner.runs import JobRow, Runs
+
+if TYPE_CHECKING:
+    from runner.run.tracker import Tracker
 
 __all__ = ["finish_reports", "json_totals", "repo_outcome", "write_if_complete"]
 
@@ -55,26 +58,37 @@ def _complete(rows: Sequence[JobRow]) -> bool:
     return bool(rows) and all(r.status in finished for r in rows if not r.warm)
 
 
-def write_if_complete(run_id: str, slug: str, mode: str, out_dir: Path, runs: Runs) -> None:
-    """Write a repo's report once all its agents are done or failed."""
+def write_if_complete(
+    run_id: str, slug: str, mode: str, out_dir: Path, runs: Runs, tracker: Tracker | None = None
+) -> None:
+    """Write a repo's report once all its agents are done or failed (tracked across nights by ``tracker``)."""
     rows = runs.jobs(run_id, slug=slug)
     if _complete(rows):
-        write_repo_report(out_dir, repo_outcome(runs.repos(run_id, slug=slug)[0], mode, rows))
+        outcome = repo_outcome(runs.repos(run_id, slug=slug)[0], mode, rows)
+        write_repo_report(out_dir, tracker.track(outcome) if tracker else outcome)
 
 
 def finish_reports(
-    run_id: str, mode: str, out_dir: Path, runs: Runs, rows: Sequence[JobRow]
+    run_id: str,
+    mode: str,
+    out_dir: Path,
+    runs: Runs,
+    rows: Sequence[JobRow],
+    tracker: Tracker | None = None,
 ) -> list[RepoOutcome]:
     """Every repo's outcome at the end of a run, from the run's job `rows`.
 
-    Complete repos were reported as they completed; a repo stopped part-way gets a report
-    of what it has, if anything, so that no reply goes unreported.
+    Complete repos were reported (and tracked) as they completed; a repo stopped part-way gets a
+    report of what it has, if anything, so that no reply goes unreported.
     """
     result = []
     for repo in runs.repos(run_id):
         mine = [r for r in rows if r.slug == repo["slug"]]
         outcome = repo_outcome(repo, mode, mine)
-        if not _complete(mine) and any(r.result for r in mine):
+        partial = not _complete(mine) and any(r.result for r in mine)
+        if tracker is not None and (partial or _complete(mine)):
+            outcome = tracker.track(outcome, reuse=not partial)
+        if partial:
             write_repo_report(out_dir, outcome)
         result.append(outcome)
     return result
