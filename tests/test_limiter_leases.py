@@ -109,3 +109,41 @@ def test_a_live_lease_past_its_monotonic_age_limit_is_reclaimed(
         assert holder.stdin is not None
         holder.stdin.close()
         holder.wait(10)
+
+
+WAIT = """
+import sys
+from pathlib import Path
+from runner.limiter import Limiter
+Limiter(Path(sys.argv[1])).acquire(1, 1, timeout=120)
+"""
+
+
+def test_a_queued_ticket_whose_pid_now_belongs_to_another_process_is_reclaimed(
+    tmp_path: Path, limiter: Limiter
+) -> None:
+    mine = limiter.acquire(1, 1, timeout=20)  # the one slot: the other process must queue
+    waiter = subprocess.Popen([sys.executable, "-c", WAIT, str(tmp_path)])
+    deadline = time.monotonic() + 60
+    while not _waiters(tmp_path) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    [(ticket, pid)] = _waiters(tmp_path)
+    assert pid == waiter.pid
+    waiter.send_signal(signal.SIGKILL)
+    waiter.wait(10)
+    stranger = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        with sqlite3.connect(tmp_path / "limiter.db") as conn:
+            conn.execute("UPDATE waiters SET pid = ? WHERE id = ?", (stranger.pid, ticket))
+        limiter.release(mine)
+        # Queued behind the dead one's ticket, this would wait until it went stale (30 s).
+        limiter.acquire(1, 1, timeout=5)
+    finally:
+        stranger.kill()
+        stranger.wait(10)
+    assert _waiters(tmp_path) == []
+
+
+def _waiters(state: Path) -> list[tuple]:
+    with sqlite3.connect(state / "limiter.db") as conn:
+        return conn.execute("SELECT id, pid FROM waiters").fetchall()

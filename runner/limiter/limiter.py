@@ -281,20 +281,18 @@ class Limiter:
                 )
         if mono >= self._next_age_sweep:  # ages change slowly; no need to look on every grant
             self._next_age_sweep = mono + AGE_SWEEP
-            # A lease of this host ages by the monotonic clock (system-wide, so every process
-            # of the host shares it; a wall-clock step neither frees nor keeps a lease); other
+            # A row of this host ages by the monotonic clock (system-wide, so every process of
+            # the host shares it; a wall-clock step neither frees nor keeps a lease); other
             # hosts' clocks cannot be compared, so theirs (and rows without one) by wall clock.
-            conn.execute(
-                "DELETE FROM leases WHERE (host = ? AND granted_mono < ?)"
-                " OR ((host IS NULL OR host <> ? OR granted_mono IS NULL) AND granted_at < ?)",
-                (
-                    mine.host,
-                    mono - self.lease_max_age,
-                    mine.host,
-                    iso(now - self.lease_max_age),
-                ),
-            )
-            conn.execute("DELETE FROM waiters WHERE seen_at < ?", (iso(now - WAITER_STALE),))
+            for table, stem, max_age in (
+                ("leases", "granted", self.lease_max_age),
+                ("waiters", "seen", WAITER_STALE),
+            ):
+                conn.execute(
+                    f"DELETE FROM {table} WHERE (host = ? AND {stem}_mono < ?) OR ((host IS NULL"
+                    f" OR host <> ? OR {stem}_mono IS NULL) AND {stem}_at < ?)",
+                    (mine.host, mono - max_age, mine.host, iso(now - max_age)),
+                )
 
     # -- acquire ------------------------------------------------------------------------------
 
@@ -387,13 +385,23 @@ class Limiter:
         if ticket is None:
             ticket = conn.execute(
                 "INSERT INTO waiters (pid, pid_start, host, input_tokens, output_estimate,"
-                " created_at, seen_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (*me(), int(need["input_tokens"]), int(need["output_tokens"]), stamp, stamp),
+                " created_at, seen_at, seen_mono) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    *me(),
+                    int(need["input_tokens"]),
+                    int(need["output_tokens"]),
+                    stamp,
+                    stamp,
+                    time.monotonic(),
+                ),
             ).lastrowid
             if head is None:
                 first = True
         else:
-            conn.execute("UPDATE waiters SET seen_at = ? WHERE id = ?", (stamp, ticket))
+            conn.execute(
+                "UPDATE waiters SET seen_at = ?, seen_mono = ? WHERE id = ?",
+                (stamp, time.monotonic(), ticket),
+            )
         position = 1
         if not first:
             # Sleep until everything queued up to and including this ticket has refilled.

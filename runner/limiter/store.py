@@ -94,12 +94,12 @@ def m001_create_tables(db: sqlite_utils.Database) -> None:
 @MIGRATIONS()
 def m002_owner_identity(db: sqlite_utils.Database) -> None:
     """Leases and waiters name their process as ledger reservations do (pid + start + host),
-    so a recycled pid is not taken for their holder; a lease also keeps the monotonic clock
-    of its grant, for its age."""
-    for table in ("leases", "waiters"):
+    so a recycled pid is not taken for their holder; each also keeps the monotonic clock of
+    its grant (of its last heartbeat, for a waiter), for its age."""
+    for table, mono in (("leases", "granted_mono"), ("waiters", "seen_mono")):
         db.execute(f"ALTER TABLE {table} ADD COLUMN pid_start TEXT")
         db.execute(f"ALTER TABLE {table} ADD COLUMN host TEXT")
-    db.execute("ALTER TABLE leases ADD COLUMN granted_mono REAL")
+        db.execute(f"ALTER TABLE {table} ADD COLUMN {mono} REAL")
 
 
 _me: ProcessId | None = None
