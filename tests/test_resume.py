@@ -261,3 +261,23 @@ def test_resumes_racing_for_a_dead_run_exactly_one_takes_it(
         for p in racers:
             p.communicate(timeout=30)
     assert said == ["owner", "refused", "refused", "refused"]
+
+
+def test_a_repo_completed_but_not_reported_when_its_run_died_is_reported_on_resume(
+    tmp_path: Path, isolated_state: Path
+) -> None:
+    with Simulator(SimConfig()) as sim:
+        _manifest, first = _done_run(tmp_path, sim)
+        run_id, out = first["run_id"], Path(first["out_dir"])
+        # SIGKILL between repo00's last reply (in runs.db) and its report; repo01 unfinished.
+        for name in ("review.md", "findings.json", "findings.sarif"):
+            (out / "repo00" / name).unlink()
+        _interrupt(isolated_state, run_id, [f"{run_id}/repo01/security"])
+        result = cli("run", "--resume", run_id, "--json", env=api_env(sim))
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["jobs"]["done"] == 8
+    assert {p.name for p in (out / "repo00").iterdir()} == {
+        "review.md",
+        "findings.json",
+        "findings.sarif",
+    }

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from jobs.findings import AgentResult
-from jobs.reports import RepoOutcome, write_repo_report
+from jobs.reports import RepoOutcome, safe_slug, write_repo_report
 from ledger.prices import USAGE_FIELDS, usd
 from runner.kinds import JobStatus
 from runner.runs import JobRow, Runs
@@ -85,10 +85,13 @@ def finish_reports(
     for repo in runs.repos(run_id):
         mine = [r for r in rows if r.slug == repo["slug"]]
         outcome = repo_outcome(repo, mode, mine)
-        partial = not _complete(mine) and any(r.result for r in mine)
-        if tracker is not None and (partial or _complete(mine)):
+        complete = _complete(mine)
+        partial = not complete and any(r.result for r in mine)
+        # Completed as the run was killed, before its report was written: write it now.
+        unreported = complete and not (out_dir / safe_slug(repo["slug"]) / "review.md").is_file()
+        if tracker is not None and (partial or complete):
             outcome = tracker.track(outcome, reuse=not partial)
-        if partial:
+        if partial or unreported:
             write_repo_report(out_dir, outcome)
         result.append(outcome)
     return result
