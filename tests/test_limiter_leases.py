@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -15,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from runner.limiter import AcquireTimeout, Limiter, Limits
-from statedb import iso
+from statedb import host_name, iso
 from statedb.process import _proc_stat
 
 # A real process that takes the one in-flight slot and holds it until its stdin closes.
@@ -89,7 +88,7 @@ def test_a_live_lease_is_kept_even_when_the_wall_clock_jumps(
         assert (doc["id"], doc["pid"]) == (lease_id, holder.pid) and doc["age_s"] < 900
         stat = _proc_stat(holder.pid)
         assert stat is not None  # the lease names its holder as the liveness check knows it
-        assert _leases(tmp_path) == [(lease_id, holder.pid, stat[1], socket.gethostname())]
+        assert _leases(tmp_path) == [(lease_id, holder.pid, stat[1], host_name())]
     finally:
         assert holder.stdin is not None
         holder.stdin.close()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -16,7 +15,7 @@ from support import api_env, cli, make_repos, messages, spawn, write_manifest
 
 from runner.runs import Runs
 from runner.simulator import SimConfig, Simulator
-from statedb import iso, process_identity, process_started
+from statedb import host_name, iso, process_identity, process_started
 from statedb.process import _proc_stat
 
 AGENTS = ("code_review", "architecture", "security", "multi_perspective")
@@ -95,7 +94,7 @@ def test_resume_of_a_live_run_refuses_and_sends_nothing_then_resumes_once_it_is_
             [error] = _error_lines(result.stderr)
             assert error == (
                 f"Error: run {run_id} is still running: pid {first.pid} on host "
-                f"{socket.gethostname()}, started {iso(started)}; wait for it to end, or stop "
+                f"{host_name()}, started {iso(started)}; wait for it to end, or stop "
                 "it, before resuming"
             )
         # Its owner SIGKILLed, the run resumes normally, and ends with every job done.

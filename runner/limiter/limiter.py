@@ -15,26 +15,32 @@ Pacing rules worth knowing:
   applies (never above what the server says, never above what the user asked for).
 - settle() and release() of a lease that was already reclaimed change nothing: its holder was
   judged dead (or the lease older than `lease_max_age`), so the estimate stays charged.
+- Across hosts (one PostgreSQL database), a pid is only checked on its own host: a process
+  heartbeats its leases every `heartbeat_timeout / 4` seconds, and another host's lease whose
+  heartbeat is older than `heartbeat_timeout` is reclaimed (every host must use the same value).
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import os
+import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from runner.errors import RunnerError, RunnerInputError
 from runner.limiter.health import Health, compute_health, status_document
-from runner.limiter.store import LimiterStore, iso, me, parse_iso
+from runner.limiter.store import LimiterStore, host_name, iso, me, parse_iso
 from statedb import process_alive
 
 __all__ = [
     "BUCKETS",
     "DEFAULT_LIMITS",
+    "AcquireCancelled",
     "AcquireTimeout",
     "Health",
     "Lease",
@@ -59,6 +65,7 @@ SLOT_POLL = 0.02  # a freed in-flight slot has no predictable time, so poll for 
 WAITER_STALE = 30.0  # a live waiter heartbeats every MAX_SLEEP; silence this long means gone
 AGE_SWEEP = 0.1  # seconds between one process's sweeps for leases past lease_max_age
 ALIVE_TTL = 0.5  # how long one process trusts "process P is alive" before asking the kernel again
+HEARTBEAT_TIMEOUT = 60.0  # another host's lease silent this long is reclaimed
 USAGE_TAU = 60.0  # time constant of the per-bucket usage rate behind health utilisation
 
 
@@ -97,6 +104,10 @@ class Lease:
     granted_at: float
 
 
+class AcquireCancelled(RunnerError):
+    """The caller's `cancelled()` turned true while it waited (the run is stopping)."""
+
+
 class AcquireTimeout(RunnerError):
     """acquire() could not be granted within its timeout."""
 
@@ -119,6 +130,7 @@ class Limiter:
         *,
         lease_max_age: float = 900.0,
         burst: float = 0.0,
+        heartbeat_timeout: float = HEARTBEAT_TIMEOUT,
     ) -> None:
         """Open (creating if needed) the limiter state in `state_dir`.
 
@@ -130,12 +142,17 @@ class Limiter:
             raise RunnerInputError(f"lease_max_age must be positive, got {lease_max_age}")
         if burst < 0:
             raise RunnerInputError(f"burst must be zero or positive, got {burst}")
+        if heartbeat_timeout <= 0:
+            raise RunnerInputError(f"heartbeat_timeout must be positive, got {heartbeat_timeout}")
+        self.heartbeat_timeout = float(heartbeat_timeout)
+        self._host = host_name()
+        self._beating = -1  # the pid whose heartbeat thread runs
         self.burst = float(burst)
         self.state_dir = Path(state_dir)
         self.limits = limits
         self.lease_max_age = float(lease_max_age)
         self._store = LimiterStore(self.state_dir)
-        self._alive_cache: dict[tuple[int, str, str], float] = {}
+        self._alive_cache: dict[tuple[int, str], float] = {}
         self._next_age_sweep = 0.0
         with self._store.write() as (conn, now):
             self._init_rows(conn, now, limits)
@@ -145,6 +162,7 @@ class Limiter:
             "state_dir": self.state_dir,
             "lease_max_age": self.lease_max_age,
             "burst": self.burst,
+            "heartbeat_timeout": self.heartbeat_timeout,
         }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -153,6 +171,9 @@ class Limiter:
         self.limits = None
         self.lease_max_age = state["lease_max_age"]
         self.burst = state["burst"]
+        self.heartbeat_timeout = state.get("heartbeat_timeout", HEARTBEAT_TIMEOUT)
+        self._host = host_name()
+        self._beating = -1
         self._store = LimiterStore(self.state_dir)
         self._alive_cache = {}
         self._next_age_sweep = 0.0
@@ -252,31 +273,34 @@ class Limiter:
     # -- reclaim ------------------------------------------------------------------------------
 
     def _reclaim(self, conn: Any, now: float) -> None:
-        """Drop the leases and tickets of dead processes, and leases past `lease_max_age`.
+        """Drop the leases and tickets of dead processes, and rows past their age limits.
 
-        A holder is its pid + start time + host (a recycled pid is another process), asked of
-        statedb's one liveness check; rows from before that was recorded have '' for both.
+        A holder of this host is its pid + start time (a recycled pid is another process),
+        asked of statedb's one liveness check; rows from before the start time was recorded
+        have ''. Another host's lease is judged by its heartbeat.
         """
         mine, mono = me(), time.monotonic()
-        myself = (mine.pid, mine.start or "", mine.host)
+        myself = (mine.pid, mine.start or "")
         dead = []
-        for owner in conn.execute(
-            "SELECT pid, COALESCE(pid_start, ''), COALESCE(host, '') FROM leases UNION"
-            " SELECT pid, COALESCE(pid_start, ''), COALESCE(host, '') FROM waiters"
+        for pid, start in conn.execute(
+            "SELECT pid, COALESCE(pid_start, '') FROM leases WHERE host = ? OR host IS NULL"
+            " UNION SELECT pid, COALESCE(pid_start, '') FROM waiters"
+            " WHERE host = ? OR host IS NULL",
+            (self._host, self._host),
         ):
-            owner = tuple(owner)
+            owner = (pid, start)
             if owner == myself or self._alive_cache.get(owner, 0.0) > mono:
                 continue
-            if process_alive(owner[0], owner[1] or None, owner[2] or None):
+            if process_alive(pid, start or None, self._host):
                 self._alive_cache[owner] = mono + ALIVE_TTL
             else:
-                dead.append(owner)
+                dead.append((pid, start, self._host))
         if dead:
-            log.info("reclaiming leases and tickets of dead processes %s", [o[0] for o in dead])
+            log.info("reclaiming leases and tickets of dead processes %s", [d[0] for d in dead])
             for table in ("leases", "waiters"):
                 conn.executemany(
                     f"DELETE FROM {table} WHERE pid = ? AND COALESCE(pid_start, '') = ?"
-                    " AND COALESCE(host, '') = ?",
+                    " AND (host = ? OR host IS NULL)",
                     dead,
                 )
         if mono >= self._next_age_sweep:  # ages change slowly; no need to look on every grant
@@ -291,19 +315,29 @@ class Limiter:
                 conn.execute(
                     f"DELETE FROM {table} WHERE (host = ? AND {stem}_mono < ?) OR ((host IS NULL"
                     f" OR host <> ? OR {stem}_mono IS NULL) AND {stem}_at < ?)",
-                    (mine.host, mono - max_age, mine.host, iso(now - max_age)),
+                    (self._host, mono - max_age, self._host, iso(now - max_age)),
                 )
+            conn.execute(
+                "DELETE FROM leases WHERE host != ? AND beat_at < ?",
+                (self._host, iso(now - self.heartbeat_timeout)),
+            )
 
     # -- acquire ------------------------------------------------------------------------------
 
     def acquire(
-        self, input_tokens: int, output_estimate: int, timeout: float | None = None
+        self,
+        input_tokens: int,
+        output_estimate: int,
+        timeout: float | None = None,
+        *,
+        cancelled: Callable[[], bool] | None = None,
     ) -> Lease:
         """Debit one request, its input tokens, its output estimate and an in-flight slot, or wait.
 
         All or nothing, in arrival order across processes. Raises RunnerInputError when the
-        request exceeds a bucket's capacity (it could never be granted) and AcquireTimeout
-        when `timeout` seconds pass first.
+        request exceeds a bucket's capacity (it could never be granted), AcquireTimeout
+        when `timeout` seconds pass first, and AcquireCancelled when `cancelled()` turns true
+        while waiting (checked on every wake-up, so a stopping run does not wait for a grant).
         """
         for label, value in (("input_tokens", input_tokens), ("output_estimate", output_estimate)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
@@ -319,7 +353,10 @@ class Limiter:
                     lease, ticket, wait = self._attempt(conn, now, need, ticket)
                 if lease is not None:
                     ticket = None
+                    self._start_heartbeat()
                     return lease
+                if cancelled is not None and cancelled():
+                    raise AcquireCancelled("stopped while waiting for the limiter")
                 if deadline is not None:
                     remaining = deadline - time.monotonic()
                     if remaining <= 0:
@@ -342,8 +379,9 @@ class Limiter:
         in_flight, until_at, max_concurrent, *oldest = conn.execute(
             "SELECT (SELECT count(*) FROM leases), (SELECT until_at FROM cooldowns WHERE id = 1),"
             " (SELECT effective FROM limits WHERE name = 'max_concurrent'), w.id,"
-            " w.input_tokens, w.output_estimate FROM (SELECT 1) LEFT JOIN"
+            " w.input_tokens, w.output_estimate FROM (SELECT 1) AS one LEFT JOIN"
             " (SELECT id, input_tokens, output_estimate FROM waiters ORDER BY id LIMIT 1) AS w"
+            " ON 1 = 1"
         ).fetchone()
         head = None if oldest[0] is None else tuple(oldest)
         served = need if head is None else dict(zip(need, (1.0, head[1], head[2]), strict=True))
@@ -363,14 +401,16 @@ class Limiter:
         if first and cooldown <= 0 and deficit <= 0 and in_flight < max_concurrent:
             self._write_buckets(conn, now, state, need)
             granted_at = now
-            mine = me()
             lease_id = conn.execute(
                 "INSERT INTO leases (pid, pid_start, host, input_tokens, output_estimate,"
-                " granted_at, granted_mono) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                " granted_at, beat_at, granted_mono) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (
-                    *mine,
+                    os.getpid(),
+                    me().start,
+                    self._host,
                     int(need["input_tokens"]),
                     int(need["output_tokens"]),
+                    iso(now),
                     iso(now),
                     time.monotonic(),
                 ),
@@ -387,7 +427,9 @@ class Limiter:
                 "INSERT INTO waiters (pid, pid_start, host, input_tokens, output_estimate,"
                 " created_at, seen_at, seen_mono) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (
-                    *me(),
+                    os.getpid(),
+                    me().start,
+                    self._host,
                     int(need["input_tokens"]),
                     int(need["output_tokens"]),
                     stamp,
@@ -418,6 +460,26 @@ class Limiter:
             # Only a settle frees a slot and its time is unknown; later waiters check less often.
             wait = SLOT_POLL * position
         return None, ticket, wait
+
+    def _start_heartbeat(self) -> None:
+        """Once per process: a daemon thread that refreshes this process's leases' heartbeat."""
+        if self._beating == os.getpid():
+            return
+        self._beating = os.getpid()
+        threading.Thread(target=self._heartbeat, name="limiter-heartbeat", daemon=True).start()
+
+    def _heartbeat(self) -> None:
+        pid = os.getpid()
+        while self._beating == pid:
+            time.sleep(self.heartbeat_timeout / 4)
+            try:
+                with self._store.write() as (conn, now):
+                    conn.execute(
+                        "UPDATE leases SET beat_at = ? WHERE pid = ? AND host = ?",
+                        (iso(now), pid, self._host),
+                    )
+            except RunnerError as exc:  # the next beat tries again; a lost one costs nothing
+                log.warning("limiter heartbeat failed: %s", exc)
 
     def _too_big(self, conn: Any, bucket: str, amount: int, capacity: float) -> str:
         limit = BUCKETS[bucket]
@@ -552,4 +614,5 @@ class Limiter:
 
     def close(self) -> None:
         """Close this process's database connection; the Limiter reopens it if used again."""
+        self._beating = -1
         self._store.close()

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import sqlite3
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
@@ -16,16 +15,9 @@ from pathlib import Path
 import sqlite_utils
 
 from runner.errors import StateError
-from statedb import (
-    ProcessId,
-    SQLiteStore,
-    StatePaths,
-    iso,
-    parse_iso,
-    process_identity,
-)
+from statedb import ProcessId, SQLiteStore, StatePaths, host_name, iso, parse_iso, process_identity
 
-__all__ = ["LimiterStore", "iso", "me", "parse_iso"]
+__all__ = ["LimiterStore", "host_name", "iso", "me", "parse_iso"]
 
 CHECKPOINT_EVERY = 200  # commits of one process between its WAL checkpoints
 MIGRATIONS = sqlite_utils.Migrations("review_runner.limiter")
@@ -92,13 +84,21 @@ def m001_create_tables(db: sqlite_utils.Database) -> None:
 
 
 @MIGRATIONS()
-def m002_owner_identity(db: sqlite_utils.Database) -> None:
+def m002_lease_hosts(db: sqlite_utils.Database) -> None:
+    """The host of each lease and waiter, and a lease's last heartbeat: pids mean nothing
+    across hosts sharing one database, so another host's lease is judged by its heartbeat."""
+    db.execute("ALTER TABLE leases ADD COLUMN host TEXT")
+    db.execute("ALTER TABLE leases ADD COLUMN beat_at TEXT")
+    db.execute("ALTER TABLE waiters ADD COLUMN host TEXT")
+
+
+@MIGRATIONS()
+def m003_owner_identity(db: sqlite_utils.Database) -> None:
     """Leases and waiters name their process as ledger reservations do (pid + start + host),
     so a recycled pid is not taken for their holder; each also keeps the monotonic clock of
-    its grant (of its last heartbeat, for a waiter), for its age."""
+    its grant (of its last heartbeat, for a waiter), for its age on its own host."""
     for table, mono in (("leases", "granted_mono"), ("waiters", "seen_mono")):
         db.execute(f"ALTER TABLE {table} ADD COLUMN pid_start TEXT")
-        db.execute(f"ALTER TABLE {table} ADD COLUMN host TEXT")
         db.execute(f"ALTER TABLE {table} ADD COLUMN {mono} REAL")
 
 
@@ -146,9 +146,9 @@ class LimiterStore(SQLiteStore):
         checkpoint, with its fsync, runs there after the lock is released, never in acquire.
         """
         with self.transaction() as conn:
-            yield conn, time.time()  # the clock is read inside the lock
+            yield conn, self.clock(conn)  # the clock is read inside the lock (the database's on PG)
         self._commits += 1
-        if maintenance and self._commits >= CHECKPOINT_EVERY:
+        if maintenance and self._commits >= CHECKPOINT_EVERY and self.remote is None:
             self._commits = 0
             # PASSIVE never blocks writers, so other processes keep being granted meanwhile.
             with self._thread_lock, suppress(sqlite3.Error):
@@ -158,7 +158,7 @@ class LimiterStore(SQLiteStore):
     def read(self) -> Iterator[tuple[sqlite3.Connection, float]]:  # type: ignore[override]
         """A consistent read snapshot without the file lock (WAL readers never block writers)."""
         with super().read() as conn:
-            yield conn, time.time()
+            yield conn, self.clock(conn)
 
     def close(self) -> None:
         """Checkpoint, then close this process's connection (reopened on next use)."""
