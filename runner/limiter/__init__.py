@@ -11,6 +11,16 @@ from runner.limiter.limiter import (
     Lease,
     Limiter,
     Limits,
+    TooLarge,
 )
 
-__all__ = ["BUCKETS", "DEFAULT_LIMITS", "AcquireTimeout", "Health", "Lease", "Limiter", "Limits"]
+__all__ = [
+    "BUCKETS",
+    "DEFAULT_LIMITS",
+    "AcquireTimeout",
+    "Health",
+    "Lease",
+    "Limiter",
+    "Limits",
+    "TooLarge",
+]

@@ -84,6 +84,66 @@ def m001_create_tables(db: sqlite_utils.Database) -> None:
     db.execute("CREATE INDEX samples_at ON samples (at)")
 
 
+@MIGRATIONS()
+def m002_scopes_and_pacing(db: sqlite_utils.Database) -> None:
+    """Limits learned and buckets kept per scope (API base URL + model class), the pacing mode
+    each account has shown it tolerates, and the owner of the configured limits.
+
+    The scope '' is the unscoped limiter of earlier versions (and of direct library use).
+    """
+    db.execute(
+        """CREATE TABLE scoped_buckets (
+            id INTEGER PRIMARY KEY,
+            scope TEXT NOT NULL,
+            name TEXT NOT NULL,
+            capacity REAL NOT NULL,
+            level REAL NOT NULL,
+            updated_at TEXT NOT NULL,
+            usage_rate REAL NOT NULL DEFAULT 0,
+            server_remaining REAL,
+            server_at TEXT,
+            UNIQUE (scope, name))"""
+    )
+    db.execute(
+        "INSERT INTO scoped_buckets (scope, name, capacity, level, updated_at, usage_rate)"
+        " SELECT '', name, capacity, level, updated_at, usage_rate FROM buckets"
+    )
+    db.execute("DROP TABLE buckets")
+    db.execute("ALTER TABLE scoped_buckets RENAME TO buckets")
+    db.execute(
+        """CREATE TABLE learned (
+            id INTEGER PRIMARY KEY,
+            scope TEXT NOT NULL,
+            name TEXT NOT NULL,
+            value INTEGER NOT NULL,
+            learned_at TEXT NOT NULL,
+            UNIQUE (scope, name))"""
+    )
+    db.execute(
+        "INSERT INTO learned (scope, name, value, learned_at) SELECT '', name, header_value,"
+        " header_at FROM limits WHERE header_value IS NOT NULL AND header_at IS NOT NULL"
+    )
+    db.execute(
+        """CREATE TABLE scopes (
+            scope TEXT PRIMARY KEY,
+            account TEXT NOT NULL,
+            model_class TEXT NOT NULL,
+            headers TEXT,
+            first_seen TEXT NOT NULL)"""
+    )
+    db.execute(
+        """CREATE TABLE accounts (
+            account TEXT PRIMARY KEY,
+            pacing TEXT NOT NULL,
+            switched_at TEXT,
+            reason TEXT)"""
+    )
+    for column in ("config_pid INTEGER", "config_start TEXT", "config_host TEXT"):
+        db.execute(f"ALTER TABLE limits ADD COLUMN {column}")
+    for table in ("leases", "waiters"):
+        db.execute(f"ALTER TABLE {table} ADD COLUMN scope TEXT NOT NULL DEFAULT ''")
+
+
 def pid_alive(pid: int) -> bool:
     """Whether `pid` is a live process on this host (statedb's one liveness check)."""
     return process_alive(pid)

@@ -26,7 +26,7 @@ from ledger.errors import BudgetExceeded
 from ledger.ledger import Ledger, Reservation
 from runner.client import ApiClient, CallError, Reply
 from runner.kinds import Billed, ErrorKind, JobStatus, StopReason
-from runner.limiter import AcquireTimeout, Lease, Limiter
+from runner.limiter import AcquireTimeout, Lease, Limiter, TooLarge
 from runner.run.job import Job, JobOutcome
 from runner.run.plan import RepoWork, repo_prompts
 from runner.runs import Runs
@@ -47,7 +47,7 @@ class WorkerConfig:
 
     state_dir: Path
     base_url: str | None
-    burst: float = 0.0
+    burst: float | None = None  # see LimitsConfig.burst_seconds
     api_key: str | None = None  # only ever the simulator's dummy key
     max_attempts: int = 5
     backoff_base: float = 0.5
@@ -92,7 +92,7 @@ def init_worker(config: WorkerConfig, repos: Mapping[str, RepoWork]) -> None:
     _CTX = _Context(
         config=config,
         # limits None: the main process stored the configuration; workers share it.
-        limiter=Limiter(config.state_dir, None, burst=config.burst),
+        limiter=Limiter(config.state_dir, None, burst=config.burst, base_url=config.base_url),
         ledger=Ledger(paths.ledger, price_override=paths.prices),
         runs=Runs(paths.runs),
         client=ApiClient(config.base_url, config.api_key, timeout=config.request_timeout),
@@ -128,9 +128,12 @@ def run_job(job: Job) -> JobOutcome:
         system, blocks = _request(tries.shrunk or ctx.repos[job.slug], job)
         try:
             lease = ctx.limiter.acquire(
-                job.rate_tokens, job.output_estimate, timeout=ctx.config.acquire_timeout
+                job.rate_tokens,
+                job.output_estimate,
+                timeout=ctx.config.acquire_timeout,
+                model=job.model,
             )
-        except AcquireTimeout as exc:
+        except (AcquireTimeout, TooLarge) as exc:  # TooLarge: a limit learned since the plan
             return JobOutcome(job, JobStatus.FAILED, error=str(exc), attempts=tries.sent)
         try:
             reservation = ctx.ledger.reserve(
@@ -183,7 +186,7 @@ def _after_failure(
         tries.rate_limited += 1
         ctx.ledger.record_event("rate_limited", run_id=job.run_id)
         # The shared cooldown makes every process wait, this one included.
-        ctx.limiter.penalize(err.retry_after or 1.0, err.limit)
+        ctx.limiter.penalize(err.retry_after or 1.0, err.limit, model=job.model)
         if tries.rate_limited <= MAX_RATE_LIMITED:
             tries.sent -= 1
             return None, job
@@ -230,8 +233,10 @@ def _request(work: RepoWork, job: Job) -> tuple[str, list[dict[str, Any]]]:
 def _account_failure(
     ctx: _Context, err: CallError, lease: Lease, reservation: Reservation, job: Job
 ) -> None:
+    if err.kind == ErrorKind.RATE_LIMITED:  # before its headers: did the last ones say room?
+        ctx.limiter.rate_limited(lease, err.limit)
     if err.headers:
-        ctx.limiter.observe(err.headers)
+        ctx.limiter.observe(err.headers, model=job.model)
     if err.status is not None:
         ctx.limiter.record(status=err.status, latency=err.latency)
     if err.billed == Billed.UNKNOWN:
@@ -253,7 +258,7 @@ def _account_success(
     tries: _Attempts,
 ) -> JobOutcome:
     lease, reservation = held
-    ctx.limiter.observe(reply.headers)
+    ctx.limiter.observe(reply.headers, model=job.model)
     ctx.limiter.settle(lease, reply.usage)
     ctx.limiter.record(status=200, latency=reply.latency)
     result = None
