@@ -117,6 +117,8 @@ class Lease:
     output_estimate: int
     granted_at: float
     scope: str = ""  # whose buckets it drew on (see runner/limiter/scopes.py)
+    # Each bucket's running total of grants just after this one (see observe()).
+    marks: tuple[tuple[str, float], ...] = ()
 
 
 class AcquireTimeout(RunnerError):
@@ -380,12 +382,13 @@ class Limiter:
                     min(capacity, level - amount),
                     stamp,
                     max(0.0, rate + amount / USAGE_TAU),
+                    amount,
                     scope,
                     name,
                 )
             )
         conn.executemany(
-            "UPDATE buckets SET level = ?, updated_at = ?, usage_rate = ?"
+            "UPDATE buckets SET level = ?, updated_at = ?, usage_rate = ?, debited = debited + ?"
             " WHERE scope = ? AND name = ?",
             rows,
         )
@@ -513,8 +516,18 @@ class Limiter:
             ).lastrowid
             if ticket is not None:
                 conn.execute("DELETE FROM waiters WHERE id = ?", (ticket,))
+            marks = tuple(
+                conn.execute(
+                    "SELECT name, debited FROM buckets WHERE scope = ? ORDER BY name", (scope,)
+                )
+            )
             lease = Lease(
-                lease_id, int(need["input_tokens"]), int(need["output_tokens"]), granted_at, scope
+                lease_id,
+                int(need["input_tokens"]),
+                int(need["output_tokens"]),
+                granted_at,
+                scope,
+                marks,
             )
             return lease, None, 0.0
         stamp = iso(now)
@@ -671,10 +684,20 @@ class Limiter:
             log.warning("%s: switching to strict pacing (%s)", account or "limiter", reason)
             return True
 
-    def observe(self, headers: Mapping[str, str], *, model: str | None = None) -> bool:
+    def observe(
+        self,
+        headers: Mapping[str, str],
+        *,
+        model: str | None = None,
+        lease: Lease | None = None,
+    ) -> bool:
         """Learn limits from `anthropic-ratelimit-*-limit` headers and follow the server's
         `-remaining`: always down to it, up to it only while the account tolerates bursts.
 
+        `lease` is the request these headers answer (observe before settle): the server counted
+        `-remaining` when that request arrived, so the view is brought forward to now by the
+        refill since its grant, less what was granted after it (and, for output, less its own
+        output, generated after the count). Without a lease the headers are taken as of now.
         Returns whether the response carried any rate-limit header; a scope whose responses
         carry none is marked so (see headerless_note).
         """
@@ -723,18 +746,29 @@ class Limiter:
                 self._recompute_limits(conn, now)
             strict = self._strict(conn, scope)
             state = self._buckets(conn, now, None, scope, strict)
+            totals = dict(
+                conn.execute("SELECT name, debited FROM buckets WHERE scope = ?", (scope,))
+            )
+            marks = dict(lease.marks) if lease is not None and lease.scope == scope else {}
             for bucket, value in remaining.items():
                 capacity, level, _rate = state[bucket]
+                server = float(value)
+                if bucket in marks:
+                    since = max(0.0, now - lease.granted_at) if lease else 0.0
+                    server = min(capacity, server + since * capacity / 60.0)
+                    server -= max(0.0, totals.get(bucket, 0.0) - marks[bucket])
+                    if bucket == "output_tokens" and lease is not None:
+                        server -= lease.output_estimate
                 target = level
-                if level > value:
-                    target = float(value)  # the server has less: someone else spends too
+                if level > server:
+                    target = server  # the server has less: someone else spends too
                 elif not strict:
-                    target = max(level, min(float(value), self._ceiling(capacity, None, False)))
+                    target = max(level, min(server, self._ceiling(capacity, None, False)))
                 conn.execute(
                     "UPDATE buckets SET server_remaining = ?, server_at = ?"
                     + (", level = ?, updated_at = ?" if target != level else "")
                     + " WHERE scope = ? AND name = ?",
-                    (float(value), stamp)
+                    (server, stamp)
                     + ((target, stamp) if target != level else ())
                     + (scope, bucket),
                 )

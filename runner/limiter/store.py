@@ -144,6 +144,14 @@ def m002_scopes_and_pacing(db: sqlite_utils.Database) -> None:
         db.execute(f"ALTER TABLE {table} ADD COLUMN scope TEXT NOT NULL DEFAULT ''")
 
 
+@MIGRATIONS()
+def m003_bucket_debit_totals(db: sqlite_utils.Database) -> None:
+    """A running total of what each bucket granted: a lease remembers it, so that a response's
+    `-remaining` (the server's view when that request arrived) can be brought forward past the
+    grants made since."""
+    db.execute("ALTER TABLE buckets ADD COLUMN debited REAL NOT NULL DEFAULT 0")
+
+
 def pid_alive(pid: int) -> bool:
     """Whether `pid` is a live process on this host (statedb's one liveness check)."""
     return process_alive(pid)

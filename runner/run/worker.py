@@ -236,7 +236,7 @@ def _account_failure(
     if err.kind == ErrorKind.RATE_LIMITED:  # before its headers: did the last ones say room?
         ctx.limiter.rate_limited(lease, err.limit)
     if err.headers:
-        ctx.limiter.observe(err.headers, model=job.model)
+        ctx.limiter.observe(err.headers, model=job.model, lease=lease)
     if err.status is not None:
         ctx.limiter.record(status=err.status, latency=err.latency)
     if err.billed == Billed.UNKNOWN:
@@ -258,7 +258,7 @@ def _account_success(
     tries: _Attempts,
 ) -> JobOutcome:
     lease, reservation = held
-    ctx.limiter.observe(reply.headers, model=job.model)
+    ctx.limiter.observe(reply.headers, model=job.model, lease=lease)
     ctx.limiter.settle(lease, reply.usage)
     ctx.limiter.record(status=200, latency=reply.latency)
     result = None
