@@ -245,3 +245,17 @@ def test_default_limit_never_refuses_but_learned_and_configured_ones_do(
     configured = Limiter(tmp_path / "c", Limits(itpm=20_000))
     with pytest.raises(TooLarge, match=r"configured in \[limits\]"):
         configured.acquire(25_000, 10, timeout=0)
+
+
+def test_remaining_is_brought_forward_past_the_grants_made_since(
+    tmp_path: Path, clock: _Clock
+) -> None:
+    limiter = _fresh(tmp_path, None)
+    limiter.observe(ROOMY, model=MODEL)
+    first = limiter.acquire(1, 0, model=MODEL)
+    for _ in range(4):  # granted after `first` reached the server: not in its headers
+        limiter.acquire(1, 0, model=MODEL)
+    clock.now += 0.5  # half a request of refill since
+    counted = {**ROOMY, "anthropic-ratelimit-requests-remaining": "59"}
+    limiter.observe(counted, model=MODEL, lease=first)
+    assert _granted_at_once(limiter, MODEL) == 55  # 59 + 0.5 - 4, not the stale 59
