@@ -36,7 +36,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -80,6 +80,8 @@ SLOT_POLL = 0.02  # a freed in-flight slot has no predictable time, so poll for 
 WAITER_STALE = 30.0  # a live waiter heartbeats every MAX_SLEEP; silence this long means gone
 AGE_SWEEP = 0.1  # seconds between one process's sweeps for leases past lease_max_age
 ALIVE_TTL = 0.5  # how long one process trusts "pid N is alive" before asking the kernel again
+STRICT_SLACK = 0.02  # strict pacing debits 2% more per request and input (see _with_slack)
+STRICT_SLACK_S = 0.02  # ... and 20 ms of refill
 USAGE_TAU = 60.0  # time constant of the per-bucket usage rate behind health utilisation
 
 
@@ -479,8 +481,13 @@ class Limiter:
             (scope,),
         ).fetchone()
         head = None if oldest[0] is None else tuple(oldest)
+        # Idle refill piles up to the whole debit of the request served next (see _ceiling); a
+        # grant needs only what _gate() says.
         served = need if head is None else dict(zip(need, (1.0, head[1], head[2]), strict=True))
-        state = self._buckets(conn, now, served, scope)
+        strict = self._strict(conn, scope)
+        if strict:
+            served = _with_slack(served, conn, scope)
+        state = self._buckets(conn, now, served, scope, strict)
         # Alone: a request larger than a default bucket, or the first of a scope never seen,
         # goes with nothing else of its scope in flight, so that its headers teach the limits.
         alone = bool(scope) and headers is None
@@ -498,10 +505,12 @@ class Limiter:
             ticket = None  # dropped as stale (this process was suspended): queue again
         first = (head is None and ticket is None) or (head is not None and head[0] == ticket)
         cooldown = parse_iso(until_at) - now if until_at else 0.0
-        deficit = max((min(need[b], state[b][0]) - state[b][1]) * 60.0 / state[b][0] for b in need)
+        charge = _with_slack(need, conn, scope) if strict else need
+        gate = _gate(charge)
+        deficit = max((min(gate[b], state[b][0]) - state[b][1]) * 60.0 / state[b][0] for b in need)
         free = in_flight < max_concurrent and (not alone or mine == 0)
         if first and cooldown <= 0 and deficit <= 0 and free:
-            self._write_buckets(conn, now, scope, state, need)
+            self._write_buckets(conn, now, scope, state, charge)
             granted_at = now
             lease_id = conn.execute(
                 "INSERT INTO leases (pid, input_tokens, output_estimate, granted_at, scope)"
@@ -557,7 +566,7 @@ class Limiter:
                 (scope, ticket),
             ).fetchone()
             position = ahead[0]
-            total = dict(zip(need, ahead, strict=True))
+            total = _gate(ahead)
             deficit = max((total[b] - state[b][1]) * 60.0 / state[b][0] for b in need)
         wait = max(cooldown, deficit, 0.0)
         if wait <= 0 and (not free or not first):
@@ -910,6 +919,29 @@ class Limiter:
     def close(self) -> None:
         """Close this process's database connection; the Limiter reopens it if used again."""
         self._store.close()
+
+
+def _with_slack(need: Mapping[str, float], conn: Any, scope: str) -> dict[str, float]:
+    """Strict pacing's debit: each request and its input plus a little slack (STRICT_SLACK of
+    it and STRICT_SLACK_S seconds of refill), kept when the lease settles. Without it, grants
+    spaced at exactly the refill time meet a server that enforces over short intervals right at
+    its edge, where a few milliseconds of network jitter draw a 429."""
+    capacity = dict(conn.execute("SELECT name, capacity FROM buckets WHERE scope = ?", (scope,)))
+    out = dict(need)
+    for bucket in ("requests", "input_tokens"):
+        rate = capacity.get(bucket, 0.0) / 60.0
+        out[bucket] = need[bucket] * (1.0 + STRICT_SLACK) + STRICT_SLACK_S * rate
+    return out
+
+
+def _gate(need: Mapping[str, float] | Sequence[float]) -> dict[str, float]:
+    """What must be in each bucket before a grant: the whole debit of requests and input, but
+    only a token of output. The platform counts output as it is generated and admits while its
+    output bucket is not empty; the limiter debits the estimate up front (so later grants wait
+    for it), and settle() refunds what was not used."""
+    values = list(need.values()) if isinstance(need, Mapping) else list(need)
+    requests, input_tokens, output = (float(v or 0) for v in values)
+    return {"requests": requests, "input_tokens": input_tokens, "output_tokens": min(output, 1.0)}
 
 
 def _default_buckets() -> dict[str, list[float]]:
