@@ -82,6 +82,9 @@ AGE_SWEEP = 0.1  # seconds between one process's sweeps for leases past lease_ma
 ALIVE_TTL = 0.5  # how long one process trusts "pid N is alive" before asking the kernel again
 STRICT_SLACK = 0.02  # strict pacing debits 2% more per request and input (see _with_slack)
 STRICT_SLACK_S = 0.02  # ... and 20 ms of refill
+SHARE_AFTER_429 = 0.9  # a 429 under strict pacing that the headers did not foresee: refill less
+SHARE_RECOVERY = 0.0005  # per response that agrees with us, so that a quiet key is used again
+MIN_SHARE = 0.2  # the least of a bucket's refill assumed ours however busy the key's other clients
 USAGE_TAU = 60.0  # time constant of the per-bucket usage rate behind health utilisation
 
 
@@ -346,8 +349,9 @@ class Limiter:
         if strict is None:
             strict = self._strict(conn, scope)
         out = {}
-        for name, capacity, level, updated_at, rate in conn.execute(
-            "SELECT name, capacity, level, updated_at, usage_rate FROM buckets WHERE scope = ?",
+        for name, capacity, level, updated_at, rate, share in conn.execute(
+            "SELECT name, capacity, level, updated_at, usage_rate, share FROM buckets"
+            " WHERE scope = ?",
             (scope,),
         ):
             elapsed = max(0.0, now - parse_iso(updated_at))
@@ -355,7 +359,7 @@ class Limiter:
             if need is not None:
                 ceiling = self._ceiling(capacity, need[name], strict)
             if level < ceiling:
-                level = min(ceiling, level + elapsed * capacity / 60.0)
+                level = min(ceiling, level + elapsed * share * capacity / 60.0)
             out[name] = [capacity, level, rate * math.exp(-elapsed / USAGE_TAU)]
         return out
 
@@ -507,7 +511,9 @@ class Limiter:
         cooldown = parse_iso(until_at) - now if until_at else 0.0
         charge = _with_slack(need, conn, scope) if strict else need
         gate = _gate(charge)
-        deficit = max((min(gate[b], state[b][0]) - state[b][1]) * 60.0 / state[b][0] for b in need)
+        shares = dict(conn.execute("SELECT name, share FROM buckets WHERE scope = ?", (scope,)))
+        rate = {b: state[b][0] * shares[b] / 60.0 for b in need}  # what refills for us
+        deficit = max((min(gate[b], state[b][0]) - state[b][1]) / rate[b] for b in need)
         free = in_flight < max_concurrent and (not alone or mine == 0)
         if first and cooldown <= 0 and deficit <= 0 and free:
             self._write_buckets(conn, now, scope, state, charge)
@@ -567,7 +573,7 @@ class Limiter:
             ).fetchone()
             position = ahead[0]
             total = _gate(ahead)
-            deficit = max((total[b] - state[b][1]) * 60.0 / state[b][0] for b in need)
+            deficit = max((total[b] - state[b][1]) / rate[b] for b in need)
         wait = max(cooldown, deficit, 0.0)
         if wait <= 0 and (not free or not first):
             # Only a settle frees a slot and its time is unknown; later waiters check less often.
@@ -652,23 +658,24 @@ class Limiter:
                     (iso(now), scope, limit),
                 )
 
-    def rate_limited(self, lease: Lease, limit: str | None) -> bool:
+    def rate_limited(
+        self, lease: Lease, limit: str | None, headers: Mapping[str, str] | None = None
+    ) -> bool:
         """Note a 429 on `lease`'s request, before its own headers are observed.
 
         If the server's last `-remaining` (refilled at the limit's rate to when the lease was
         granted), or no headers at all, said there was room, the account does not tolerate our
         bursts: switch it to strict pacing, for good. Returns whether this call switched it.
         """
-        bucket = limit if limit in BUCKETS else "requests"
-        amount = {
+        needs = {
             "requests": 1.0,
             "input_tokens": float(lease.input_tokens),
             "output_tokens": float(lease.output_estimate),
-        }[bucket]
+        }
+        bucket = limit if limit in BUCKETS else _short_bucket(headers or {}, needs)
+        amount = needs[bucket]
         account = account_of_scope(lease.scope)
         with self._store.write() as (conn, now):
-            if self._strict(conn, lease.scope):
-                return False
             row = conn.execute(
                 "SELECT capacity, server_remaining, server_at FROM buckets"
                 " WHERE scope = ? AND name = ?",
@@ -679,7 +686,13 @@ class Limiter:
                 capacity, remaining, seen_at = row
                 since = max(0.0, lease.granted_at - parse_iso(seen_at))
                 room = min(capacity, remaining + since * capacity / 60.0) >= min(capacity, amount)
-            if not room:
+            if not room or self._strict(conn, lease.scope):
+                # Our refill ran ahead of the server's: another client of the key spends from
+                # it, so assume less of it is ours.
+                conn.execute(
+                    "UPDATE buckets SET share = max(?, share * ?) WHERE scope = ? AND name = ?",
+                    (MIN_SHARE, SHARE_AFTER_429, lease.scope, bucket),
+                )
                 return False
             reason = (
                 f"a 429 on {bucket} at {iso(now)} while the server's headers said there was room"
@@ -759,25 +772,28 @@ class Limiter:
                 conn.execute("SELECT name, debited FROM buckets WHERE scope = ?", (scope,))
             )
             marks = dict(lease.marks) if lease is not None and lease.scope == scope else {}
+            shares = dict(conn.execute("SELECT name, share FROM buckets WHERE scope = ?", (scope,)))
             for bucket, value in remaining.items():
                 capacity, level, _rate = state[bucket]
+                share = shares[bucket]
                 server = float(value)
                 if bucket in marks:
                     since = max(0.0, now - lease.granted_at) if lease else 0.0
-                    server = min(capacity, server + since * capacity / 60.0)
+                    server = min(capacity, server + since * share * capacity / 60.0)
                     server -= max(0.0, totals.get(bucket, 0.0) - marks[bucket])
                     if bucket == "output_tokens" and lease is not None:
                         server -= lease.output_estimate
+                share = _learn_share(share, level - server, bucket, value)
                 target = level
                 if level > server:
                     target = server  # the server has less: someone else spends too
                 elif not strict:
                     target = max(level, min(server, self._ceiling(capacity, None, False)))
                 conn.execute(
-                    "UPDATE buckets SET server_remaining = ?, server_at = ?"
+                    "UPDATE buckets SET server_remaining = ?, server_at = ?, share = ?"
                     + (", level = ?, updated_at = ?" if target != level else "")
                     + " WHERE scope = ? AND name = ?",
-                    (server, stamp)
+                    (server, stamp, share)
                     + ((target, stamp) if target != level else ())
                     + (scope, bucket),
                 )
@@ -919,6 +935,37 @@ class Limiter:
     def close(self) -> None:
         """Close this process's database connection; the Limiter reopens it if used again."""
         self._store.close()
+
+
+def _short_bucket(headers: Mapping[str, str], needs: Mapping[str, float]) -> str:
+    """The bucket a 429 most likely ran out of: the one whose `-remaining` in its headers held
+    the least of what the request needed ("requests" when the headers do not say)."""
+    lower = {str(k).lower(): v for k, v in headers.items()}
+    best, least = "requests", math.inf
+    for bucket, prefix in _HEADER_PREFIX.items():
+        try:
+            left = float(str(lower[prefix + "remaining"]).strip())
+        except (KeyError, ValueError):
+            continue
+        ratio = left / max(1.0, needs[bucket])
+        if ratio < least:
+            best, least = bucket, ratio
+    return best
+
+
+def _learn_share(share: float, gap: float, bucket: str, remaining: int) -> float:
+    """The share of the nominal refill that is ours, after one look at the server's bucket.
+
+    `gap` is our level less the server's (brought forward to now). The server rounds token
+    counts down to the thousand, so only a gap beyond that rounding says something: ours ahead
+    means another client spends too (refill less for us). A server ahead says nothing (strict
+    pacing keeps our level below what the server holds), so the share only creeps back up, a
+    little per response, for a key whose other clients have gone quiet.
+    """
+    grain = 1000.0 if bucket != "requests" and remaining % 1000 == 0 else 1.0
+    if gap > grain:
+        return max(MIN_SHARE, share * 0.95)
+    return min(1.0, share + SHARE_RECOVERY)
 
 
 def _with_slack(need: Mapping[str, float], conn: Any, scope: str) -> dict[str, float]:

@@ -152,6 +152,13 @@ def m003_bucket_debit_totals(db: sqlite_utils.Database) -> None:
     db.execute("ALTER TABLE buckets ADD COLUMN debited REAL NOT NULL DEFAULT 0")
 
 
+@MIGRATIONS()
+def m004_bucket_share(db: sqlite_utils.Database) -> None:
+    """The share of each bucket's nominal refill that is ours (other clients of the key spend
+    the rest), learned from the server's `-remaining`."""
+    db.execute("ALTER TABLE buckets ADD COLUMN share REAL NOT NULL DEFAULT 1")
+
+
 def pid_alive(pid: int) -> bool:
     """Whether `pid` is a live process on this host (statedb's one liveness check)."""
     return process_alive(pid)

@@ -234,7 +234,7 @@ def _account_failure(
     ctx: _Context, err: CallError, lease: Lease, reservation: Reservation, job: Job
 ) -> None:
     if err.kind == ErrorKind.RATE_LIMITED:  # before its headers: did the last ones say room?
-        ctx.limiter.rate_limited(lease, err.limit)
+        ctx.limiter.rate_limited(lease, err.limit, err.headers)
     if err.headers:
         ctx.limiter.observe(err.headers, model=job.model, lease=lease)
     if err.status is not None:
