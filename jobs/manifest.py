@@ -62,7 +62,7 @@ _TOP_KEYS = frozenset(
         "repos",
         "repos_file",
     }
-    | {"limits", "prompts"}
+    | {"limits", "prompts", "trust_repo_suppressions"}
 )
 _REPO_KEYS = frozenset({"path", "url", "ref", "slug", "model", "agents", "max_input_tokens"})
 _URL = re.compile(r"^(?:(?:https?|ssh|git|file)://|[\w.\-]+@[\w.\-]+:(?!//))")
@@ -100,6 +100,8 @@ class Manifest:
     limits: Mapping[str, int]
     prompts: Path | None
     repos_file: Path | None = None
+    # A reviewed repo's own suppressions file is honoured only when the manifest says so.
+    trust_repo_suppressions: bool = False
 
 
 def is_git_url(text: str) -> bool:
@@ -406,6 +408,9 @@ def load_manifest(path: Path) -> Manifest:
             entries += _entries(c, key, item, repos_file.parent, defaults)
     if not entries:
         raise c.fail("repos", "at least one repository (in 'repos' or 'repos_file')", "none")
+    trust = data.get("trust_repo_suppressions", False)
+    if not isinstance(trust, bool):
+        raise c.fail("trust_repo_suppressions", "true or false", _show(trust))
 
     return Manifest(
         path=path,
@@ -420,4 +425,5 @@ def load_manifest(path: Path) -> Manifest:
         limits=MappingProxyType(limits),
         prompts=prompts,
         repos_file=repos_file,
+        trust_repo_suppressions=trust,
     )

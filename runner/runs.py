@@ -65,6 +65,34 @@ def m003_warm_flag(db: sqlite_utils.Database) -> None:
     db.execute("UPDATE jobs SET warm = 1 WHERE agent = '_warm'")
 
 
+@MIGRATIONS()
+def m004_findings(db: sqlite_utils.Database) -> None:
+    # Findings across nights (runner.findings_store): one review per run and repo, one row per finding
+    # with its status that night, and the fingerprints a team accepted (the baseline).
+    db.execute(
+        """CREATE TABLE finding_reviews (
+            id TEXT PRIMARY KEY, run_id TEXT NOT NULL, slug TEXT NOT NULL, run_date TEXT NOT NULL,
+            complete INTEGER NOT NULL, counts TEXT NOT NULL, recorded_at TEXT NOT NULL)"""
+    )
+    db.execute(
+        """CREATE TABLE findings (
+            id TEXT PRIMARY KEY, review_id TEXT NOT NULL REFERENCES finding_reviews(id),
+            run_id TEXT NOT NULL, slug TEXT NOT NULL, fingerprint TEXT NOT NULL, path TEXT,
+            category TEXT NOT NULL, severity TEXT NOT NULL, title TEXT NOT NULL, evidence TEXT NOT NULL,
+            status TEXT NOT NULL, first_seen_run TEXT, first_seen_at TEXT, record TEXT NOT NULL)"""
+    )
+    db.execute(
+        """CREATE TABLE finding_baselines (
+            id TEXT PRIMARY KEY, slug TEXT NOT NULL, fingerprint TEXT NOT NULL,
+            accepted_by TEXT NOT NULL, accepted_at TEXT NOT NULL, run_id TEXT NOT NULL,
+            reason TEXT NOT NULL)"""
+    )
+    db.execute("CREATE INDEX finding_reviews_by_slug ON finding_reviews(slug, complete, run_date)")
+    db.execute("CREATE INDEX findings_by_review ON findings(review_id)")
+    db.execute("CREATE INDEX findings_by_fingerprint ON findings(slug, fingerprint)")
+    db.execute("CREATE INDEX finding_baselines_by_slug ON finding_baselines(slug)")
+
+
 #: A planned job as runs.db records it: (id, slug, agent, warm).
 JobKey = tuple[str, str, str, bool]
 
@@ -213,13 +241,11 @@ class Runs(SQLiteStore):
     def run(self, run_id: str) -> RunRow:
         """One run, by id or by "last" (the newest)."""
         if run_id == "last":
-            rows = list(
-                self.db.query("SELECT * FROM runs ORDER BY created_at DESC, id DESC LIMIT 1")
-            )
+            rows = list(self.query("SELECT * FROM runs ORDER BY created_at DESC, id DESC LIMIT 1"))
             if not rows:
                 raise RunnerInputError(f"--resume last: no run recorded in {self.path}")
         else:
-            rows = list(self.db.query("SELECT * FROM runs WHERE id = ?", [run_id]))
+            rows = list(self.query("SELECT * FROM runs WHERE id = ?", [run_id]))
             if not rows:
                 raise RunnerInputError(f"--resume {run_id}: no such run in {self.path}")
         row = rows[0]
@@ -230,7 +256,7 @@ class Runs(SQLiteStore):
         sql, params = "SELECT * FROM repos WHERE run_id = ?", [run_id]
         if slug is not None:
             sql, params = sql + " AND slug = ?", [run_id, slug]
-        rows = self.db.query(sql + " ORDER BY rowid", params)
+        rows = self.query(sql + " ORDER BY rowid", params)
         return [{**row, "pack": json.loads(row["pack"])} for row in rows]
 
     def jobs(self, run_id: str, *, slug: str | None = None) -> list[JobRow]:
@@ -238,7 +264,7 @@ class Runs(SQLiteStore):
         sql, params = "SELECT * FROM jobs WHERE run_id = ?", [run_id]
         if slug is not None:
             sql, params = sql + " AND slug = ?", [run_id, slug]
-        rows = self.db.query(sql + " ORDER BY rowid", params)
+        rows = self.query(sql + " ORDER BY rowid", params)
         return [
             JobRow(
                 id=row["id"],

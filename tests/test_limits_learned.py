@@ -8,7 +8,6 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 from support import api_env, cli, make_repos, messages, write_manifest
@@ -122,7 +121,7 @@ class _Clock:
 @pytest.fixture
 def clock(monkeypatch: pytest.MonkeyPatch) -> _Clock:
     fake = _Clock(1_900_000_000.0)
-    monkeypatch.setattr(limiter_store, "time", SimpleNamespace(time=fake.time))
+    monkeypatch.setattr(limiter_store.LimiterStore, "clock", lambda _self, _conn: fake.time())
     return fake
 
 

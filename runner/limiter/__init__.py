@@ -7,6 +7,7 @@ from runner.limiter.health import Health
 from runner.limiter.limiter import (
     BUCKETS,
     DEFAULT_LIMITS,
+    AcquireCancelled,
     AcquireTimeout,
     Lease,
     Limiter,
@@ -17,6 +18,7 @@ from runner.limiter.limiter import (
 __all__ = [
     "BUCKETS",
     "DEFAULT_LIMITS",
+    "AcquireCancelled",
     "AcquireTimeout",
     "Health",
     "Lease",

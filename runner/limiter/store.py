@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import sqlite3
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
@@ -16,9 +15,9 @@ from pathlib import Path
 import sqlite_utils
 
 from runner.errors import StateError
-from statedb import SQLiteStore, StatePaths, iso, parse_iso, process_alive
+from statedb import SQLiteStore, StatePaths, host_name, iso, parse_iso, process_alive
 
-__all__ = ["LimiterStore", "iso", "parse_iso", "pid_alive"]
+__all__ = ["LimiterStore", "host_name", "iso", "parse_iso", "pid_alive"]
 
 CHECKPOINT_EVERY = 200  # commits of one process between its WAL checkpoints
 MIGRATIONS = sqlite_utils.Migrations("review_runner.limiter")
@@ -85,7 +84,16 @@ def m001_create_tables(db: sqlite_utils.Database) -> None:
 
 
 @MIGRATIONS()
-def m002_scopes_and_pacing(db: sqlite_utils.Database) -> None:
+def m002_lease_hosts(db: sqlite_utils.Database) -> None:
+    """The host of each lease and waiter, and a lease's last heartbeat: pids mean nothing
+    across hosts sharing one database, so another host's lease is judged by its heartbeat."""
+    db.execute("ALTER TABLE leases ADD COLUMN host TEXT")
+    db.execute("ALTER TABLE leases ADD COLUMN beat_at TEXT")
+    db.execute("ALTER TABLE waiters ADD COLUMN host TEXT")
+
+
+@MIGRATIONS()
+def m003_scopes_and_pacing(db: sqlite_utils.Database) -> None:
     """Limits learned and buckets kept per scope (API base URL + model class), the pacing mode
     each account has shown it tolerates, and the owner of the configured limits.
 
@@ -145,7 +153,7 @@ def m002_scopes_and_pacing(db: sqlite_utils.Database) -> None:
 
 
 @MIGRATIONS()
-def m003_bucket_debit_totals(db: sqlite_utils.Database) -> None:
+def m004_bucket_debit_totals(db: sqlite_utils.Database) -> None:
     """A running total of what each bucket granted: a lease remembers it, so that a response's
     `-remaining` (the server's view when that request arrived) can be brought forward past the
     grants made since."""
@@ -153,7 +161,7 @@ def m003_bucket_debit_totals(db: sqlite_utils.Database) -> None:
 
 
 @MIGRATIONS()
-def m004_bucket_share(db: sqlite_utils.Database) -> None:
+def m005_bucket_share(db: sqlite_utils.Database) -> None:
     """The share of each bucket's nominal refill that is ours (other clients of the key spend
     the rest), learned from the server's `-remaining`."""
     db.execute("ALTER TABLE buckets ADD COLUMN share REAL NOT NULL DEFAULT 1")
@@ -197,9 +205,9 @@ class LimiterStore(SQLiteStore):
         checkpoint, with its fsync, runs there after the lock is released, never in acquire.
         """
         with self.transaction() as conn:
-            yield conn, time.time()  # the clock is read inside the lock
+            yield conn, self.clock(conn)  # the clock is read inside the lock (the database's on PG)
         self._commits += 1
-        if maintenance and self._commits >= CHECKPOINT_EVERY:
+        if maintenance and self._commits >= CHECKPOINT_EVERY and self.remote is None:
             self._commits = 0
             # PASSIVE never blocks writers, so other processes keep being granted meanwhile.
             with self._thread_lock, suppress(sqlite3.Error):
@@ -209,7 +217,7 @@ class LimiterStore(SQLiteStore):
     def read(self) -> Iterator[tuple[sqlite3.Connection, float]]:  # type: ignore[override]
         """A consistent read snapshot without the file lock (WAL readers never block writers)."""
         with super().read() as conn:
-            yield conn, time.time()
+            yield conn, self.clock(conn)
 
     def close(self) -> None:
         """Checkpoint, then close this process's connection (reopened on next use)."""

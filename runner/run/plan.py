@@ -7,17 +7,19 @@ once with the pack (see runner.run.pool); Jobs carry only their own numbers.
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
-from jobs.agents import COMBINED, build_prompt, load_prompts
+from jobs.agents import COMBINED, build_prompt, findings_tool, load_prompts
 from jobs.manifest import Manifest, RepoSpec, resolve_repo
-from jobs.pack import Pack, estimate_tokens, pack_repo
+from jobs.pack import Pack, PackError, estimate_tokens, pack_repo
 from ledger.ledger import JobEstimate, Ledger, Projection
 from ledger.modes import Mode
 from runner.limiter import Health
@@ -43,6 +45,8 @@ MIN_CACHEABLE_TOKENS = 1024
 # Without measured latencies: time to first token plus output at a typical generation speed.
 FIRST_TOKEN_S = 2.0
 OUTPUT_TOKENS_PER_S = 60.0
+# The findings tool every request carries heads the prefix: its definition counts as input.
+TOOL_TOKENS = estimate_tokens(json.dumps(findings_tool(), separators=(",", ":")))
 
 
 @dataclass(frozen=True)
@@ -100,23 +104,39 @@ def pack_all(
     cache_dir: Path,
     *,
     on_packed: Callable[[RepoWork], None] | None = None,
+    on_failed: Callable[[RepoSpec, str], None] | None = None,
 ) -> tuple[RepoWork, ...]:
-    """Resolve (clone) and pack every repo, in parallel processes when there are several."""
+    """Resolve (clone) and pack every repo, in parallel processes when there are several.
 
-    def collect(results: Iterable[RepoWork]) -> tuple[RepoWork, ...]:
-        works = []
-        for work in results:
-            works.append(work)
-            if on_packed:
-                on_packed(work)
-        return tuple(works)
+    A repo that cannot be packed (PackError: an unreadable .gitignore, files that keep
+    changing) is left out and reported to `on_failed(spec, reason)`, when given: one odd
+    repo fails alone. Without `on_failed` the error is raised.
+    """
+    works = []
+
+    def collect(spec: RepoSpec, result: Callable[[], RepoWork]) -> None:
+        try:
+            work = result()
+        except PackError as exc:
+            if on_failed is None:
+                raise
+            on_failed(spec, str(exc))
+            return
+        works.append(work)
+        if on_packed:
+            on_packed(work)
 
     if len(repos) <= 1:  # not worth starting a process pool
-        return collect(_pack_one(spec, cache_dir) for spec in repos)
+        for spec in repos:
+            collect(spec, partial(_pack_one, spec, cache_dir))
+        return tuple(works)
     workers = min(len(repos), os.cpu_count() or 1)
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(workers, mp_context=context) as pool:
-        return collect(pool.map(_pack_one, repos, [cache_dir] * len(repos)))
+        futures = [pool.submit(_pack_one, spec, cache_dir) for spec in repos]
+        for spec, future in zip(repos, futures, strict=True):
+            collect(spec, future.result)
+    return tuple(works)
 
 
 def repo_prompts(
@@ -172,7 +192,7 @@ def build_jobs(
         assert work.prompts is not None, "with_prompts() first"
         prompts = work.prompts
         agents = work.spec.agents if mode == Mode.CONCURRENT else (COMBINED,)
-        local_prefix = estimate_tokens(prompts.system) + work.pack.token_estimate
+        local_prefix = TOOL_TOKENS + estimate_tokens(prompts.system) + work.pack.token_estimate
         prefix = (prefixes or {}).get(work.spec.slug, local_prefix)
         warm = mode == Mode.CONCURRENT and prefix >= MIN_CACHEABLE_TOKENS
         slug, model = work.spec.slug, work.spec.model
@@ -266,6 +286,7 @@ def make_plan(
                 counted=j.counted,
                 cache_write_tokens=j.cache_write,
                 cache_read_tokens=j.cache_read,
+                cache_ttl=j.cache_ttl,
             )
             for j in planned
         ]

@@ -6,15 +6,19 @@ every attempt, and a report never depends on which process finished which job.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from jobs.findings import AgentResult
 from jobs.reports import RepoOutcome, write_repo_report
 from ledger.prices import USAGE_FIELDS, usd
 from runner.kinds import JobStatus
 from runner.runs import JobRow, Runs
+
+if TYPE_CHECKING:
+    from runner.run.tracker import Tracker
 
 __all__ = ["finish_reports", "json_totals", "repo_outcome", "write_if_complete"]
 
@@ -53,27 +57,73 @@ def _complete(rows: Sequence[JobRow]) -> bool:
     return bool(rows) and all(r.status in finished for r in rows if not r.warm)
 
 
-def write_if_complete(run_id: str, slug: str, mode: str, out_dir: Path, runs: Runs) -> None:
-    """Write a repo's report once all its agents are done or failed."""
+def _write(out_dir: Path, outcome: RepoOutcome) -> str | None:
+    """Write one repo's report; the reason it could not be written, if so (it fails alone)."""
+    try:
+        write_repo_report(out_dir, outcome)
+    except Exception as exc:
+        return f"report not written: {type(exc).__name__}: {exc}"
+    return None
+
+
+def write_if_complete(
+    run_id: str,
+    slug: str,
+    mode: str,
+    out_dir: Path,
+    runs: Runs,
+    tracker: Tracker | None = None,
+    written: set[str] | None = None,
+) -> str | None:
+    """Write a repo's report once all its agents are done or failed (tracked across nights by ``tracker``).
+
+    Returns why the report could not be written, if so: that repo fails, the run goes on. A
+    report written is added to ``written`` (slugs).
+    """
     rows = runs.jobs(run_id, slug=slug)
-    if _complete(rows):
-        write_repo_report(out_dir, repo_outcome(runs.repos(run_id, slug=slug)[0], mode, rows))
+    if not _complete(rows):
+        return None
+    outcome = repo_outcome(runs.repos(run_id, slug=slug)[0], mode, rows)
+    error = _write(out_dir, tracker.track(outcome) if tracker else outcome)
+    if error is None and written is not None:
+        written.add(slug)
+    return error
 
 
 def finish_reports(
-    run_id: str, mode: str, out_dir: Path, runs: Runs, rows: Sequence[JobRow]
+    run_id: str,
+    mode: str,
+    out_dir: Path,
+    runs: Runs,
+    rows: Sequence[JobRow],
+    tracker: Tracker | None = None,
+    report_errors: Mapping[str, str] | None = None,
+    written: Collection[str] = (),
 ) -> list[RepoOutcome]:
     """Every repo's outcome at the end of a run, from the run's job `rows`.
 
-    Complete repos were reported as they completed; a repo stopped part-way gets a report
-    of what it has, if anything, so that no reply goes unreported.
+    Complete repos were reported (and tracked) as they completed (`written`, by slug); one that
+    completed without its report (a process killed in between, then resumed) is reported now; a repo
+    stopped part-way gets a report of what it has, if anything, so that no reply goes unreported.
+    A repo whose report could not be written (`report_errors`, by slug, or now) is failed with
+    that reason.
     """
+    errors = dict(report_errors or {})
     result = []
     for repo in runs.repos(run_id):
         mine = [r for r in rows if r.slug == repo["slug"]]
         outcome = repo_outcome(repo, mode, mine)
-        if not _complete(mine) and any(r.result for r in mine):
-            write_repo_report(out_dir, outcome)
+        complete = _complete(mine)
+        partial = not complete and any(r.result for r in mine)
+        if tracker is not None and (partial or complete):
+            outcome = tracker.track(outcome, reuse=not partial)
+        if partial or (complete and repo["slug"] not in written):
+            error = _write(out_dir, outcome)
+            if error:
+                errors[repo["slug"]] = error
+        if repo["slug"] in errors:
+            why = "; ".join(e for e in (outcome.error, errors[repo["slug"]]) if e)
+            outcome = replace(outcome, status=JobStatus.FAILED, error=why)
         result.append(outcome)
     return result
 
