@@ -24,6 +24,14 @@ Pacing rules worth knowing:
   once the bucket is full and nothing else of its scope is in flight, so that its response
   headers teach the real limit; only a configured or learned limit makes acquire() refuse.
   The first request of a scope never seen before is also sent alone, for the same reason.
+- A response's `-remaining` was counted when its request arrived: observe(lease=...) brings it
+  forward by the refill since and past the grants made after it. Each bucket keeps the share
+  of its nominal refill that is ours (another client of the key spends the rest): lowered by a
+  429 that does not switch the pacing and by a server view behind ours beyond its rounding,
+  creeping back with each response that agrees. Strict pacing debits a little slack per
+  request (STRICT_SLACK, STRICT_SLACK_S) so that jitter at the edge of a short-interval server
+  draws no 429s. A grant needs only one token of output room (the platform counts output as
+  it is generated); the output estimate is still debited up front and settled later.
 - A run without configured limits (`Limits()`) leaves the configuration of another live
   process in place: it never lowers what a running nightly set.
 - settle() and release() of a lease that was already reclaimed change nothing: its holder was
