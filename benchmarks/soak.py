@@ -248,8 +248,10 @@ def soak(repos: int, kill_every: float, timeout: float) -> int:
             if r["slug"] == made[0].name
         )
         print(f"soak: {repos} repos, {possible} jobs, mode {doc['mode']}, exit {proc.returncode}")
-        print(f"  simulator: {stats['messages']} requests, {stats['overloaded']} x 529, ")
-        print(f"             {stats['server_errors']} x 500, {stats['dropped']} dropped")
+        print(
+            f"  simulator: {stats['messages']} requests, {stats['overloaded']} x 529, "
+            f"{stats['server_errors']} x 500, {stats['dropped']} dropped"
+        )
         print(f"  workers SIGKILLed: {len(killer.killed)} (every {kill_every:g} s)")
         print(f"  jobs done of jobs possible: {jobs['done']}/{possible} (target 100%)")
         print(f"  odd repo {made[0].name}: {odd_row['status']} {odd_row['error'] or ''}")

@@ -33,6 +33,7 @@ from jobs.gitcache import resolve_repo  # re-exported: callers resolve what they
 
 __all__ = [
     "AGENTS",
+    "APIS",
     "LIMIT_KEYS",
     "MODES",
     "Manifest",
@@ -45,6 +46,7 @@ __all__ = [
 AGENTS = ("code_review", "architecture", "security", "multi_perspective")
 MODES = ("auto", "concurrent", "single")
 # burst_seconds: a cap on the idle refill the limiter may spend at once (0 = strict pacing).
+APIS = ("messages", "batches")
 LIMIT_KEYS = ("rpm", "itpm", "otpm", "max_concurrent", "burst_seconds")
 DEFAULT_MAX_OUTPUT_TOKENS = 4096
 DEFAULT_MAX_INPUT_TOKENS = 150_000
@@ -55,6 +57,7 @@ _TOP_KEYS = frozenset(
         "name",
         "model",
         "mode",
+        "api",
         "agents",
         "max_output_tokens",
         "max_input_tokens",
@@ -100,6 +103,7 @@ class Manifest:
     limits: Mapping[str, int]
     prompts: Path | None
     repos_file: Path | None = None
+    api: str = "messages"  # messages | batches (Message Batches: half price, no per-minute limits)
     # A reviewed repo's own suppressions file is honoured only when the manifest says so.
     trust_repo_suppressions: bool = False
 
@@ -366,6 +370,9 @@ def load_manifest(path: Path) -> Manifest:
     mode = data.get("mode", "auto")
     if mode not in MODES:
         raise c.fail("mode", f"one of {list(MODES)}", _show(mode))
+    api = data.get("api", "messages")
+    if api not in APIS:
+        raise c.fail("api", f"one of {list(APIS)}", _show(api))
     agents = c.agents("agents", data["agents"]) if "agents" in data else AGENTS
     max_out = c.integer(
         "max_output_tokens", data.get("max_output_tokens", DEFAULT_MAX_OUTPUT_TOKENS)
@@ -425,5 +432,6 @@ def load_manifest(path: Path) -> Manifest:
         limits=MappingProxyType(limits),
         prompts=prompts,
         repos_file=repos_file,
+        api=api,
         trust_repo_suppressions=trust,
     )

@@ -8,7 +8,7 @@ add the outcomes as they arrive.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +57,12 @@ class RunResult:
 
     def to_json(self) -> dict[str, Any]:
         """The `run --json` document (keys from DESIGN.md, and more)."""
-        resumable = (RunStatus.INTERRUPTED, RunStatus.DEFERRED, RunStatus.FAILED)
+        resumable = (
+            RunStatus.INTERRUPTED,
+            RunStatus.DEFERRED,
+            RunStatus.FAILED,
+            RunStatus.SUBMITTED,
+        )
         return {
             "run_id": self.run_id,
             "status": self.status,
@@ -82,13 +87,17 @@ class PlanResult:
     remaining_usd: float | None
     decision: Decision
     reason: str
+    api: str = "messages"  # the API `modes` and the decision are on
+    apis: Mapping[str, Any] = field(default_factory=dict)  # each API's modes (batches.apis_json)
 
     def to_json(self) -> dict[str, Any]:
         """The `plan --json` document (keys from DESIGN.md, and more)."""
         return {
             "manifest": str(self.manifest),
             "repos": len(self.plan.works),
+            "api": self.api,
             "modes": self.plan.modes_json(),
+            "apis": dict(self.apis),
             "remaining_usd": self.remaining_usd,
             "decision": {"mode": self.decision, "reason": self.reason},
             "limits": dict(self.plan.limits),
