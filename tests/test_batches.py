@@ -329,7 +329,8 @@ def test_ctrl_c_while_waiting_exits_130_and_the_batches_are_collected_later(
     tmp_path: Path, isolated_state: Path
 ) -> None:
     manifest = _manifest(tmp_path, 2)
-    with Simulator(SimConfig(seed=17, batch_delay=2.0)) as sim:
+    # Long enough that a loaded machine delivers the SIGINT while the batch is still processing.
+    with Simulator(SimConfig(seed=17, batch_delay=10.0)) as sim:
         proc = spawn(
             "run",
             str(manifest),
