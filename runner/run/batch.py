@@ -15,8 +15,10 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
+from jobs.agents import load_prompts
 from jobs.manifest import Manifest
-from jobs.reports import write_summary
+from jobs.outcome import RepoOutcome
+from jobs.reports import write_repo_report, write_summary
 from ledger.ledger import Admission, Ledger, Projection
 from ledger.modes import Decision, Mode
 from runner.client import ApiClient, CallError
@@ -24,7 +26,9 @@ from runner.errors import RunnerInputError
 from runner.kinds import ErrorKind, JobStatus, RunStatus, StopReason
 from runner.limiter import Limiter
 from runner.run.config import RunConfig
+from runner.run.incremental import Carried, carried_outcome, triage
 from runner.run.job import Job, JobOutcome
+from runner.run.per_repo import admitted_jobs, mode_label, mode_reasons, remember_completed, wanted
 from runner.run.plan import Plan, RepoWork, count_prefixes, make_plan, pack_all, with_prompts
 from runner.run.pool import run_pool
 from runner.run.reporting import finish_reports, json_totals, write_if_complete
@@ -92,8 +96,10 @@ def _make_plan(
     client: ApiClient | None,
     concurrency: int,
     on_message: Callable[[str], None],
-) -> Plan:
-    """Pack, build prompts and Jobs, and project both modes; input counted by the API if it can."""
+    config: RunConfig,
+) -> tuple[Plan, tuple[Carried, ...]]:
+    """Pack, leave out the unchanged repos, build prompts and Jobs, and project both modes and
+    the per-repo plan; input counted by the API if it can."""
     works = pack_all(
         manifest.repos,
         state.paths.repos,
@@ -101,6 +107,14 @@ def _make_plan(
             f"packed {w.spec.slug}: {len(w.pack.files)} files, ~{w.pack.token_estimate:,} tokens"
         ),
     )
+    works, carried = triage(
+        works, manifest, state.runs if state.paths.runs.exists() else None,  # plan makes no runs.db
+        requested=config.mode, full=config.full,
+        now=datetime.now(UTC), prompt_texts=load_prompts(manifest.prompts),
+    )  # fmt: skip
+    for work, _ in carried:
+        assert work.decision is not None
+        on_message(f"{work.spec.slug}: {work.decision.reason}; not sent")
     works = with_prompts(works, manifest)
     prefixes = None
     if client is not None:
@@ -110,7 +124,7 @@ def _make_plan(
             if exc.kind == ErrorKind.AUTH:  # a rejected key is bad input: exit 2, nothing sent
                 raise RunnerInputError(str(exc)) from None
             on_message(f"count_tokens unavailable ({exc}); using local estimates")
-    return make_plan(
+    the_plan = make_plan(
         run_id,
         manifest,
         works,
@@ -120,6 +134,8 @@ def _make_plan(
         concurrency=concurrency,
         prefixes=prefixes,
     )
+    unchanged = tuple(w.decision for w, _ in carried if w.decision is not None)
+    return replace(the_plan, unchanged=unchanged), carried
 
 
 def plan(config: RunConfig, *, on_message: Callable[[str], None] = lambda _: None) -> PlanResult:
@@ -128,13 +144,14 @@ def plan(config: RunConfig, *, on_message: Callable[[str], None] = lambda _: Non
     Sends nothing (local estimates only) and holds nothing.
     """
     state = open_state(config)
-    the_plan = _make_plan(
+    the_plan, _ = _make_plan(
         "plan",
         config.manifest,
         state,
         client=None,
         concurrency=_concurrency(config, state),
         on_message=on_message,
+        config=config,
     )
     decision = state.ledger.decide(
         _wanted(the_plan, config),
@@ -142,18 +159,24 @@ def plan(config: RunConfig, *, on_message: Callable[[str], None] = lambda _: Non
         health_ok=the_plan.health.ok,
         health_reason=the_plan.health.reason,
     )
+    sent = (
+        ()
+        if decision.mode == Decision.REFUSED
+        else admitted_jobs(the_plan, config.mode, decision.mode)
+    )
     return PlanResult(
         manifest=config.manifest.path,
         plan=the_plan,
         remaining_usd=state.ledger.status().to_json()["remaining_usd"],
         decision=Decision(decision.mode),
         reason=decision.reason,
+        jobs=sent,
     )
 
 
 def _wanted(the_plan: Plan, config: RunConfig) -> dict[str, Projection]:
-    """The projections of the modes the run may take (both for auto)."""
-    return {m: p for m, p in the_plan.projections.items() if config.mode in ("auto", m)}
+    """The projections the run may take: the per-repo plan (and all single, for auto)."""
+    return wanted(the_plan, config.mode)
 
 
 def run(
@@ -178,9 +201,10 @@ def run(
         if config.dry_run or not config.count_tokens
         else ApiClient(config.base_url, config.api_key)
     )
-    the_plan = _make_plan(
-        run_id, manifest, state, client=client, concurrency=concurrency, on_message=on_message
-    )
+    the_plan, carried = _make_plan(
+        run_id, manifest, state, client=client, concurrency=concurrency, on_message=on_message,
+        config=config,
+    )  # fmt: skip
     _check_limits(the_plan)
     admission = state.ledger.admit(
         run_id,
@@ -195,7 +219,9 @@ def run(
         status = RunStatus.REFUSED if admission.mode == Decision.REFUSED else RunStatus.PLANNED
         totals = state.ledger.run_totals(run_id)
         return make_result(run_id, admission, status, None, {}, totals, None, the_plan)
-    execution = _Execution(config, state, run_id, the_plan, admission, done_rows, concurrency)
+    execution = _Execution(
+        config, state, run_id, the_plan, admission, done_rows, concurrency, carried
+    )
     try:
         return execution.run(on_progress)
     finally:
@@ -246,10 +272,20 @@ class _Execution:
     admission: Admission
     done_rows: Mapping[str, JobRow]
     concurrency: int
+    carried: tuple[Carried, ...] = ()
 
     @property
     def mode(self) -> Mode:
         return Mode(self.admission.mode)
+
+    @property
+    def jobs(self) -> tuple[Job, ...]:
+        """What admission let through: the per-repo plan, or every repo single."""
+        return admitted_jobs(self.plan, self.config.mode, self.admission.mode)
+
+    @property
+    def modes(self) -> dict[str, Mode]:
+        return self.plan.repo_modes(self.jobs)
 
     @property
     def out_dir(self) -> Path:
@@ -261,6 +297,7 @@ class _Execution:
         reviews_done = sum(1 for j in self.done_rows.values() if not j.warm)
         tally = Tally(sum(1 for j in todo if not j.warm) + reviews_done, reviews_done)
         runs = self.state.runs
+        reasons = mode_reasons(self.plan, self.jobs, self.admission.reason)
 
         def on_outcome(outcome: JobOutcome, in_flight: int) -> None:
             if outcome.status != JobStatus.DONE:
@@ -268,7 +305,10 @@ class _Execution:
                     outcome.job_id, outcome.status, error=outcome.error, attempts=outcome.attempts
                 )
             tally.add(outcome)
-            write_if_complete(self.run_id, outcome.job.slug, self.mode, self.out_dir, runs)
+            slug = outcome.job.slug
+            write_if_complete(
+                self.run_id, slug, self.modes[slug], self.out_dir, runs, reasons.get(slug, "")
+            )
             on_progress(tally.progress(in_flight, outcome=outcome))
 
         def on_stopping(reason: StopReason, in_flight: int) -> None:
@@ -296,7 +336,7 @@ class _Execution:
     def _record(self) -> None:
         """Record the run (or the resumed run's new jobs) in runs.db, and mark it running."""
         runs, run_id = self.state.runs, self.run_id
-        planned = [(j.id, j.slug, j.agent, j.warm) for j in self.plan.jobs[self.mode]]
+        planned = [(j.id, j.slug, j.agent, j.warm) for j in self.jobs]
         if self.config.resume is not None:
             runs.add_jobs(run_id, planned)
         else:
@@ -328,7 +368,7 @@ class _Execution:
 
     def _todo(self) -> list[Job]:
         """The jobs still to send: reviews not done, and the warm-up of each repo they are in."""
-        jobs = self.plan.jobs[self.mode]
+        jobs = self.jobs
         left = [j for j in jobs if not j.warm and j.id not in self.done_rows]
         # A resumed repo's cache has likely expired: warm it again if any of its agents is left.
         slugs_left = {j.slug for j in left}
@@ -350,7 +390,12 @@ class _Execution:
         """Reports of every repo, the run's status and summary, from runs.db and the ledger."""
         runs, run_id = self.state.runs, self.run_id
         rows = runs.jobs(run_id)
-        repo_outcomes = finish_reports(run_id, self.mode, self.out_dir, runs, rows)
+        modes = self.modes
+        repo_outcomes = finish_reports(run_id, modes, self.out_dir, runs, rows)
+        remember_completed(runs, run_id, self.plan.works, repo_outcomes, datetime.now(UTC), modes)
+        reasons = mode_reasons(self.plan, self.jobs, self.admission.reason)
+        repo_outcomes = [replace(o, mode_reason=reasons.get(o.slug, "")) for o in repo_outcomes]
+        repo_outcomes += self._unchanged()
         tally = job_counts(rows)
         if stop == StopReason.INTERRUPTED:
             status = RunStatus.INTERRUPTED
@@ -365,6 +410,18 @@ class _Execution:
         totals = self.state.ledger.run_totals(run_id)
         write_summary(self.out_dir, run_id, repo_outcomes, totals=json_totals(totals))
         runs.update_run(run_id, status=status)
-        return make_result(
+        result = make_result(
             run_id, self.admission, status, stop, tally, totals, self.out_dir, self.plan
         )
+        return replace(
+            result,
+            mode=mode_label(self.jobs, self.admission.mode),
+            decisions=tuple(self.plan.decisions_json(self.jobs)),
+        )
+
+    def _unchanged(self) -> list[RepoOutcome]:
+        """The unchanged repos' reports: their last review's findings, carried forward."""
+        outcomes = [carried_outcome(work, review) for work, review in self.carried]
+        for outcome in outcomes:
+            write_repo_report(self.out_dir, outcome)
+        return outcomes

@@ -65,6 +65,7 @@ class RunOptions:
     limits: Mapping[str, int | None] = field(default_factory=dict)
     max_attempts: int = 5
     count_tokens: bool = True
+    full: bool = False  # review every repo in full tonight, changed or not (`--full`)
 
 
 @dataclass(frozen=True)
@@ -81,6 +82,7 @@ class RunConfig:
     dry_run: bool = False
     max_attempts: int = 5
     count_tokens: bool = True
+    full: bool = False
     base_url: str | None = None
     # Only ever the simulator's dummy key: a real key stays in the environment, for the SDK.
     api_key: str | None = None
@@ -123,4 +125,5 @@ def load_config(
         dry_run=options.dry_run,
         max_attempts=options.max_attempts,
         count_tokens=options.count_tokens,
+        full=options.full,
     )

@@ -7,6 +7,7 @@ every attempt, and a report never depends on which process finished which job.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -53,15 +54,18 @@ def _complete(rows: Sequence[JobRow]) -> bool:
     return bool(rows) and all(r.status in finished for r in rows if not r.warm)
 
 
-def write_if_complete(run_id: str, slug: str, mode: str, out_dir: Path, runs: Runs) -> None:
-    """Write a repo's report once all its agents are done or failed."""
+def write_if_complete(
+    run_id: str, slug: str, mode: str, out_dir: Path, runs: Runs, reason: str = ""
+) -> None:
+    """Write a repo's report once all its agents are done or failed (`reason`: for its mode)."""
     rows = runs.jobs(run_id, slug=slug)
     if _complete(rows):
-        write_repo_report(out_dir, repo_outcome(runs.repos(run_id, slug=slug)[0], mode, rows))
+        outcome = repo_outcome(runs.repos(run_id, slug=slug)[0], mode, rows)
+        write_repo_report(out_dir, replace(outcome, mode_reason=reason))
 
 
 def finish_reports(
-    run_id: str, mode: str, out_dir: Path, runs: Runs, rows: Sequence[JobRow]
+    run_id: str, modes: Mapping[str, str], out_dir: Path, runs: Runs, rows: Sequence[JobRow]
 ) -> list[RepoOutcome]:
     """Every repo's outcome at the end of a run, from the run's job `rows`.
 
@@ -71,7 +75,7 @@ def finish_reports(
     result = []
     for repo in runs.repos(run_id):
         mine = [r for r in rows if r.slug == repo["slug"]]
-        outcome = repo_outcome(repo, mode, mine)
+        outcome = repo_outcome(repo, modes.get(repo["slug"], "single"), mine)
         if not _complete(mine) and any(r.result for r in mine):
             write_repo_report(out_dir, outcome)
         result.append(outcome)
