@@ -63,7 +63,7 @@ _TOP_KEYS = frozenset(
         "repos",
         "repos_file",
     }
-    | {"limits", "prompts"}
+    | {"limits", "prompts", "trust_repo_suppressions"}
     | {"full_review_days", "small_change_files", "small_change_lines"}
 )
 _REPO_KEYS = frozenset(
@@ -111,6 +111,8 @@ class Manifest:
     limits: Mapping[str, int]
     prompts: Path | None
     repos_file: Path | None = None
+    # A reviewed repo's own suppressions file is honoured only when the manifest says so.
+    trust_repo_suppressions: bool = False
     # Incremental nights (runner.run.incremental): re-review an unchanged repo after this many days;
     # a change of at most small_change_files files, or under small_change_lines lines, is small.
     full_review_days: int = DEFAULT_FULL_REVIEW_DAYS
@@ -452,6 +454,9 @@ def load_manifest(path: Path) -> Manifest:
             entries += _entries(c, key, item, repos_file.parent, defaults)
     if not entries:
         raise c.fail("repos", "at least one repository (in 'repos' or 'repos_file')", "none")
+    trust = data.get("trust_repo_suppressions", False)
+    if not isinstance(trust, bool):
+        raise c.fail("trust_repo_suppressions", "true or false", _show(trust))
 
     return Manifest(
         path=path,
@@ -466,6 +471,7 @@ def load_manifest(path: Path) -> Manifest:
         limits=MappingProxyType(limits),
         prompts=prompts,
         repos_file=repos_file,
+        trust_repo_suppressions=trust,
         full_review_days=full_days,
         small_change_files=small_files,
         small_change_lines=small_lines,

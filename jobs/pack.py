@@ -40,10 +40,10 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import Any, NamedTuple
 
 from jobs.errors import JobsError, JobsInputError
-from jobs.secrets import redact
+from jobs.secrets import redact_file
 from jobs.select import (
     PRIORITY_NAMES,
     PackError,
@@ -59,6 +59,7 @@ __all__ = [
     "Pack",
     "PackError",
     "PackedFile",
+    "RedactionSite",
     "estimate_tokens",
     "pack_repo",
     "shown_name",
@@ -99,6 +100,14 @@ def _escape(value: str) -> str:
     return value.translate(_ATTR_TABLE)
 
 
+class RedactionSite(NamedTuple):
+    """Where one secret was redacted: the file, the 1-based line and the kind. Never the value."""
+
+    path: str
+    line: int
+    kind: str
+
+
 @dataclass(frozen=True)
 class PackedFile:
     """One selected file and what became of it in the pack."""
@@ -128,6 +137,7 @@ class Pack:
     method: str = "git"  # "git" (ls-files) or "gitignore" (plain folder)
     max_input_tokens: int = 0
     over_budget: bool = False  # the tree alone exceeded max_input_tokens
+    redaction_sites: tuple[RedactionSite, ...] = ()  # in every packed file, sent or not
 
     _shown_lines: Mapping[str, int] = field(init=False, repr=False, compare=False)
 
@@ -141,6 +151,13 @@ class Pack:
         state["redactions"] = dict(self.redactions)
         state["coverage"] = dict(self.coverage)
         return (_unpickle_pack, (state,))
+
+    def sent(self, site: RedactionSite) -> bool:
+        """Whether the line of `site` is in the pack's text (its file included, or shown if truncated)."""
+        for f in self.files:
+            if f.path == site.path:
+                return f.status == "included" or (f.shown is not None and site.line <= f.shown[1])
+        return False
 
     def line_count(self, path: str) -> int | None:
         """Total lines of an included or truncated file; None if `path` is not shown in the pack."""
@@ -259,7 +276,7 @@ def _read(root: str, rel: str, size_cap: int, parents: dict[str, bool]) -> bytes
     return data
 
 
-def _text_lines(data: bytes, rel: str, redactions: Counter[str] | None) -> list[str]:
+def _text_lines(data: bytes, rel: str, sites: list[RedactionSite] | None) -> list[str]:
     if b"\0" in data[:_SNIFF]:
         raise _Skip("binary (NUL byte)")
     try:
@@ -272,9 +289,10 @@ def _text_lines(data: bytes, rel: str, redactions: Counter[str] | None) -> list[
         text = text[1:]
     if "\r" in text:
         text = text.replace("\r\n", "\n")
-    text, counts = redact(text, rel)
-    if counts and redactions is not None:
-        redactions.update(counts)
+    redaction = redact_file(text, rel)
+    text = redaction.text
+    if sites is not None:
+        sites.extend(RedactionSite(rel, hit.line, hit.kind) for hit in redaction.hits)
     if _UNSAFE.search(text):
         text = text.translate(_UNSAFE_TABLE)
     lines = text.split("\n")
@@ -344,12 +362,13 @@ def _scan(
     size_cap: int,
     unstable: Mapping[str, str],
     skipped: list[tuple[str, str]],
-    redactions: Counter[str],
+    sites: list[RedactionSite],
 ) -> list[_Scanned]:
     """Read each candidate once, one at a time, and keep only its measurements."""
     scanned: list[_Scanned] = []
     parents: dict[str, bool] = {}
     for rel in paths:
+        mark = len(sites)
         reason = exclusion_reason(rel) or unstable.get(rel)
         if reason is None and not rel.isascii():
             try:
@@ -359,13 +378,14 @@ def _scan(
         if reason is None:
             try:
                 data = _read(root, rel, size_cap, parents)
-                lines = _text_lines(data, rel, redactions)
+                lines = _text_lines(data, rel, sites)
                 tokens = estimate_tokens(_block(rel, lines))
             except _Skip as skip:
                 reason = str(skip)
             except Exception as exc:  # one odd file fails alone, whatever went wrong with it
                 reason = f"could not be packed ({type(exc).__name__}: {exc})"
         if reason is not None:
+            del sites[mark:]  # a skipped file sends nothing, so it has no redactions to audit
             skipped.append((shown_name(rel), reason))
             continue
         digest = hashlib.blake2b(data, digest_size=16).digest()
@@ -476,8 +496,8 @@ def _pack_once(
     preface: str = "",
 ) -> Pack:
     skipped: list[tuple[str, str]] = []
-    redactions: Counter[str] = Counter()
-    scanned = _scan(real_root, paths, size_cap, unstable, skipped, redactions)
+    sites: list[RedactionSite] = []
+    scanned = _scan(real_root, paths, size_cap, unstable, skipped, sites)
     reader = _Reader(real_root, size_cap)
     tree = "".join(_escape(item.path) + "\n" for item in scanned)
     head = f'<repository name="{_escape(slug)}">\n<tree>\n{tree}</tree>\n{preface}'
@@ -515,9 +535,10 @@ def _pack_once(
         token_estimate=estimate_tokens(text),
         files=tuple(files),
         skipped=tuple(skipped),
-        redactions=MappingProxyType(dict(sorted(redactions.items()))),
+        redactions=MappingProxyType(dict(sorted(Counter(s.kind for s in sites).items()))),
         coverage=MappingProxyType(coverage),
         method=method,
         max_input_tokens=max_input_tokens,
         over_budget=remaining < 0,
+        redaction_sites=tuple(sites),
     )

@@ -41,6 +41,8 @@ class Reply:
     service_tier: str | None
     headers: dict[str, str]
     latency: float
+    # The content blocks as dicts (a forced tool call's input is in its tool_use block).
+    content: tuple[dict[str, Any], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -146,8 +148,12 @@ class ApiClient:
         blocks: list[dict[str, Any]],
         max_tokens: int,
         extra_headers: Mapping[str, str] | None = None,
+        tools: Mapping[str, Any] | None = None,
     ) -> Reply:
-        """Send one Messages request; a Reply, or a CallError that says what to do next."""
+        """Send one Messages request; a Reply, or a CallError that says what to do next.
+
+        ``tools``: the ``tools`` and ``tool_choice`` parameters, as ``jobs.agents`` builds them.
+        """
         import anthropic
 
         started = time.monotonic()
@@ -160,6 +166,7 @@ class ApiClient:
                 system=system,
                 messages=messages,
                 extra_headers=dict(extra_headers or {}),
+                **dict(tools or {}),
             )
             message = raw.parse()
         except anthropic.APIStatusError as exc:
@@ -176,15 +183,25 @@ class ApiClient:
             service_tier=usage.get("service_tier"),
             headers=dict(raw.headers),
             latency=time.monotonic() - started,
+            content=tuple(block.model_dump(exclude_none=True) for block in message.content),
         )
 
-    def count_tokens(self, *, model: str, system: str, blocks: list[dict[str, Any]]) -> int:
-        """The API's own count of a request's input tokens."""
+    def count_tokens(
+        self,
+        *,
+        model: str,
+        system: str,
+        blocks: list[dict[str, Any]],
+        tools: Mapping[str, Any] | None = None,
+    ) -> int:
+        """The API's own count of a request's input tokens (``tools`` as for ``create``)."""
         import anthropic
 
         messages: Any = [{"role": "user", "content": blocks}]
         try:
-            result = self.sdk.messages.count_tokens(model=model, system=system, messages=messages)
+            result = self.sdk.messages.count_tokens(
+                model=model, system=system, messages=messages, **dict(tools or {})
+            )
         except anthropic.APIStatusError as exc:
             raise _classify_status(exc, None) from None
         except anthropic.APIConnectionError as exc:

@@ -66,7 +66,35 @@ def m003_warm_flag(db: sqlite_utils.Database) -> None:
 
 
 @MIGRATIONS()
-def m004_repo_reviews(db: sqlite_utils.Database) -> None:
+def m004_findings(db: sqlite_utils.Database) -> None:
+    # Findings across nights (runner.findings_store): one review per run and repo, one row per finding
+    # with its status that night, and the fingerprints a team accepted (the baseline).
+    db.execute(
+        """CREATE TABLE finding_reviews (
+            id TEXT PRIMARY KEY, run_id TEXT NOT NULL, slug TEXT NOT NULL, run_date TEXT NOT NULL,
+            complete INTEGER NOT NULL, counts TEXT NOT NULL, recorded_at TEXT NOT NULL)"""
+    )
+    db.execute(
+        """CREATE TABLE findings (
+            id TEXT PRIMARY KEY, review_id TEXT NOT NULL REFERENCES finding_reviews(id),
+            run_id TEXT NOT NULL, slug TEXT NOT NULL, fingerprint TEXT NOT NULL, path TEXT,
+            category TEXT NOT NULL, severity TEXT NOT NULL, title TEXT NOT NULL, evidence TEXT NOT NULL,
+            status TEXT NOT NULL, first_seen_run TEXT, first_seen_at TEXT, record TEXT NOT NULL)"""
+    )
+    db.execute(
+        """CREATE TABLE finding_baselines (
+            id TEXT PRIMARY KEY, slug TEXT NOT NULL, fingerprint TEXT NOT NULL,
+            accepted_by TEXT NOT NULL, accepted_at TEXT NOT NULL, run_id TEXT NOT NULL,
+            reason TEXT NOT NULL)"""
+    )
+    db.execute("CREATE INDEX finding_reviews_by_slug ON finding_reviews(slug, complete, run_date)")
+    db.execute("CREATE INDEX findings_by_review ON findings(review_id)")
+    db.execute("CREATE INDEX findings_by_fingerprint ON findings(slug, fingerprint)")
+    db.execute("CREATE INDEX finding_baselines_by_slug ON finding_baselines(slug)")
+
+
+@MIGRATIONS()
+def m005_repo_reviews(db: sqlite_utils.Database) -> None:
     # Incremental nights: each completed review of a repo, what it saw (runner.repo_memory).
     db.execute(
         """CREATE TABLE repo_reviews (

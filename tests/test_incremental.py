@@ -74,7 +74,8 @@ def test_a_second_night_with_nothing_changed_sends_nothing_and_says_so(
     first = night(manifest, isolated_state, sim)
     assert first.status == "done" and first.mode == "concurrent"
     before = len(messages(sim))
-    assert before == 3 * 4  # four agents each (packs too small to warm a cache)
+    assert first.plan is not None
+    assert before == len(first.plan.per_repo_jobs) >= 3 * 4  # four agents each (and warm-ups)
 
     second = night(manifest, isolated_state, sim)
     assert second.status == "done"
@@ -268,7 +269,7 @@ def test_plan_lists_each_repos_decision(
     assert by_slug["repo00"]["action"] == "review" and by_slug["repo00"]["mode"] == "single"
     assert by_slug["repo01"]["action"] == "unchanged" and by_slug["repo01"]["mode"] is None
     assert doc["per_repo"]["requests"] == 1
-    assert doc["modes"]["concurrent"]["requests"] == 4  # both modes still projected for the sent
+    assert doc["modes"]["concurrent"]["requests"] >= 4  # both modes still projected for the sent
     result = cli("plan", str(manifest))
     assert result.returncode == 0, result.stderr
     assert "repo01" in result.stdout and "not sent" in result.stdout

@@ -21,6 +21,7 @@ from gitsupport import git
 import jobs.pack as pack_module
 from jobs.errors import JobsError
 from jobs.pack import PackError, pack_repo
+from jobs.secrets import Redaction
 
 
 def write(root: Path, rel: str | bytes, content: str = "x = 1\n") -> None:
@@ -87,14 +88,14 @@ def test_odd_files_fail_alone_as_root(
     os.unlink(root / "loop_a.py")
     os.symlink("loop_b.py", root / "loop_a.py")
     os.symlink("loop_a.py", root / "loop_b.py")
-    real_redact = pack_module.redact
+    real_redact = pack_module.redact_file
 
-    def redact(text: str, path: str) -> tuple[str, dict[str, int]]:
+    def redact_file(text: str, path: str) -> Redaction:
         if path == "boom.py":
             raise RecursionError("maximum recursion depth exceeded")
         return real_redact(text, path)
 
-    monkeypatch.setattr(pack_module, "redact", redact)
+    monkeypatch.setattr(pack_module, "redact_file", redact_file)
     pack = pack_repo(root, slug="r", max_input_tokens=10_000)
     reasons = dict(pack.skipped)
     assert reasons["fifo.py"] == reasons["folder.py"] == reasons["sock.py"] == "not a regular file"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from runner.cli import budget, limits, run, simulator
+from runner.cli import budget, findings, limits, run, simulator
 from runner.cli.common import ErrorHandlingGroup
 
 __all__ = ["main"]
@@ -28,3 +28,4 @@ main.add_command(run.plan)
 main.add_command(budget.budget)
 main.add_command(limits.limits)
 main.add_command(simulator.simulator)
+main.add_command(findings.findings)

@@ -244,8 +244,13 @@ def _render_run(result: RunResult, as_json: bool) -> None:
 @click.argument("manifest", type=click.Path(path_type=Path, dir_okay=False))
 @click.option("--mode", type=MODE_CHOICE, help="Override the manifest's mode.")
 @click.option("--full", is_flag=True, help="Plan a full review of every repo, changed or not.")
+@click.option(
+    "--redactions",
+    is_flag=True,
+    help="List every redacted secret as file:line:kind (never the value), to audit what is sent.",
+)
 @json_option
-def plan(manifest: Path, mode: str | None, full: bool, as_json: bool) -> None:
+def plan(manifest: Path, mode: str | None, full: bool, redactions: bool, as_json: bool) -> None:
     """Show what each mode of MANIFEST would send, cost and take, and which the ledger would pick.
 
     Sends nothing and holds nothing.
@@ -253,6 +258,7 @@ def plan(manifest: Path, mode: str | None, full: bool, as_json: bool) -> None:
     \b
     Example:
         review-runner plan jobs/nightly.toml --json
+        review-runner plan jobs/nightly.toml --redactions
     """
     from jobs.manifest import load_manifest
 
@@ -261,9 +267,14 @@ def plan(manifest: Path, mode: str | None, full: bool, as_json: bool) -> None:
     )
     result = plan_run(config)
     if as_json:
-        echo_json(result.to_json())
+        doc = result.to_json()
+        if redactions:
+            doc["redactions"] = result.redactions()
+        echo_json(doc)
     else:
         _render_plan(result)
+        if redactions:
+            _render_redactions(result)
     sys.exit(EXIT_BUDGET if result.decision == Decision.REFUSED else 0)
 
 
@@ -287,3 +298,13 @@ def _render_plan(result: PlanResult) -> None:
     for d in doc["decisions"]:
         shown = d["mode"] or "not sent"
         click.echo(f"    {d['slug']:<24} {shown:<10} {d['reason']}")
+
+
+def _render_redactions(result: PlanResult) -> None:
+    sites = result.redactions()
+    click.echo(f"redactions: {len(sites)} (file:line:kind; the values are never shown)")
+    for repo in dict.fromkeys(site["repo"] for site in sites):
+        click.echo(f"  {repo}:")
+        for site in (s for s in sites if s["repo"] == repo):
+            unsent = "" if site["sent"] else "  (not sent: outside the pack)"
+            click.echo(f"    {site['path']}:{site['line']}:{site['kind']}{unsent}")

@@ -33,7 +33,8 @@ from runner.run.plan import Plan, RepoWork, count_prefixes, make_plan, pack_all,
 from runner.run.pool import run_pool
 from runner.run.reporting import finish_reports, json_totals, write_if_complete
 from runner.run.results import PlanResult, Progress, RunResult, Tally, job_counts, make_result
-from runner.run.worker import WorkerConfig, request_blocks
+from runner.run.tracker import Tracker, tracker_for
+from runner.run.worker import WorkerConfig, request_blocks, request_tools
 from runner.runs import JobRow, Runs
 from statedb import StatePaths
 
@@ -83,6 +84,7 @@ def _counter(client: ApiClient) -> Callable[[RepoWork], int]:
             model=work.spec.model,
             system=work.prompts.system,
             blocks=request_blocks(work.prompts.pack, None),
+            tools=request_tools(),
         )
 
     return count
@@ -206,6 +208,15 @@ def run(
         config=config,
     )  # fmt: skip
     _check_limits(the_plan)
+    # Suppressions are read before admission: a broken file stops the run with nothing held or sent.
+    tracker = tracker_for(
+        config.manifest,
+        the_plan.works + tuple(work for work, _ in carried),  # unchanged repos are tracked too
+        state.runs,
+        run_id,
+        run_date=previous.created_at if previous else None,
+        on_message=on_message,
+    )
     admission = state.ledger.admit(
         run_id,
         _wanted(the_plan, config),
@@ -220,7 +231,7 @@ def run(
         totals = state.ledger.run_totals(run_id)
         return make_result(run_id, admission, status, None, {}, totals, None, the_plan)
     execution = _Execution(
-        config, state, run_id, the_plan, admission, done_rows, concurrency, carried
+        config, state, run_id, the_plan, admission, done_rows, concurrency, tracker, carried
     )
     try:
         return execution.run(on_progress)
@@ -272,6 +283,7 @@ class _Execution:
     admission: Admission
     done_rows: Mapping[str, JobRow]
     concurrency: int
+    tracker: Tracker
     carried: tuple[Carried, ...] = ()
 
     @property
@@ -307,8 +319,9 @@ class _Execution:
             tally.add(outcome)
             slug = outcome.job.slug
             write_if_complete(
-                self.run_id, slug, self.modes[slug], self.out_dir, runs, reasons.get(slug, "")
-            )
+                self.run_id, slug, self.modes[slug], self.out_dir, runs, self.tracker,
+                reasons.get(slug, ""),
+            )  # fmt: skip
             on_progress(tally.progress(in_flight, outcome=outcome))
 
         def on_stopping(reason: StopReason, in_flight: int) -> None:
@@ -391,7 +404,7 @@ class _Execution:
         runs, run_id = self.state.runs, self.run_id
         rows = runs.jobs(run_id)
         modes = self.modes
-        repo_outcomes = finish_reports(run_id, modes, self.out_dir, runs, rows)
+        repo_outcomes = finish_reports(run_id, modes, self.out_dir, runs, rows, self.tracker)
         remember_completed(runs, run_id, self.plan.works, repo_outcomes, datetime.now(UTC), modes)
         reasons = mode_reasons(self.plan, self.jobs, self.admission.reason)
         repo_outcomes = [replace(o, mode_reason=reasons.get(o.slug, "")) for o in repo_outcomes]
@@ -421,7 +434,9 @@ class _Execution:
 
     def _unchanged(self) -> list[RepoOutcome]:
         """The unchanged repos' reports: their last review's findings, carried forward."""
-        outcomes = [carried_outcome(work, review) for work, review in self.carried]
+        outcomes = [
+            self.tracker.track(carried_outcome(work, review)) for work, review in self.carried
+        ]
         for outcome in outcomes:
             write_repo_report(self.out_dir, outcome)
         return outcomes

@@ -29,7 +29,6 @@ from jobs.changes import tree_sha256 as tree_hash
 from jobs.manifest import Manifest
 from jobs.outcome import RepoOutcome
 from jobs.pack import pack_repo
-from jobs.tracking import Status
 from ledger.modes import Mode, RequestedMode
 from runner.repo_memory import Review, last_review, prompts_sha256, repo_key
 from runner.run.decisions import RepoDecision, RepoFacts
@@ -185,21 +184,17 @@ def _mode(
 
 
 def carried_outcome(work: RepoWork, review: Review) -> RepoOutcome:
-    """The unchanged repo's last review, carried forward: its findings persisting, first_seen kept.
+    """The unchanged repo's last review, carried forward: its agents' findings, not its statuses.
 
-    The one place that reads earlier findings for an unchanged repo (the findings store can
-    replace the source without the callers changing). Costs and tokens are tonight's: none.
+    The run's Tracker (runner.run.tracker) then tracks them against the findings store, so each
+    one is persisting with its first_seen kept, and records tonight's review for the next night.
+    Costs and tokens are tonight's: none.
     """
     earlier = RepoOutcome.from_dict(review.outcome)
-    tracking = earlier.tracked(review.run_id, review.reviewed_at[:10])
-    persisting = tuple(
-        replace(t, status=Status.PERSISTING) if t.status == Status.NEW else t
-        for t in tracking.findings
-    )
     assert work.decision is not None
     return replace(
         earlier,
-        tracking=replace(tracking, findings=persisting),
+        tracking=None,
         mode_reason=work.decision.reason,
         unchanged_since=work.decision.unchanged_since,
         cost_usd=0.0,

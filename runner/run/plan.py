@@ -7,6 +7,7 @@ once with the pack (see runner.run.pool); Jobs carry only their own numbers.
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -15,7 +16,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from jobs.agents import COMBINED, build_prompt, load_prompts
+from jobs.agents import COMBINED, build_prompt, findings_tool, load_prompts
 from jobs.manifest import Manifest, RepoSpec, resolve_repo
 from jobs.pack import Pack, estimate_tokens, pack_repo
 from ledger.ledger import JobEstimate, Ledger, Projection
@@ -44,6 +45,8 @@ MIN_CACHEABLE_TOKENS = 1024
 # Without measured latencies: time to first token plus output at a typical generation speed.
 FIRST_TOKEN_S = 2.0
 OUTPUT_TOKENS_PER_S = 60.0
+# The findings tool every request carries heads the prefix: its definition counts as input.
+TOOL_TOKENS = estimate_tokens(json.dumps(findings_tool(), separators=(",", ":")))
 
 
 @dataclass(frozen=True)
@@ -210,7 +213,7 @@ def build_jobs(
         assert work.prompts is not None, "with_prompts() first"
         prompts = work.prompts
         agents = work.spec.agents if mode == Mode.CONCURRENT else (COMBINED,)
-        local_prefix = estimate_tokens(prompts.system) + work.pack.token_estimate
+        local_prefix = TOOL_TOKENS + estimate_tokens(prompts.system) + work.pack.token_estimate
         prefix = (prefixes or {}).get(work.spec.slug, local_prefix)
         warm = mode == Mode.CONCURRENT and prefix >= MIN_CACHEABLE_TOKENS
         slug, model = work.spec.slug, work.spec.model

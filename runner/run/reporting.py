@@ -9,13 +9,16 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from jobs.findings import AgentResult
 from jobs.reports import RepoOutcome, write_repo_report
 from ledger.prices import USAGE_FIELDS, usd
 from runner.kinds import JobStatus
 from runner.runs import JobRow, Runs
+
+if TYPE_CHECKING:
+    from runner.run.tracker import Tracker
 
 __all__ = ["finish_reports", "json_totals", "repo_outcome", "write_if_complete"]
 
@@ -55,28 +58,44 @@ def _complete(rows: Sequence[JobRow]) -> bool:
 
 
 def write_if_complete(
-    run_id: str, slug: str, mode: str, out_dir: Path, runs: Runs, reason: str = ""
+    run_id: str,
+    slug: str,
+    mode: str,
+    out_dir: Path,
+    runs: Runs,
+    tracker: Tracker | None = None,
+    reason: str = "",
 ) -> None:
-    """Write a repo's report once all its agents are done or failed (`reason`: for its mode)."""
+    """Write a repo's report once all its agents are done or failed (tracked across nights by
+    ``tracker``; ``reason``: why the repo ran in its mode)."""
     rows = runs.jobs(run_id, slug=slug)
     if _complete(rows):
         outcome = repo_outcome(runs.repos(run_id, slug=slug)[0], mode, rows)
-        write_repo_report(out_dir, replace(outcome, mode_reason=reason))
+        outcome = replace(outcome, mode_reason=reason)
+        write_repo_report(out_dir, tracker.track(outcome) if tracker else outcome)
 
 
 def finish_reports(
-    run_id: str, modes: Mapping[str, str], out_dir: Path, runs: Runs, rows: Sequence[JobRow]
+    run_id: str,
+    modes: Mapping[str, str],
+    out_dir: Path,
+    runs: Runs,
+    rows: Sequence[JobRow],
+    tracker: Tracker | None = None,
 ) -> list[RepoOutcome]:
     """Every repo's outcome at the end of a run, from the run's job `rows`.
 
-    Complete repos were reported as they completed; a repo stopped part-way gets a report
-    of what it has, if anything, so that no reply goes unreported.
+    Complete repos were reported (and tracked) as they completed; a repo stopped part-way gets a
+    report of what it has, if anything, so that no reply goes unreported.
     """
     result = []
     for repo in runs.repos(run_id):
         mine = [r for r in rows if r.slug == repo["slug"]]
         outcome = repo_outcome(repo, modes.get(repo["slug"], "single"), mine)
-        if not _complete(mine) and any(r.result for r in mine):
+        partial = not _complete(mine) and any(r.result for r in mine)
+        if tracker is not None and (partial or _complete(mine)):
+            outcome = tracker.track(outcome, reuse=not partial)
+        if partial:
             write_repo_report(out_dir, outcome)
         result.append(outcome)
     return result

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from jobs.pack import shown_name
 from ledger.ledger import Admission
 from ledger.modes import Decision
 from runner.kinds import JobStatus, RunStatus, StopReason
@@ -98,6 +99,20 @@ class PlanResult:
             "decisions": self.plan.decisions_json(self.jobs),
             "limits": dict(self.plan.limits),
         }
+
+    def redactions(self) -> list[dict[str, Any]]:
+        """Every redaction in every repo's pack, for `plan --redactions`: where and what kind, never the value."""
+        return [
+            {
+                "repo": work.pack.slug,
+                "path": shown_name(site.path),
+                "line": site.line,
+                "kind": site.kind,
+                "sent": work.pack.sent(site),
+            }
+            for work in self.plan.works
+            for site in work.pack.redaction_sites
+        ]
 
 
 def job_counts(rows: Sequence[JobRow]) -> dict[str, int]:

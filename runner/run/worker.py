@@ -19,8 +19,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from jobs.agents import load_prompts
-from jobs.findings import parse
+from jobs.agents import FINDINGS_TOOL_NAME, findings_tool, findings_tool_choice, load_prompts
+from jobs.findings import parse_content
 from jobs.pack import pack_repo
 from ledger.errors import BudgetExceeded
 from ledger.ledger import Ledger, Reservation
@@ -32,7 +32,7 @@ from runner.run.plan import RepoWork, repo_prompts
 from runner.runs import Runs
 from statedb import StatePaths
 
-__all__ = ["WorkerConfig", "init_worker", "request_blocks", "run_job"]
+__all__ = ["WorkerConfig", "init_worker", "request_blocks", "request_tools", "run_job"]
 
 # A 429 is the limiter's business (shared cooldown), not a failure of the job, but a job
 # that keeps meeting them is not going to get through: give up after this many.
@@ -113,6 +113,15 @@ def request_blocks(
     return [pack] if instructions is None else [pack, {"type": "text", "text": instructions}]
 
 
+def request_tools() -> dict[str, Any]:
+    """The ``tools`` and forced ``tool_choice`` of every request, the warm-up's too.
+
+    Tools come first in the prompt order, so they are part of the cached prefix: identical for every agent
+    (and a warm-up without them, or with another tool_choice, would cache a prefix nobody reads).
+    """
+    return {"tools": [findings_tool()], "tool_choice": findings_tool_choice()}
+
+
 def _backoff(attempt: int, config: WorkerConfig) -> float:
     # Full jitter: spreads retries of many workers hit by the same outage.
     return random.uniform(0, min(config.backoff_cap, config.backoff_base * 2**attempt))
@@ -160,6 +169,7 @@ def run_job(job: Job) -> JobOutcome:
                 blocks=blocks,
                 max_tokens=job.max_output,
                 extra_headers={"x-review-job": job.id},
+                tools=request_tools(),
             )
         except CallError as err:
             _account_failure(ctx, err, lease, reservation, job)
@@ -259,7 +269,11 @@ def _account_success(
     result = None
     if not job.warm:
         pack = (tries.shrunk or ctx.repos[job.slug]).pack
-        result = parse(reply.text, reply.stop_reason, agent=job.agent, pack=pack).to_dict()
+        # The forced tool call's input; a gateway that answers in text gets the tolerant text parser.
+        content = reply.content or ({"type": "text", "text": reply.text},)
+        result = parse_content(
+            content, reply.stop_reason, agent=job.agent, tool_name=FINDINGS_TOOL_NAME, pack=pack
+        ).to_dict()
     # The reply is recorded before the ledger settles: if this process dies in between,
     # the job is not sent again and its reservation shows as unknown, never as free.
     ctx.runs.finish_job(

@@ -50,6 +50,9 @@ class SimConfig:
     external_load: float = 0.0  # share of every refill another client of the key spends
     class_limits: Mapping[str, ClassLimits] = field(default_factory=dict)
     send_limit_headers: bool = True  # False: no anthropic-ratelimit-* headers (a gateway)
+    tool_use: bool = (
+        True  # False: replies in text even to a forced tool call (a gateway without tools)
+    )
     batch_expire_rate: float = 0.0  # a batch item ends `expired` (not billed)
     batch_error_rate: float = 0.0  # a batch item ends `errored`: api_error or overloaded_error
     batch_max_bytes: int = BATCH_MAX_BYTES  # larger batch bodies get 413 request_too_large

@@ -249,6 +249,14 @@ class Simulator(BatchSide):
         prompt = validate_message_request(body)
         cls = model_class(prompt.model)
         record.update(model=prompt.model, model_class=cls, stream=bool(body.get("stream")))
+        # What a test checks about every request: the tools it carried and the tool it forced.
+        tools = body.get("tools")
+        record.update(
+            tools=[t.get("name") for t in tools if isinstance(t, dict)]
+            if isinstance(tools, list)
+            else [],
+            tool_choice=body.get("tool_choice"),
+        )
         price = self._price(prompt.model)
         cfg = self.config
         with self._lock:
@@ -309,6 +317,11 @@ class Simulator(BatchSide):
             tool_choice=adm.body.get("tool_choice"),
             realism=Realism(cfg.reword_rate, cfg.misline_rate, cfg.misquote_rate),
         )
+        reply = adm.reply
+        if not cfg.tool_use and reply.tool_input is not None:
+            # A gateway without tool use: the same findings JSON, as text.
+            stop = "end_turn" if reply.stop_reason == "tool_use" else reply.stop_reason
+            adm.reply = Reply(reply.text, stop, reply.output_tokens)
         return adm.reply
 
     def produce(self, adm: Admitted, tokens: int) -> None:
