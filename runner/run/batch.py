@@ -28,7 +28,15 @@ from runner.limiter import Limiter
 from runner.run.config import RunConfig
 from runner.run.incremental import Carried, carried_outcome, triage
 from runner.run.job import Job, JobOutcome
-from runner.run.per_repo import admitted_jobs, mode_label, mode_reasons, remember_completed, wanted
+from runner.run.per_repo import (
+    admitted_jobs,
+    as_recorded,
+    mode_label,
+    mode_reasons,
+    recorded_modes,
+    remember_completed,
+    wanted,
+)
 from runner.run.plan import Plan, RepoWork, count_prefixes, make_plan, pack_all, with_prompts
 from runner.run.pool import run_pool
 from runner.run.reporting import finish_reports, json_totals, write_if_complete
@@ -99,6 +107,7 @@ def _make_plan(
     concurrency: int,
     on_message: Callable[[str], None],
     config: RunConfig,
+    recorded: Mapping[str, Mode] | None = None,
 ) -> tuple[Plan, tuple[Carried, ...]]:
     """Pack, leave out the unchanged repos, build prompts and Jobs, and project both modes and
     the per-repo plan; input counted by the API if it can."""
@@ -114,6 +123,8 @@ def _make_plan(
         requested=config.mode, full=config.full,
         now=datetime.now(UTC), prompt_texts=load_prompts(manifest.prompts),
     )  # fmt: skip
+    if recorded:
+        works = as_recorded(works, recorded)
     for work, _ in carried:
         assert work.decision is not None
         on_message(f"{work.spec.slug}: {work.decision.reason}; not sent")
@@ -193,11 +204,12 @@ def run(
     _check_out_dir(config.out_root)
     state = open_state(config)
     concurrency = _concurrency(config, state)
-    manifest, done_rows = config.manifest, {}
+    manifest, done_rows, modes = config.manifest, {}, None
     if previous is not None:
         recorded = state.runs.jobs(run_id)
         done_rows = {j.id: j for j in recorded if j.status == JobStatus.DONE}
         manifest = _remaining(manifest, recorded)
+        modes = recorded_modes([j for j in recorded if not j.warm])
     client = (
         None
         if config.dry_run or not config.count_tokens
@@ -205,7 +217,7 @@ def run(
     )
     the_plan, carried = _make_plan(
         run_id, manifest, state, client=client, concurrency=concurrency, on_message=on_message,
-        config=config,
+        config=config, recorded=modes,
     )  # fmt: skip
     _check_limits(the_plan)
     # Suppressions are read before admission: a broken file stops the run with nothing held or sent.

@@ -10,20 +10,47 @@ one, refused if it does not fit.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from datetime import datetime
 
+from jobs.agents import COMBINED
 from jobs.outcome import RepoOutcome
 from ledger.ledger import Projection
 from ledger.modes import Mode, RequestedMode
 from runner.repo_memory import Review, remember
 from runner.run.job import Job
 from runner.run.plan import Plan, RepoWork
-from runner.runs import Runs
+from runner.runs import JobRow, Runs
 from statedb import iso
 
-__all__ = ["admitted_jobs", "mode_label", "mode_reasons", "remember_completed", "wanted"]
+__all__ = [
+    "admitted_jobs",
+    "as_recorded",
+    "mode_label",
+    "mode_reasons",
+    "recorded_modes",
+    "remember_completed",
+    "wanted",
+]
 
 MIXED = "mixed"  # the run's mode when its repos run in both modes
+
+
+def recorded_modes(rows: Sequence[JobRow]) -> dict[str, Mode]:
+    """Each repo's mode as a run recorded its jobs (the combined agent is single mode)."""
+    return {r.slug: Mode.SINGLE if r.agent == COMBINED else Mode.CONCURRENT for r in rows}
+
+
+def as_recorded(works: Sequence[RepoWork], modes: Mapping[str, Mode]) -> tuple[RepoWork, ...]:
+    """A resumed run's repos in the modes their jobs were recorded in, so no job is planned twice."""
+    out = []
+    for work in works:
+        mode, decision = modes.get(work.spec.slug), work.decision
+        if mode is not None and decision is not None:
+            why = f"{decision.reason}; {mode} as the run recorded it (resumed)"
+            work = replace(work, decision=replace(decision, mode=mode, reason=why))
+        out.append(work)
+    return tuple(out)
 
 
 def wanted(the_plan: Plan, requested: str) -> dict[str, Projection]:
