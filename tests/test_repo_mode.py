@@ -241,3 +241,17 @@ def test_a_per_repo_plan_without_a_concurrent_repo_is_the_single_plan(tmp_path: 
     offered = wanted(the_plan, "auto")
     assert list(offered) == [Mode.SINGLE]
     assert offered[Mode.SINGLE].cost_micros == the_plan.projections[Mode.SINGLE].cost_micros
+
+
+def test_a_pack_that_changed_though_no_file_did_gets_a_full_review(tmp_path: Path) -> None:
+    repos = make_repos(tmp_path / "repos", 1, lines=300)  # a plain folder: found by content
+    nights = Nights(tmp_path, manifest_for(tmp_path, repos))
+    nights.review_all()
+    assert not nights.decided()["repo00"].send
+    spec = nights.manifest.repos[0]
+    nights.manifest = replace(
+        nights.manifest, repos=(replace(spec, max_input_tokens=1000),)
+    )  # the same files, fitted to another budget
+    decided = nights.decided()["repo00"]
+    assert decided.send and decided.mode is None
+    assert decided.reason == "the pack changed though no file did: full review"

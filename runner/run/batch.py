@@ -241,7 +241,11 @@ def run(
         state.ledger.end_run(run_id)
         status = RunStatus.REFUSED if admission.mode == Decision.REFUSED else RunStatus.PLANNED
         totals = state.ledger.run_totals(run_id)
-        return make_result(run_id, admission, status, None, {}, totals, None, the_plan)
+        result = make_result(run_id, admission, status, None, {}, totals, None, the_plan)
+        if admission.mode == Decision.REFUSED:
+            return result
+        sent = admitted_jobs(the_plan, config.mode, admission.mode)
+        return replace(result, decisions=tuple(the_plan.decisions_json(sent)))
     execution = _Execution(
         config, state, run_id, the_plan, admission, done_rows, concurrency, tracker, carried
     )

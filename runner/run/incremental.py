@@ -160,6 +160,8 @@ def _decide(
         )
         work = replace(work, pack=pack)
     described = f"{len(change.files)} file(s), {change.lines} line(s) changed"
+    if not change.files and not new_tags:  # max_input_tokens, or the packing or redaction rules
+        return send("the pack changed though no file did: full review", None, change)
     if new_tags or spec.release:
         hint = f"new tag {', '.join(new_tags)} at HEAD" if new_tags else "release = true"
         return send(f"release ({hint}); {described}", Mode.CONCURRENT, change)
