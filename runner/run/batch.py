@@ -120,7 +120,7 @@ def _make_plan(
     )
     works, carried = triage(
         works, manifest, state.runs if state.paths.runs.exists() else None,  # plan makes no runs.db
-        requested=config.mode, full=config.full,
+        requested=config.mode, full=config.full, resumed=config.resume is not None,
         now=datetime.now(UTC), prompt_texts=load_prompts(manifest.prompts),
     )  # fmt: skip
     if recorded:

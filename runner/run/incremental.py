@@ -54,10 +54,12 @@ def triage(
     full: bool,
     now: datetime,
     prompt_texts: Mapping[str, str],
+    resumed: bool = False,
 ) -> tuple[tuple[RepoWork, ...], tuple[Carried, ...]]:
     """(repos to send, each with its decision and facts; unchanged repos with their last review).
 
-    `runs` None: no memory to read (`plan` before any run: it creates no runs.db).
+    `runs` None: no memory to read (`plan` before any run: it creates no runs.db). `resumed`:
+    the repos of a resumed run have jobs left to do, so none of them is left out as unchanged.
     """
     prompts = prompts_sha256(prompt_texts, manifest.max_output_tokens)
     send: list[RepoWork] = []
@@ -67,6 +69,9 @@ def triage(
         review = last_review(runs, facts.repo_key) if runs is not None else None
         work = replace(work, facts=facts)
         decided = _decide(work, review, manifest, requested=requested, full=full, now=now)
+        if resumed and isinstance(decided, RepoDecision):
+            decided = replace(work, decision=replace(decided, send=True, unchanged_since=None,
+                                                     reason=f"resumed; {decided.reason}"))  # fmt: skip
         if isinstance(decided, RepoWork):
             send.append(decided)
         else:
