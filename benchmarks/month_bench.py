@@ -19,6 +19,11 @@ same repos in full every night, so their cost barely moves); `--naive-every 1` r
 night. Also printed: the share of planted bugs that review-runner reports on the night they appear
 (a finding whose evidence holds the bug's unique name, in that night's findings.json).
 Targets: at most 0.20x the full-concurrent month, and 100% of planted bugs on their night.
+
+Measured (defaults, seed 1, 2 shared cores under load ~16, 1248 s): review-runner $2.52, full
+concurrent $16.96, full single $6.11 (0.149x and 0.360x of full concurrent); 116 changed
+repo-nights, 17 releases; 36 concurrent, 137 single and 427 unchanged repo-nights; 59/59 planted
+bugs reported on their night.
 """
 
 from __future__ import annotations
