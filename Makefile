@@ -9,7 +9,7 @@ MANIFEST ?= jobs/nightly.toml
 # Microsoft's SARIF Multitool (a self-contained binary from npm) validates our SARIF in the tests.
 SARIF_TOOL := $(VENV)/tools/node_modules/@microsoft/sarif-multitool-linux/Sarif.Multitool
 
-.PHONY: install test lint nightly plan budget limits demo bench clean sarif-tool
+.PHONY: install test lint nightly plan budget limits demo bench clean sarif-tool postgres
 
 PIP_LOG := $(VENV)/pip.log
 
@@ -31,7 +31,11 @@ $(SARIF_TOOL):
 
 sarif-tool: $(SARIF_TOOL)
 
-test: $(STAMP) $(SARIF_TOOL)
+# The PostgreSQL tests start a throwaway server: Debian's postgresql is installed where missing.
+postgres:
+	@.ci/install-postgres
+
+test: $(STAMP) $(SARIF_TOOL) postgres
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)

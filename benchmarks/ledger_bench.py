@@ -7,6 +7,8 @@ Peers, run in the same process on the same machine:
 - status: the same status figures computed by scanning the month's entries (what a ledger
   without maintained aggregates would do).
 Targets (issue 4): >= 1,000 pairs/s from 4 processes together; status <= 200 ms at 1M entries.
+Last, the PostgreSQL column (issue 16): the same reserve+settle pairs from 4 processes on a
+throwaway local PostgreSQL server beside SQLite, with the ratio (`--backends-only` runs only it).
 """
 
 from __future__ import annotations
@@ -76,17 +78,17 @@ def peer(path: str, n: int, start: Any, done: Any) -> None:
     done.put(n)
 
 
-def pairs_per_second(target: Any, path: Path, procs: int) -> float:
+def pairs_per_second(target: Any, path: Path, procs: int, pairs: int = PAIRS) -> float:
     start, done = SPAWN.Event(), SPAWN.Queue()
     workers = [
-        SPAWN.Process(target=target, args=(str(path), PAIRS, start, done)) for _ in range(procs)
+        SPAWN.Process(target=target, args=(str(path), pairs, start, done)) for _ in range(procs)
     ]
     for w in workers:
         w.start()
     time.sleep(1.5)  # let every process import and open the db before the clock starts
     began = time.perf_counter()
     start.set()
-    total = sum(done.get(timeout=120) for _ in workers)
+    total = sum(done.get(timeout=600) for _ in workers)
     elapsed = time.perf_counter() - began
     for w in workers:
         w.join(30)
@@ -272,7 +274,36 @@ def status_timing() -> tuple[list[tuple[str, float, float]], float, int]:
     return rows, statistics.median(cli_ms), size
 
 
+def backends(procs: int = 4, pairs: int = 500) -> None:
+    """The same reserve+settle load on SQLite and on a throwaway local PostgreSQL, side by side."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+    from pg_support import PgCluster
+
+    rates = {}
+    cluster = PgCluster().start()
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            for name in ("SQLite", "PostgreSQL"):
+                os.environ.pop("REVIEW_RUNNER_DATABASE_URL", None)
+                if name == "PostgreSQL":
+                    os.environ["REVIEW_RUNNER_DATABASE_URL"] = cluster.new_database()
+                path = Path(tmp, f"{name}.db")
+                with Ledger(path) as led:
+                    led.set_budget(usd="1000000")
+                rates[name] = pairs_per_second(ours, path, procs, pairs)
+    finally:
+        os.environ.pop("REVIEW_RUNNER_DATABASE_URL", None)
+        cluster.stop()
+    print(f"\nbackends, {procs} processes x {pairs} reserve+settle pairs (target >= 1,000/s on PG)")
+    for name, rate in rates.items():
+        print(f"  {name:<12} {rate:>9,.0f} pairs/s")
+    print(f"  PostgreSQL / SQLite: {rates['PostgreSQL'] / rates['SQLite']:.2f}x")
+
+
 def main() -> None:
+    if "--backends-only" in sys.argv[1:]:
+        backends()
+        return
     print(f"ledger benchmark: {os.cpu_count()} CPUs, Python {sys.version.split()[0]}")
     rows = throughput()
     status_rows, _, size = status_timing()
@@ -292,6 +323,7 @@ def main() -> None:
     print(
         f"target status <= 200 ms at 1M entries: {'met' if median <= 200 else 'MISSED'} ({median:.2f} ms)"
     )
+    backends()
 
 
 if __name__ == "__main__":

@@ -10,8 +10,12 @@ Prints, from one run, side by side with ratios:
   2. over-admission at 50 grants per second across 4 processes: the most grants in any sliding
      1 s window (by the time acquire returned) divided by 50;
   3. the cost of one filelock.FileLock acquire+release against one flock(2) pair, which is why
-     the limiter takes its lock with flock directly.
-Needs `pip install pyrate-limiter==4.5.1`. Stops by itself in about a minute.
+     the limiter takes its lock with flock directly;
+  4. the PostgreSQL column: acquire+settle pairs per second from 4 processes on a throwaway
+     local PostgreSQL server (tests/pg_support.py) beside the SQLite backend in the same run,
+     with their ratio (target: >= 1,000 pairs/s on PostgreSQL).
+Needs `pip install pyrate-limiter==4.5.1` and a PostgreSQL server installed (`.ci/run` installs
+Debian's). Stops by itself in about a minute.
 """
 
 from __future__ import annotations
@@ -154,11 +158,38 @@ def lock_cost(n: int = 5000) -> tuple[float, float]:
     return file_lock, bare
 
 
+def backends(secs: float, procs: int = 4) -> None:
+    """Section 4: the same acquire+settle load on SQLite and on PostgreSQL, side by side."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+    from pg_support import PgCluster
+
+    cluster = PgCluster().start()
+    try:
+        os.environ.pop("REVIEW_RUNNER_DATABASE_URL", None)
+        sqlite = run("ours", procs, 1, secs)
+        os.environ["REVIEW_RUNNER_DATABASE_URL"] = cluster.new_database()
+        postgres = run("ours", procs, 1, secs)
+    finally:
+        os.environ.pop("REVIEW_RUNNER_DATABASE_URL", None)
+        cluster.stop()
+    print(f"\nbackends, {procs} processes, acquire+settle pairs/s (target >= 1,000 on PostgreSQL)")
+    print(f"  {'':12} {'pairs/s':>9} {'p50 ms':>8} {'p99 ms':>8}")
+    for name, res in (("SQLite", sqlite), ("PostgreSQL", postgres)):
+        print(f"  {name:12} {res['rate']:9.0f} {res['p50'] * 1e3:8.2f} {res['p99'] * 1e3:8.2f}")
+    print(f"  PostgreSQL / SQLite: {postgres['rate'] / sqlite['rate']:.2f}x")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=3.0, help="measured time per run")
+    parser.add_argument(
+        "--backends-only", action="store_true", help="only section 4 (SQLite vs PostgreSQL)"
+    )
     args = parser.parse_args()
     secs = args.seconds
+    if args.backends_only:
+        backends(secs)
+        return
     print(f"limiter benchmark, {os.cpu_count()} CPUs, {secs:g} s per run, limits never bind\n")
     header = (
         f"{'case':34} {'pairs/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} {'top %':>6}"
@@ -194,6 +225,7 @@ def main() -> None:
         f"\nlock cost per acquire+release: filelock.FileLock {file_lock:.1f} us,"
         f" flock(2) {bare:.1f} us ({file_lock / bare:.0f}x)"
     )
+    backends(secs)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,6 @@ recorded as it is and later reservations are refused.
 from __future__ import annotations
 
 import json
-import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from typing import Any
 from ledger import entries as ops
 from ledger.admission import Admission, decide_for_month
 from ledger.errors import LedgerError, LedgerInputError
+from ledger.heartbeat import BEAT_TIMEOUT, Heartbeat, dead_owners
 from ledger.months import Clock, iso, month_of, parse_month, utc_now
 from ledger.prices import (
     USAGE_FIELDS,
@@ -32,10 +32,10 @@ from ledger.prices import (
     usd_to_micros,
     worst_case_micros,
 )
-from ledger.projection import INPUT_RATIO_BOUNDS, JobEstimate, Projection, project
+from ledger.projection import JobEstimate, Projection, project, worst_input
 from ledger.status import BudgetStatus, build_history, build_status
 from ledger.store import Store
-from statedb import process_alive, process_identity
+from statedb import process_identity
 
 # Admission, JobEstimate and Projection are re-exported: the runner imports them from here.
 __all__ = ["EVENT_KINDS", "Admission", "JobEstimate", "Ledger", "Projection", "Reservation"]
@@ -64,12 +64,18 @@ class Ledger:
         prices: Mapping[str, Price] | None = None,
         price_override: Path | None = None,
         clock: Clock | None = None,
+        heartbeat_timeout: float = BEAT_TIMEOUT,
     ) -> None:
+        """`heartbeat_timeout`: seconds after which another host's silent holder is taken as
+        dead (every host sharing a database must use the same value)."""
+        if heartbeat_timeout <= 0:
+            raise LedgerInputError(f"heartbeat_timeout must be positive, got {heartbeat_timeout}")
         self._store = Store(Path(path))
         self._prices = dict(prices) if prices is not None else None
         self._price_override = price_override
         self._clock = clock or utc_now
         self._identity: tuple[int, tuple[int, str | None, str]] | None = None
+        self._heartbeat = Heartbeat(self._store, lambda: self._me, self._now, heartbeat_timeout)
 
     # -- plumbing ---------------------------------------------------------------------------
 
@@ -92,7 +98,8 @@ class Ledger:
         return self._clock()
 
     def close(self) -> None:
-        """Close the database connection."""
+        """Close the database connection (and stop this process's heartbeat)."""
+        self._heartbeat.stop()
         self._store.close()
 
     def __enter__(self) -> Ledger:
@@ -180,6 +187,7 @@ class Ledger:
         now = self._now()
         month = month_of(now)
         pid, start, host = self._me
+        self._heartbeat.start()  # other hosts judge this process by it (once per process)
         with self._store.write() as conn:
             mode, reason, chosen, remaining, remaining_t = decide_for_month(
                 conn, month, run_id, projections, requested_mode, health_ok, health_reason
@@ -281,28 +289,35 @@ class Ledger:
         review: str | None = None,
         mode: str | None = None,
         counted: bool = False,
+        cache_ttl: str = "5m",
     ) -> Reservation:
         """Hold the worst case of one request, or raise BudgetExceeded with the numbers.
 
         The check (spent + reserved + other runs' holds + this, beyond the run's own hold)
         and the insert are one transaction. Records pid and host for crash detection. A local
-        estimate (not `counted`) is raised by the model's learned actual/estimate ratio when
-        that is above 1, so the worst case stays a worst case.
+        estimate (not `counted`) is raised by ESTIMATE_MARGIN, or by the model's learned
+        actual/estimate ratio when that is higher, so the worst case stays a worst case; input
+        is priced at the dearest rate it can bill, a cache write of `cache_ttl` ("5m" or "1h").
         """
         for name, value in (("input_estimate", input_estimate), ("max_output", max_output)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise LedgerInputError(f"{name}: expected a non-negative integer, got {value!r}")
+        if cache_ttl not in ("5m", "1h"):
+            raise LedgerInputError(f"cache_ttl: expected '5m' or '1h', got {cache_ttl!r}")
         price = price_for(self.prices, model)
         now = self._now()
         month = month_of(now)
         pid, start, host = self._me
+        self._heartbeat.start()  # other hosts judge this process by it (once per process)
         with self._store.write() as conn:
-            worst_in = input_estimate
-            ratio = None if counted else ops.input_ratio(conn, model)
-            if ratio is not None and ratio > 1:
-                # History says local estimates run low: hold what the request will likely bill.
-                worst_in = math.ceil(input_estimate * min(ratio, INPUT_RATIO_BOUNDS[1]))
-            worst = worst_case_micros(price, worst_in, max_output)
+            # An exact count is held as it is; a local estimate with its safety margin (or the
+            # model's learned actual/estimate ratio when history says estimates run lower).
+            worst_in = (
+                input_estimate
+                if counted
+                else worst_input(input_estimate, ops.input_ratio(conn, model))
+            )
+            worst = worst_case_micros(price, worst_in, max_output, cache_ttl=cache_ttl)
             worst_t = worst_in + max_output
             usd_budget, token_budget = ops.effective_budget(conn, month)
             if usd_budget is not None or token_budget is not None:
@@ -406,8 +421,14 @@ class Ledger:
             runs = conn.execute(
                 "SELECT run_id, pid, pid_start, host FROM runs WHERE active = 1"
             ).fetchall()
-        dead = [o for o in owners if not process_alive(*o)]
-        dead_runs = [r[0] for r in runs if r[1] is not None and not process_alive(*r[1:])]
+            holders = [(r[1], r[2], r[3]) for r in runs if r[1] is not None]
+            gone = set(
+                dead_owners(
+                    conn, [*map(tuple, owners), *holders], self._now(), self._heartbeat.timeout
+                )
+            )
+        dead = [o for o in owners if tuple(o) in gone]
+        dead_runs = [r[0] for r in runs if r[1] is not None and (r[1], r[2], r[3]) in gone]
         if not dead and not dead_runs:
             return 0
         with self._store.write() as conn:

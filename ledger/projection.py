@@ -12,6 +12,7 @@ request cannot swing a plan). Estimates from the API's count_tokens are taken as
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal
@@ -23,16 +24,24 @@ from ledger.prices import Price, price_for, usd, worst_case_micros
 
 __all__ = [
     "EMA_ALPHA",
+    "ESTIMATE_MARGIN",
     "INPUT_RATIO_BOUNDS",
     "OUTPUT_PRIOR_SHARE",
     "JobEstimate",
     "Projection",
     "project",
+    "worst_input",
 ]
 
 OUTPUT_PRIOR_SHARE = Decimal("0.5")
 EMA_ALPHA = 0.2
 INPUT_RATIO_BOUNDS = (0.5, 3.0)
+# A local estimate (count_tokens failed or was not asked) is reserved at this multiple at least.
+# The estimator counts 3.5 UTF-8 bytes a token; dense text (hashes, base64, minified code, digits)
+# runs nearer 2.4 bytes a token, and newer tokenizers yield up to a third more tokens for the same
+# text: 1.5x keeps the reserved worst case above what such a prompt can bill. A learned ratio above
+# it (the model's history of actual/estimate) raises it further.
+ESTIMATE_MARGIN = 1.5
 MODES = tuple(Mode)  # kept for importers; the enumeration is ledger.modes
 
 
@@ -45,8 +54,9 @@ class JobEstimate:
     input_tokens: int  # all of the prompt, cached prefix included
     max_output: int
     counted: bool = False
-    cache_write_tokens: int = 0  # of input_tokens, expected to be written to the (5-minute) cache
+    cache_write_tokens: int = 0  # of input_tokens, expected to be written to the cache
     cache_read_tokens: int = 0  # of input_tokens, expected to be read from the cache
+    cache_ttl: str = "5m"  # the TTL of its cache writes: "1h" writes cost more
 
 
 @dataclass(frozen=True)
@@ -80,6 +90,13 @@ def _round(value: Decimal) -> int:
     return int(value.quantize(Decimal(1), rounding=ROUND_HALF_UP))
 
 
+def worst_input(estimate: int, ratio: float | None) -> int:
+    """The input tokens to reserve for a local `estimate`: ESTIMATE_MARGIN times it at least,
+    the learned actual/estimate `ratio` (capped) when that is higher."""
+    factor = max(ESTIMATE_MARGIN, min(ratio or 0.0, INPUT_RATIO_BOUNDS[1]))
+    return math.ceil(estimate * Decimal(str(factor)))
+
+
 def project(
     mode: str,
     jobs: Sequence[JobEstimate],
@@ -103,6 +120,7 @@ def project(
         if cached > job.input_tokens:
             raise LedgerInputError(f"job {job.agent}: more cached tokens than input tokens")
         price = price_for(prices, job.model)
+        write_price = price.cache_write_1h if job.cache_ttl == "1h" else price.cache_write_5m
         tokens_in = job.input_tokens
         if not job.counted:
             ratio = input_ratio(job.model)
@@ -120,11 +138,14 @@ def project(
         uncached = max(0, tokens_in - cached)
         cost += (
             uncached * price.input
-            + job.cache_write_tokens * price.cache_write_5m
+            + job.cache_write_tokens * write_price
             + job.cache_read_tokens * price.cache_read
             + tokens_out * price.output
         )
-        worst += worst_case_micros(price, tokens_in, job.max_output)
+        worst_in = (
+            tokens_in if job.counted else worst_input(job.input_tokens, input_ratio(job.model))
+        )
+        worst += worst_case_micros(price, worst_in, job.max_output, cache_ttl=job.cache_ttl)
     return Projection(
         mode=mode,
         requests=len(jobs),

@@ -105,6 +105,16 @@ def m001_initial(db: Database) -> None:
         db.execute(sql)
 
 
+@MIGRATIONS()
+def m002_beats(db: Database) -> None:
+    """Heartbeats of the processes holding reservations, for hosts that share one database."""
+    db.execute(
+        """CREATE TABLE beats (
+            id INTEGER PRIMARY KEY, pid INTEGER NOT NULL, pid_start TEXT, host TEXT NOT NULL,
+            beat_at TEXT NOT NULL, UNIQUE (pid, host))"""
+    )
+
+
 class Store(SQLiteStore):
     """ledger.db, migrated to the current schema (opened at once: a broken file fails early)."""
 

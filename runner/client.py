@@ -2,6 +2,12 @@
 
 This is the only module that imports `anthropic`. The SDK's own retries are off
 (max_retries=0) so that every retry goes back through the shared limiter and ledger.
+
+Time: connecting gets CONNECT_TIMEOUT_S (a reachable API accepts in well under a second), reading
+gets READ_TIMEOUT_S of silence at most. A reply whose `max_tokens` could take longer than that to
+generate is streamed (`messages.stream`), so bytes keep arriving while it is written; a shorter
+one is a plain request. So an endpoint that never answers costs a read timeout per attempt, not
+the SDK's 10 minutes.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from runner.errors import RunnerError
 from runner.kinds import Billed, ErrorKind
@@ -18,7 +25,39 @@ from runner.kinds import Billed, ErrorKind
 if TYPE_CHECKING:
     import anthropic
 
-__all__ = ["ApiClient", "CallError", "Reply", "api_configured"]
+__all__ = [
+    "CONNECT_TIMEOUT_S",
+    "READ_TIMEOUT_S",
+    "ApiClient",
+    "CallError",
+    "Reply",
+    "api_configured",
+    "streams",
+]
+
+# Seconds to open a connection: the API accepts in milliseconds; longer means unreachable.
+CONNECT_TIMEOUT_S = 5.0
+# Longest silence tolerated while waiting for (or reading) a response: a streamed reply sends
+# events as it is generated, and a plain one is only used when it can be generated in this time.
+READ_TIMEOUT_S = 60.0
+# The generation speed the SDK assumes for a non-streaming request (its own
+# _calculate_nonstreaming_timeout: 128,000 tokens an hour), plus time for the prompt to be read.
+NONSTREAMING_TOKENS_PER_S = 128_000 / 3600
+PROMPT_ALLOWANCE_S = 15.0
+DEFAULT_BASE_URL = "https://api.anthropic.com"
+
+
+def streams(max_tokens: int, read_timeout: float = READ_TIMEOUT_S) -> bool:
+    """Whether a request of `max_tokens` is streamed: its reply could outlast a plain read.
+    A cache warm-up (max_tokens 0) has nothing to stream."""
+    return max_tokens > 0 and (
+        PROMPT_ALLOWANCE_S + max_tokens / NONSTREAMING_TOKENS_PER_S > read_timeout
+    )
+
+
+def _is_anthropic(url: str) -> bool:
+    host = (urlsplit(url).hostname or "").lower()
+    return host == "anthropic.com" or host.endswith(".anthropic.com")
 
 
 def api_configured() -> bool:
@@ -59,6 +98,9 @@ KINDS: dict[ErrorKind, _Kind] = {
     ErrorKind.SERVER: _Kind(retry=True, billed=Billed.NO),
     ErrorKind.NOT_SENT: _Kind(retry=True, billed=Billed.NO),
     ErrorKind.DROPPED: _Kind(retry=True, billed=Billed.UNKNOWN),
+    ErrorKind.TIMED_OUT: _Kind(retry=True, billed=Billed.UNKNOWN),
+    # A gateway's own 5xx (it timed out or failed upstream) may come after the API billed.
+    ErrorKind.GATEWAY: _Kind(retry=True, billed=Billed.UNKNOWN),
     ErrorKind.AUTH: _Kind(retry=False, billed=Billed.NO),
     ErrorKind.TOO_LONG: _Kind(retry=False, billed=Billed.NO),
     ErrorKind.BAD_REQUEST: _Kind(retry=False, billed=Billed.NO),
@@ -118,8 +160,15 @@ class ApiClient:
 
     base_url: str | None = None
     api_key: str | None = None
-    timeout: float = 600.0
+    read_timeout: float = READ_TIMEOUT_S
+    connect_timeout: float = CONNECT_TIMEOUT_S
     _sdk: Any = field(default=None, init=False, repr=False)
+
+    @property
+    def endpoint(self) -> str:
+        """The API base URL requests go to (ours, else the environment's, else the SDK's default)."""
+        url = self.base_url or os.environ.get("ANTHROPIC_BASE_URL") or DEFAULT_BASE_URL
+        return url.rstrip("/")
 
     @property
     def sdk(self) -> anthropic.Anthropic:
@@ -127,7 +176,8 @@ class ApiClient:
         import anthropic
 
         if self._sdk is None:
-            kwargs: dict[str, Any] = {"max_retries": 0, "timeout": self.timeout}
+            timeout = anthropic.Timeout(self.read_timeout, connect=self.connect_timeout)
+            kwargs: dict[str, Any] = {"max_retries": 0, "timeout": timeout}
             if self.base_url:
                 kwargs["base_url"] = self.base_url
             if self.api_key:
@@ -150,7 +200,8 @@ class ApiClient:
         extra_headers: Mapping[str, str] | None = None,
         tools: Mapping[str, Any] | None = None,
     ) -> Reply:
-        """Send one Messages request; a Reply, or a CallError that says what to do next.
+        """Send one Messages request (streamed if `streams(max_tokens)`); a Reply, or a CallError
+        that says what to do next.
 
         ``tools``: the ``tools`` and ``tool_choice`` parameters, as ``jobs.agents`` builds them.
         """
@@ -159,29 +210,41 @@ class ApiClient:
         started = time.monotonic()
         # Our blocks are plain dicts; the SDK's TypedDicts cannot tell which param type they are.
         messages: Any = [{"role": "user", "content": blocks}]
+        params: dict[str, Any] = {
+            "model": model,
+            "max_tokens": max_tokens,
+            "system": system,
+            "messages": messages,
+            "extra_headers": dict(extra_headers or {}),
+            **dict(tools or {}),
+        }
+        begun = False  # a response has started: any later failure came after the API took it
         try:
-            raw = self.sdk.messages.with_raw_response.create(
-                model=model,
-                max_tokens=max_tokens,
-                system=system,
-                messages=messages,
-                extra_headers=dict(extra_headers or {}),
-                **dict(tools or {}),
-            )
-            message = raw.parse()
+            if streams(max_tokens, self.read_timeout):
+                with self.sdk.messages.stream(**params) as stream:
+                    begun = True
+                    message: Any = stream.get_final_message()
+                    headers = dict(stream.response.headers)
+            else:
+                raw = self.sdk.messages.with_raw_response.create(**params)
+                begun = True
+                message, headers = raw.parse(), dict(raw.headers)
         except anthropic.APIStatusError as exc:
-            raise _classify_status(exc, time.monotonic() - started) from None
+            if exc.status_code < 400:  # an error event inside a stream that had begun
+                raise _broken_stream(exc, time.monotonic() - started) from None
+            raise self._classify_status(exc, time.monotonic() - started) from None
         except anthropic.APIConnectionError as exc:
-            raise _classify_connection(exc, time.monotonic() - started) from None
+            latency = time.monotonic() - started
+            raise _classify_connection(exc, latency, begun=begun, wait=self.read_timeout) from None
         text = "".join(getattr(block, "text", "") for block in message.content)
         usage = message.usage.model_dump(exclude_none=True) if message.usage else {}
         return Reply(
             text=text,
             stop_reason=message.stop_reason,
             usage=usage,
-            request_id=raw.headers.get("request-id"),
+            request_id=headers.get("request-id"),
             service_tier=usage.get("service_tier"),
-            headers=dict(raw.headers),
+            headers=headers,
             latency=time.monotonic() - started,
             content=tuple(block.model_dump(exclude_none=True) for block in message.content),
         )
@@ -203,10 +266,31 @@ class ApiClient:
                 model=model, system=system, messages=messages, **dict(tools or {})
             )
         except anthropic.APIStatusError as exc:
-            raise _classify_status(exc, None) from None
+            raise self._classify_status(exc, None) from None
         except anthropic.APIConnectionError as exc:
-            raise _classify_connection(exc, None) from None
+            raise _classify_connection(exc, None, wait=self.read_timeout) from None
         return int(result.input_tokens)
+
+    def _classify_status(self, exc: anthropic.APIStatusError, latency: float | None) -> CallError:
+        """`exc` as a CallError; a 5xx that a gateway (a non-Anthropic base URL) answered itself
+        may have been billed upstream: GATEWAY, kept charged. The API's own error, relayed with
+        its request id, is not billed, whoever relays it."""
+        err = _classify_status(exc, latency)
+        if err.kind in (ErrorKind.SERVER, ErrorKind.OVERLOADED) and exc.status_code >= 500:
+            body = exc.body if isinstance(exc.body, dict) else {}
+            from_api = body.get("type") == "error" and bool(
+                exc.request_id or body.get("request_id")
+            )
+            if not _is_anthropic(self.endpoint) and not from_api:
+                return CallError(
+                    ErrorKind.GATEWAY,
+                    f"HTTP {exc.status_code} from the gateway at {self.endpoint}, not from the"
+                    " API; the request may have been forwarded and billed",
+                    status=exc.status_code,
+                    headers=err.headers,
+                    latency=latency,
+                )
+        return err
 
 
 def _classify_status(exc: anthropic.APIStatusError, latency: float | None) -> CallError:
@@ -246,7 +330,13 @@ def _classify_status(exc: anthropic.APIStatusError, latency: float | None) -> Ca
     )
 
 
-def _classify_connection(exc: anthropic.APIConnectionError, latency: float | None) -> CallError:
+def _classify_connection(
+    exc: anthropic.APIConnectionError,
+    latency: float | None,
+    *,
+    begun: bool = False,
+    wait: float | None = None,
+) -> CallError:
     import httpx2
 
     cause = exc.__cause__
@@ -256,9 +346,27 @@ def _classify_connection(exc: anthropic.APIConnectionError, latency: float | Non
         cause, httpx2.ConnectError | httpx2.ConnectTimeout | httpx2.PoolTimeout | httpx2.WriteError
     ):
         return CallError(ErrorKind.NOT_SENT, f"could not reach the API ({cause})", latency=latency)
+    if isinstance(cause, httpx2.ReadTimeout) and not begun:
+        return CallError(
+            ErrorKind.TIMED_OUT,
+            f"no response from the API within the read timeout ({wait or 0:g} s); the request"
+            " may have been processed",
+            latency=latency,
+        )
     reason = type(cause).__name__ if cause else "connection lost"
     return CallError(
         ErrorKind.DROPPED,
         f"no response from the API ({reason}); the request may have been processed",
+        latency=latency,
+    )
+
+
+def _broken_stream(exc: anthropic.APIStatusError, latency: float | None) -> CallError:
+    """An error event in a stream that had begun: generation had started, so it may be billed."""
+    detail = exc.api_message or exc.message
+    return CallError(
+        ErrorKind.DROPPED,
+        f"the reply stream broke off ({exc.type or 'error'}: {detail}); the request may have been"
+        " processed",
         latency=latency,
     )

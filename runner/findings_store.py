@@ -97,7 +97,7 @@ class FindingsStore:
 
     def review(self, run_id: str, slug: str) -> Review | None:
         """The recorded review of ``slug`` in ``run_id``, or None."""
-        rows = list(self.runs.db.query("SELECT * FROM finding_reviews WHERE id = ?", [f"{run_id}/{slug}"]))  # fmt: skip
+        rows = list(self.runs.query("SELECT * FROM finding_reviews WHERE id = ?", [f"{run_id}/{slug}"]))  # fmt: skip
         return self._review(rows[0]) if rows else None
 
     def last_complete(self, slug: str, *, before: str | None = None) -> Review | None:
@@ -107,7 +107,7 @@ class FindingsStore:
         if before is not None:
             sql += " AND run_id != ?"
             params.append(before)
-        rows = list(self.runs.db.query(sql + " ORDER BY run_date DESC, id DESC LIMIT 1", params))
+        rows = list(self.runs.query(sql + " ORDER BY run_date DESC, id DESC LIMIT 1", params))
         return self._review(rows[0]) if rows else None
 
     def previous(self, slug: str, *, run_id: str) -> tuple[Tracked, ...]:
@@ -117,11 +117,11 @@ class FindingsStore:
 
     def slugs(self) -> list[str]:
         """Every repo with a recorded review, sorted."""
-        return sorted({row["slug"] for row in self.runs.db.query("SELECT DISTINCT slug FROM finding_reviews")})  # fmt: skip
+        return sorted({row["slug"] for row in self.runs.query("SELECT DISTINCT slug FROM finding_reviews")})  # fmt: skip
 
     def baseline(self, slug: str) -> Baseline:
         """The accepted fingerprints of ``slug`` (empty when none was accepted)."""
-        rows = self.runs.db.query("SELECT * FROM finding_baselines WHERE slug = ?", [slug])
+        rows = self.runs.query("SELECT * FROM finding_baselines WHERE slug = ?", [slug])
         fields = ("fingerprint", "accepted_by", "accepted_at", "run_id", "reason")
         entries = [BaselineEntry(**{k: row[k] for k in fields}) for row in rows]
         return Baseline({e.fingerprint: e for e in entries})
@@ -143,7 +143,7 @@ class FindingsStore:
         return added
 
     def _review(self, row: dict) -> Review:
-        rows = self.runs.db.query(
+        rows = self.runs.query(
             "SELECT status, record FROM findings WHERE review_id = ? ORDER BY rowid", [row["id"]]
         )
         tonight: list[Tracked] = []

@@ -39,6 +39,7 @@ class StopReason(StrEnum):
     BUDGET = "budget"
     SPEND_CAP = "spend_cap"
     AUTH = "auth"
+    UNREACHABLE = "unreachable"  # the API could not be reached: every worker stops
 
 
 class ErrorKind(StrEnum):
@@ -50,6 +51,8 @@ class ErrorKind(StrEnum):
     SERVER = "server"
     NOT_SENT = "not_sent"
     DROPPED = "dropped"
+    TIMED_OUT = "timed_out"  # sent, and no response at all within the read timeout
+    GATEWAY = "gateway"  # a 5xx from a gateway in front of the API, not from the API itself
     AUTH = "auth"
     TOO_LONG = "too_long"
     BAD_REQUEST = "bad_request"

@@ -255,13 +255,11 @@ class Runs(SQLiteStore):
     def run(self, run_id: str) -> RunRow:
         """One run, by id or by "last" (the newest)."""
         if run_id == "last":
-            rows = list(
-                self.db.query("SELECT * FROM runs ORDER BY created_at DESC, id DESC LIMIT 1")
-            )
+            rows = list(self.query("SELECT * FROM runs ORDER BY created_at DESC, id DESC LIMIT 1"))
             if not rows:
                 raise RunnerInputError(f"--resume last: no run recorded in {self.path}")
         else:
-            rows = list(self.db.query("SELECT * FROM runs WHERE id = ?", [run_id]))
+            rows = list(self.query("SELECT * FROM runs WHERE id = ?", [run_id]))
             if not rows:
                 raise RunnerInputError(f"--resume {run_id}: no such run in {self.path}")
         row = rows[0]
@@ -272,7 +270,7 @@ class Runs(SQLiteStore):
         sql, params = "SELECT * FROM repos WHERE run_id = ?", [run_id]
         if slug is not None:
             sql, params = sql + " AND slug = ?", [run_id, slug]
-        rows = self.db.query(sql + " ORDER BY rowid", params)
+        rows = self.query(sql + " ORDER BY rowid", params)
         return [{**row, "pack": json.loads(row["pack"])} for row in rows]
 
     def jobs(self, run_id: str, *, slug: str | None = None) -> list[JobRow]:
@@ -280,7 +278,7 @@ class Runs(SQLiteStore):
         sql, params = "SELECT * FROM jobs WHERE run_id = ?", [run_id]
         if slug is not None:
             sql, params = sql + " AND slug = ?", [run_id, slug]
-        rows = self.db.query(sql + " ORDER BY rowid", params)
+        rows = self.query(sql + " ORDER BY rowid", params)
         return [
             JobRow(
                 id=row["id"],

@@ -102,3 +102,8 @@ class StatePaths:
     def repos(self) -> Path:
         """The clone cache of git URLs."""
         return self.root / REPOS_DIR
+
+    def reachability(self, run_id: str, pid: int) -> Path:
+        """reachability-RUN_ID-PID.json: one run execution's connectivity breaker (removed at
+        its end)."""
+        return self.root / f"reachability-{run_id}-{pid}.json"

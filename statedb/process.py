@@ -10,7 +10,7 @@ import os
 import socket
 from typing import NamedTuple
 
-__all__ = ["ProcessId", "process_alive", "process_identity"]
+__all__ = ["ProcessId", "host_name", "process_alive", "process_identity"]
 
 
 class ProcessId(NamedTuple):
@@ -32,11 +32,17 @@ def _proc_stat(pid: int) -> tuple[str, str] | None:
     return (fields[0], fields[19]) if len(fields) > 19 else None
 
 
+def host_name() -> str:
+    """The host a record names: $REVIEW_RUNNER_HOST (for hosts or containers that share a
+    hostname and one database), else the hostname."""
+    return os.environ.get("REVIEW_RUNNER_HOST") or socket.gethostname()
+
+
 def process_identity() -> ProcessId:
     """This process's (pid, start time or None, host)."""
     pid = os.getpid()
     stat = _proc_stat(pid)
-    return ProcessId(pid, stat[1] if stat else None, socket.gethostname())
+    return ProcessId(pid, stat[1] if stat else None, host_name())
 
 
 def process_alive(pid: int, start: str | None = None, host: str | None = None) -> bool:
@@ -45,7 +51,7 @@ def process_alive(pid: int, start: str | None = None, host: str | None = None) -
     `start` None matches any start time; `host` None is this host. Other hosts cannot be
     checked and are taken as alive.
     """
-    if host is not None and host != socket.gethostname():
+    if host is not None and host != host_name():
         return True
     try:
         os.kill(pid, 0)

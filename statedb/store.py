@@ -16,8 +16,9 @@ ledger.db, limiter.db and runs.db are each one subclass of `SQLiteStore`. What i
 - One connection per process: a connection inherited across fork() is never used or closed by
   the child (SQLite forbids both); it is parked and a new one opened.
 
-The interface (`open`, `transaction`, `read`, `close`) names no SQLite call, so that another
-backend can sit behind it.
+The interface (`open`, `transaction`, `read`, `query`, `clock`, `close`) names no SQLite call:
+with `REVIEW_RUNNER_DATABASE_URL` set, the same store runs on PostgreSQL instead
+(statedb.postgres), and every method hands its work to that backend.
 """
 
 from __future__ import annotations
@@ -26,16 +27,21 @@ import fcntl
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext, suppress
 from pathlib import Path
-from typing import ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 from sqlite_utils import Database
 from sqlite_utils.migrations import Migrations
 
+from statedb.config import database_url
 from statedb.errors import StoreError
 from statedb.paths import private_dir, private_file
+
+if TYPE_CHECKING:
+    from statedb.postgres import PostgresBackend
 
 __all__ = ["SQLiteStore"]
 
@@ -60,6 +66,7 @@ class SQLiteStore:
         lock_path: Path | None = None,
         busy_timeout: float = 60.0,
         lock_writes: bool = False,
+        url: str | None = None,
     ) -> None:
         self.path = Path(path)
         self.lock_path = Path(lock_path) if lock_path else self.path.with_suffix(".lock")
@@ -72,6 +79,29 @@ class SQLiteStore:
         self._lock_fd = -1
         # One transaction at a time per store object, so threads may share it.
         self._thread_lock = threading.RLock()
+        try:
+            url = url or database_url()
+        except StoreError as exc:
+            raise self.error(str(exc)) from exc
+        #: The PostgreSQL backend when a database URL is configured; None is this SQLite file.
+        self.remote: PostgresBackend | None = None
+        if url:
+            from statedb.postgres import PostgresBackend  # the driver only when it is used
+
+            schema = f"review_runner_{self.path.stem}"
+            self.remote = PostgresBackend(
+                url, schema, migrations, label=self.label, error=self.error
+            )
+
+    @property
+    def backend(self) -> str:
+        """ "sqlite" or "postgresql": where this store's state lives."""
+        return "sqlite" if self.remote is None else "postgresql"
+
+    @property
+    def location(self) -> str:
+        """The file, or the database URL (password hidden) and schema, for messages."""
+        return str(self.path) if self.remote is None else self.remote.where
 
     # -- opening ----------------------------------------------------------------------------
 
@@ -82,6 +112,9 @@ class SQLiteStore:
 
     def connection(self) -> sqlite3.Connection:
         """This process's connection, opened, checked and migrated on first use."""
+        if self.remote is not None:
+            # The PostgreSQL connection takes the same calls (statedb.postgres.PgConnection).
+            return cast(sqlite3.Connection, self.remote.connection())
         if self._conn is not None and self._pid == os.getpid():
             return self._conn
         if self._conn is not None:
@@ -115,6 +148,8 @@ class SQLiteStore:
     @property
     def db(self) -> Database:
         """The connection wrapped as a sqlite_utils Database (for queries and migrations)."""
+        if self.remote is not None:
+            raise self.error(f"{self.location}: sqlite_utils needs the SQLite backend; use query()")
         conn = self.connection()
         if self._db is None or self._db.conn is not conn:
             self._db = Database(conn, execute_plugins=False)
@@ -160,6 +195,10 @@ class SQLiteStore:
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
         """One `BEGIN IMMEDIATE` write transaction: committed on success, rolled back on any error."""
+        if self.remote is not None:
+            with self.remote.transaction() as remote:
+                yield cast(sqlite3.Connection, remote)
+            return
         conn = self.connection()
         with self._thread_lock, self._flock() if self.lock_writes else nullcontext():
             try:
@@ -186,6 +225,10 @@ class SQLiteStore:
     @contextmanager
     def read(self) -> Iterator[sqlite3.Connection]:
         """A read transaction: one consistent snapshot for every query inside it, no file lock."""
+        if self.remote is not None:
+            with self.remote.read() as remote:
+                yield cast(sqlite3.Connection, remote)
+            return
         conn = self.connection()
         with self._thread_lock:
             try:
@@ -201,8 +244,25 @@ class SQLiteStore:
                     with suppress(sqlite3.Error):
                         conn.execute("COMMIT")
 
+    def query(
+        self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()
+    ) -> list[dict[str, Any]]:
+        """The rows of one SELECT as dicts, read in one snapshot, on either backend."""
+        if self.remote is not None:
+            return self.remote.query(sql, params)
+        return list(self.db.query(sql, dict(params) if isinstance(params, Mapping) else params))
+
+    def clock(self, conn: sqlite3.Connection) -> float:
+        """Epoch seconds now, read inside the transaction of `conn`: the host's clock for a
+        SQLite file, the database's for PostgreSQL (shared by every host)."""
+        if self.remote is not None:
+            return float(getattr(conn, "now"))  # noqa: B009 (a PgConnection attribute)
+        return time.time()
+
     def close(self) -> None:
         """Close this process's connection and lock descriptor (reopened on next use)."""
+        if self.remote is not None:
+            self.remote.close()
         if self._pid == os.getpid():
             if self._conn is not None:
                 self._conn.close()

@@ -160,8 +160,8 @@ def test_status_shows_spend_holds_chart_events_and_unknowns(isolated_state: Path
     with ledger_at(isolated_state) as led:
         led.set_budget(usd="10")
         led.settle(led.reserve("r", "a", MODEL, 0, 0), {"output_tokens": 100_000})  # $1.50
-        led.mark_unknown(led.reserve("r", "b", MODEL, 1000, 1000))  # $0.01875 charged
-        led.reserve("r", "c", MODEL, 1000, 1000)
+        led.mark_unknown(led.reserve("r", "b", MODEL, 1000, 1000, counted=True))  # $0.01875 charged
+        led.reserve("r", "c", MODEL, 1000, 1000, counted=True)
         led.record_event("rate_limited")
         led.record_event("spend_cap")
         # Held by a live run (this process).

@@ -87,6 +87,9 @@ def test_nights_through_the_cli_match_the_truth(tmp_path: Path) -> None:
             and m["tool_choice"] == {"type": "tool", "name": "report_findings"}
             for m in sent
         )
+        assert [m["stop_reason"] for m in sent].count("tool_use") == (
+            4 if mode == "concurrent" else 1
+        )
         if mode == "concurrent":
             assert len(sent) == 5 and run["cache_read_input_tokens"] > 0
         assert "its own review-runner-suppressions.toml is ignored" in result.stderr
@@ -191,6 +194,9 @@ def test_a_broken_suppressions_file_stops_the_run_before_anything_is_sent(tmp_pa
     manifest = _manifest(tmp_path, root)
     (manifest.parent / SUPPRESSIONS_FILE).write_text('[[suppress]]\npath = "x/**"\n')
     cli("budget", "set", "--usd", "50")
+    plan = cli("plan", str(manifest))
+    assert plan.returncode == 2
+    assert f"{manifest.parent / SUPPRESSIONS_FILE} entry 1: reason is required" in plan.stderr
     with Simulator(SimConfig(seed=1)) as sim:
         result = cli("run", str(manifest), env=api_env(sim))
         sent = messages(sim)
@@ -239,6 +245,9 @@ def test_a_gateway_that_answers_in_text_is_parsed_by_the_text_parser(tmp_path: P
         sent = messages(sim)
     assert result.returncode == 0, result.stderr
     assert all(m["tools"] == ["report_findings"] for m in sent)  # asked for, not used
+    assert sorted(m["stop_reason"] for m in sent) == ["end_turn"] * 4 + [
+        "max_tokens"
+    ]  # + the warm-up
     folder = Path(json.loads(result.stdout)["out_dir"]) / SLUG
     doc = json.loads((folder / "findings.json").read_text("utf-8"))
     assert [a["status"] for a in doc["agents"]] == ["ok"] * 4

@@ -111,7 +111,7 @@ def test_settle_charges_the_usage_cost_and_batch_halves_it(ledger: Ledger) -> No
 
 
 def test_worst_case_reservation_prices_input_as_cache_writes(ledger: Ledger) -> None:
-    reservation = ledger.reserve("r", "j", MODEL, 10_000, 4096)
+    reservation = ledger.reserve("r", "j", MODEL, 10_000, 4096, counted=True)
     # Every input token might be a 5-minute cache write ($3.75) and output is full ($15).
     assert reservation.worst_micros == 10_000 * 3.75 + 4096 * 15
     assert ledger.status().reserved_micros == reservation.worst_micros
@@ -184,11 +184,13 @@ def test_bad_budget_is_refused_and_changes_nothing(
 
 def test_reserve_refuses_past_the_budget_with_the_numbers(ledger: Ledger) -> None:
     ledger.set_budget(usd="1.00")
-    first = ledger.reserve("r", "j1", MODEL, 100_000, 4000)  # worst $0.435
+    first = ledger.reserve("r", "j1", MODEL, 100_000, 4000, counted=True)  # worst $0.435
     ledger.settle(first, {"input_tokens": 100_000, "output_tokens": 4000})  # $0.36
-    ledger.reserve("r", "j2", MODEL, 100_000, 4000)  # $0.435 reserved, $0.795 committed
+    ledger.reserve(
+        "r", "j2", MODEL, 100_000, 4000, counted=True
+    )  # $0.435 reserved, $0.795 committed
     with pytest.raises(BudgetExceeded) as err:
-        ledger.reserve("r", "j3", MODEL, 100_000, 4000)
+        ledger.reserve("r", "j3", MODEL, 100_000, 4000, counted=True)
     assert str(err.value) == (
         "job j3: reserving $0.43 would pass the 2026-11 budget of $1.00 "
         "($0.36 spent, $0.43 reserved, $0.00 held by other runs, $0.00 left in this run's hold)"
@@ -200,12 +202,12 @@ def test_reserve_refuses_past_the_budget_with_the_numbers(ledger: Ledger) -> Non
 
 def test_token_budget_is_enforced_too(ledger: Ledger) -> None:
     ledger.set_budget(tokens=10_000)
-    ledger.reserve("r", "j1", MODEL, 5000, 1000)
+    ledger.reserve("r", "j1", MODEL, 5000, 1000, counted=True)
     with pytest.raises(
         BudgetExceeded,
         match="reserving 5,000 tokens would pass the 2026-11 budget of 10,000 tokens",
     ):
-        ledger.reserve("r", "j2", MODEL, 4000, 1000)
+        ledger.reserve("r", "j2", MODEL, 4000, 1000, counted=True)
 
 
 def test_no_budget_means_no_limit(ledger: Ledger) -> None:
@@ -216,9 +218,9 @@ def test_no_budget_means_no_limit(ledger: Ledger) -> None:
 
 def test_outcomes_are_final_and_never_counted_twice(ledger: Ledger) -> None:
     ledger.set_budget(usd=10)
-    a = ledger.reserve("r", "a", MODEL, 1000, 1000)
-    b = ledger.reserve("r", "b", MODEL, 1000, 1000)
-    c = ledger.reserve("r", "c", MODEL, 1000, 1000)
+    a = ledger.reserve("r", "a", MODEL, 1000, 1000, counted=True)
+    b = ledger.reserve("r", "b", MODEL, 1000, 1000, counted=True)
+    c = ledger.reserve("r", "c", MODEL, 1000, 1000, counted=True)
     assert ledger.settle(a, {"input_tokens": 1000, "output_tokens": 100}) == 4500
     ledger.release(b)
     ledger.mark_unknown(c)
@@ -286,7 +288,7 @@ def test_price_override_replaces_and_extends_models(tmp_path: Path, clock: Clock
     row = {"input": 1, "output": 2, "cache_write_5m": 1, "cache_write_1h": 1, "cache_read": 0.1}
     override.write_text(json.dumps({"models": {MODEL: row, "my-model": row}}))
     with Ledger(tmp_path / "l.db", price_override=override, clock=clock) as led:
-        res = led.reserve("r", "j", "my-model", 1000, 1000)
+        res = led.reserve("r", "j", "my-model", 1000, 1000, counted=True)
         assert res.worst_micros == 3000
         assert led.settle(led.reserve("r", "k", MODEL, 10, 10), {"output_tokens": 1000}) == 2000
 
@@ -353,7 +355,10 @@ def test_files_are_private_and_schema_is_migrated_once(tmp_path: Path) -> None:
     Ledger(path).close()
     assert path.stat().st_mode & 0o777 == 0o600
     conn = sqlite3.connect(path)
-    assert conn.execute("SELECT name FROM _sqlite_migrations").fetchall() == [("m001_initial",)]
+    assert conn.execute("SELECT name FROM _sqlite_migrations").fetchall() == [
+        ("m001_initial",),
+        ("m002_beats",),
+    ]
     assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
 
 

@@ -138,9 +138,9 @@ def test_a_hold_covers_its_own_run_shrinks_as_it_spends_and_ends(ledger: Ledger)
     assert adm.mode == "single" and adm.hold_micros == 800_000
     # Another run may only use what the hold leaves.
     with pytest.raises(BudgetExceeded, match=r"\$0.80 held by other runs"):
-        ledger.reserve("other", "x", MODEL, 20_000, 10_000)  # worst $0.225
+        ledger.reserve("other", "x", MODEL, 20_000, 10_000, counted=True)  # worst $0.225
     # The run's own reservation comes out of its hold.
-    own = ledger.reserve("big", "a", MODEL, 20_000, 10_000)
+    own = ledger.reserve("big", "a", MODEL, 20_000, 10_000, counted=True)
     status = ledger.status()
     assert (status.reserved_micros, status.held_micros) == (225_000, 575_000)
     ledger.settle(own, {"input_tokens": 20_000, "output_tokens": 2000})  # $0.09

@@ -24,16 +24,16 @@ from ledger import (
 def test_projection_uses_priors_then_history(ledger: Ledger) -> None:
     jobs = [JobEstimate("security", MODEL, 10_000, 4000)]
     prior = ledger.project("single", jobs)
-    # Prior: half of max_output; input as estimated.
+    # Prior: half of max_output; input as estimated (the worst case with ESTIMATE_MARGIN, 1.5x).
     assert (prior.requests, prior.input_tokens, prior.output_tokens) == (1, 10_000, 2000)
     assert prior.cost_micros == 10_000 * 3 + 2000 * 15
-    assert prior.worst_micros == 10_000 * 3.75 + 4000 * 15
+    assert prior.worst_micros == 15_000 * 3.75 + 4000 * 15
     assert prior.to_json() == {
         "requests": 1,
         "input_tokens": 10_000,
         "output_tokens": 2000,
         "cost_usd": 0.06,
-        "worst_usd": 0.0975,
+        "worst_usd": 0.11625,
     }
     for _ in range(3):
         res = ledger.reserve("r", "j", MODEL, 10_000, 4000, agent="security")

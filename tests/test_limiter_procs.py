@@ -199,30 +199,52 @@ def test_sigkilled_holder_and_waiter_are_reclaimed(tmp_path: Path) -> None:
     assert doc["waiters"] == []
 
 
-def _penalize_after(state: str, delay: float, retry_after: float, out: Any) -> None:
+def _penalize_after_a_grant(state: str, granted: Any, retry_after: float, out: Any) -> None:
     limiter = Limiter(Path(state))
-    time.sleep(delay)
+    granted.wait(60)  # the others are running: a loaded machine may start them late
     limiter.penalize(retry_after, "requests")
     out.put(("penalized", limiter.status()["cooldown_until"]))
 
 
+def _hammer_through_a_penalty(state: str, granted: Any, until: Any, out: Any) -> None:
+    """Acquire+settle as fast as allowed until a grant lands after the penalty ends (60 s at most)."""
+    limiter = Limiter(Path(state))
+    grants: list[float] = []
+    give_up = time.time() + 60
+    while time.time() < give_up and not (until.value and grants and grants[-1] >= until.value):
+        try:
+            lease = limiter.acquire(1, 1, timeout=5)
+        except Exception:  # AcquireTimeout: keep trying until give_up
+            continue
+        grants.append(lease.granted_at)
+        granted.set()
+        limiter.settle(lease, {"input_tokens": 1, "output_tokens": 1})
+    out.put((os.getpid(), grants))
+
+
 def test_a_429_in_one_process_pauses_the_others(tmp_path: Path) -> None:
     Limiter(tmp_path, Limits(rpm=6_000, itpm=10**9, otpm=10**9, max_concurrent=64)).close()
-    out = SPAWN.Queue()
-    start_at = time.time() + 1.5
+    out, granted, until_at = SPAWN.Queue(), SPAWN.Event(), SPAWN.Value("d", 0.0)
     hammers = [
-        SPAWN.Process(target=_hammer, args=(str(tmp_path), 5.0, (1, 1), i, start_at, out))
-        for i in range(3)
+        SPAWN.Process(
+            target=_hammer_through_a_penalty, args=(str(tmp_path), granted, until_at, out)
+        )
+        for _ in range(3)
     ]
-    penalizer = SPAWN.Process(target=_penalize_after, args=(str(tmp_path), 3.0, 1.5, out))
+    penalizer = SPAWN.Process(
+        target=_penalize_after_a_grant, args=(str(tmp_path), granted, 1.5, out)
+    )
     for p in [*hammers, penalizer]:
         p.start()
-    results = [out.get(timeout=40) for _ in range(4)]
+    first = out.get(timeout=90)
+    assert first[0] == "penalized"
+    until = parse_iso(first[1])
+    until_at.value = until
+    results = [out.get(timeout=90) for _ in range(3)]
     for p in [*hammers, penalizer]:
         p.join(timeout=10)
-    until = parse_iso(next(r[1] for r in results if r[0] == "penalized"))
     set_at = until - 1.5
-    grants = sorted(t for r in results if r[0] != "penalized" for t, _size in r[1])
+    grants = sorted(t for r in results for t in r[1])
     assert any(t < set_at for t in grants) and any(t >= until for t in grants)
     assert [t for t in grants if set_at <= t < until] == []
 

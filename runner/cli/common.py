@@ -19,12 +19,14 @@ from ledger.errors import (
     RunRefused,
 )
 from runner.errors import RunnerError, RunnerInputError, StateError
+from statedb import StoreError
 
 __all__ = [
     "EXIT_BAD_INPUT",
     "EXIT_BUDGET",
     "EXIT_FAILED",
     "EXIT_INTERRUPTED",
+    "EXIT_UNREACHABLE",
     "ErrorHandlingGroup",
     "echo_json",
     "exit_code_for",
@@ -34,6 +36,7 @@ __all__ = [
 EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
 EXIT_BUDGET = 3
+EXIT_UNREACHABLE = 4  # the API could not be reached: the rest is deferred, resumable
 EXIT_INTERRUPTED = 130
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -47,6 +50,7 @@ _EXIT_CODES: tuple[tuple[type[BaseException], int], ...] = (
     (JobsInputError, EXIT_BAD_INPUT),
     (RunnerInputError, EXIT_BAD_INPUT),
     (StateError, EXIT_BAD_INPUT),
+    (StoreError, EXIT_BAD_INPUT),
 )
 
 
@@ -61,17 +65,26 @@ def exit_code_for(exc: BaseException) -> int:
 class ErrorHandlingGroup(click.Group):
     """A group that turns library errors into one `Error: ...` line and the right exit code.
 
+    Any other exception (a bug, an OS error nobody foresaw) is one `Error: TYPE: message`
+    line and exit 1: a nightly log shows what broke without a page of traceback.
     REVIEW_RUNNER_DEBUG=1 lets the traceback through instead.
     """
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except (JobsError, LedgerError, RunnerError) as exc:
+        except (JobsError, LedgerError, RunnerError, StoreError) as exc:
             if os.environ.get("REVIEW_RUNNER_DEBUG"):
                 raise
             click.echo(f"Error: {exc}", err=True)
             sys.exit(exit_code_for(exc))
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise  # click renders its own (usage errors, --help, --version)
+        except Exception as exc:
+            if os.environ.get("REVIEW_RUNNER_DEBUG"):
+                raise
+            click.echo(f"Error: {type(exc).__name__}: {exc}", err=True)
+            sys.exit(EXIT_FAILED)
         except KeyboardInterrupt:
             if os.environ.get("REVIEW_RUNNER_DEBUG"):
                 raise

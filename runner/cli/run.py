@@ -18,6 +18,7 @@ from runner.cli.common import (
     EXIT_BUDGET,
     EXIT_FAILED,
     EXIT_INTERRUPTED,
+    EXIT_UNREACHABLE,
     echo_json,
     json_option,
 )
@@ -196,6 +197,8 @@ def _exit_code(result: RunResult) -> int:
         return EXIT_INTERRUPTED
     if result.stop == StopReason.AUTH:
         return EXIT_BAD_INPUT
+    if result.stop == StopReason.UNREACHABLE:
+        return EXIT_UNREACHABLE
     if result.status in (RunStatus.REFUSED, RunStatus.DEFERRED):
         return EXIT_BUDGET
     if result.status == RunStatus.FAILED:

@@ -7,10 +7,20 @@ from runner.limiter.health import Health
 from runner.limiter.limiter import (
     BUCKETS,
     DEFAULT_LIMITS,
+    AcquireCancelled,
     AcquireTimeout,
     Lease,
     Limiter,
     Limits,
 )
 
-__all__ = ["BUCKETS", "DEFAULT_LIMITS", "AcquireTimeout", "Health", "Lease", "Limiter", "Limits"]
+__all__ = [
+    "BUCKETS",
+    "DEFAULT_LIMITS",
+    "AcquireCancelled",
+    "AcquireTimeout",
+    "Health",
+    "Lease",
+    "Limiter",
+    "Limits",
+]

@@ -39,7 +39,8 @@ def _samples(conn: Any, now: float, window: float) -> tuple[int, int, list[float
     """(429 count, 529 count, sorted latencies of successful responses) over `window`."""
     since = iso(now - window)
     n429, n529 = conn.execute(
-        "SELECT coalesce(sum(status = 429), 0), coalesce(sum(status = 529), 0)"
+        "SELECT coalesce(sum(CASE WHEN status = 429 THEN 1 ELSE 0 END), 0),"
+        " coalesce(sum(CASE WHEN status = 529 THEN 1 ELSE 0 END), 0)"
         " FROM samples WHERE at >= ?",
         (since,),
     ).fetchone()

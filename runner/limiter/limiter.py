@@ -15,6 +15,9 @@ Pacing rules worth knowing:
   applies (never above what the server says, never above what the user asked for).
 - settle() and release() of a lease that was already reclaimed change nothing: its holder was
   judged dead (or the lease older than `lease_max_age`), so the estimate stays charged.
+- Across hosts (one PostgreSQL database), a pid is only checked on its own host: a process
+  heartbeats its leases every `heartbeat_timeout / 4` seconds, and another host's lease whose
+  heartbeat is older than `heartbeat_timeout` is reclaimed (every host must use the same value).
 """
 
 from __future__ import annotations
@@ -22,19 +25,21 @@ from __future__ import annotations
 import logging
 import math
 import os
+import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from runner.errors import RunnerError, RunnerInputError
 from runner.limiter.health import Health, compute_health, status_document
-from runner.limiter.store import LimiterStore, iso, parse_iso, pid_alive
+from runner.limiter.store import LimiterStore, host_name, iso, parse_iso, pid_alive
 
 __all__ = [
     "BUCKETS",
     "DEFAULT_LIMITS",
+    "AcquireCancelled",
     "AcquireTimeout",
     "Health",
     "Lease",
@@ -59,6 +64,7 @@ SLOT_POLL = 0.02  # a freed in-flight slot has no predictable time, so poll for 
 WAITER_STALE = 30.0  # a live waiter heartbeats every MAX_SLEEP; silence this long means gone
 AGE_SWEEP = 0.1  # seconds between one process's sweeps for leases past lease_max_age
 ALIVE_TTL = 0.5  # how long one process trusts "pid N is alive" before asking the kernel again
+HEARTBEAT_TIMEOUT = 60.0  # another host's lease silent this long is reclaimed
 USAGE_TAU = 60.0  # time constant of the per-bucket usage rate behind health utilisation
 
 
@@ -97,6 +103,10 @@ class Lease:
     granted_at: float
 
 
+class AcquireCancelled(RunnerError):
+    """The caller's `cancelled()` turned true while it waited (the run is stopping)."""
+
+
 class AcquireTimeout(RunnerError):
     """acquire() could not be granted within its timeout."""
 
@@ -119,6 +129,7 @@ class Limiter:
         *,
         lease_max_age: float = 900.0,
         burst: float = 0.0,
+        heartbeat_timeout: float = HEARTBEAT_TIMEOUT,
     ) -> None:
         """Open (creating if needed) the limiter state in `state_dir`.
 
@@ -130,6 +141,11 @@ class Limiter:
             raise RunnerInputError(f"lease_max_age must be positive, got {lease_max_age}")
         if burst < 0:
             raise RunnerInputError(f"burst must be zero or positive, got {burst}")
+        if heartbeat_timeout <= 0:
+            raise RunnerInputError(f"heartbeat_timeout must be positive, got {heartbeat_timeout}")
+        self.heartbeat_timeout = float(heartbeat_timeout)
+        self._host = host_name()
+        self._beating = -1  # the pid whose heartbeat thread runs
         self.burst = float(burst)
         self.state_dir = Path(state_dir)
         self.limits = limits
@@ -145,6 +161,7 @@ class Limiter:
             "state_dir": self.state_dir,
             "lease_max_age": self.lease_max_age,
             "burst": self.burst,
+            "heartbeat_timeout": self.heartbeat_timeout,
         }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -153,6 +170,9 @@ class Limiter:
         self.limits = None
         self.lease_max_age = state["lease_max_age"]
         self.burst = state["burst"]
+        self.heartbeat_timeout = state.get("heartbeat_timeout", HEARTBEAT_TIMEOUT)
+        self._host = host_name()
+        self._beating = -1
         self._store = LimiterStore(self.state_dir)
         self._alive_cache = {}
         self._next_age_sweep = 0.0
@@ -254,34 +274,52 @@ class Limiter:
     def _reclaim(self, conn: Any, now: float) -> None:
         me = os.getpid()
         dead = []
-        for (pid,) in conn.execute("SELECT pid FROM leases UNION SELECT pid FROM waiters"):
+        for pid, host in conn.execute(
+            "SELECT pid, host FROM leases UNION SELECT pid, host FROM waiters"
+        ):
+            if host not in (None, self._host):
+                continue  # another host's pid: judged by its heartbeat below
             if pid == me or self._alive_cache.get(pid, 0.0) > now:
                 continue
             if pid_alive(pid):
                 self._alive_cache[pid] = now + ALIVE_TTL
             else:
-                dead.append((pid,))
+                dead.append((pid, self._host))
         if dead:
-            log.info("reclaiming leases and tickets of dead processes %s", [p for (p,) in dead])
-            conn.executemany("DELETE FROM leases WHERE pid = ?", dead)
-            conn.executemany("DELETE FROM waiters WHERE pid = ?", dead)
+            log.info("reclaiming leases and tickets of dead processes %s", [p for p, _ in dead])
+            conn.executemany(
+                "DELETE FROM leases WHERE pid = ? AND (host = ? OR host IS NULL)", dead
+            )
+            conn.executemany(
+                "DELETE FROM waiters WHERE pid = ? AND (host = ? OR host IS NULL)", dead
+            )
         if now >= self._next_age_sweep:  # ages change slowly; no need to look on every grant
             self._next_age_sweep = now + AGE_SWEEP
             conn.execute(
                 "DELETE FROM leases WHERE granted_at < ?", (iso(now - self.lease_max_age),)
             )
             conn.execute("DELETE FROM waiters WHERE seen_at < ?", (iso(now - WAITER_STALE),))
+            conn.execute(
+                "DELETE FROM leases WHERE host != ? AND beat_at < ?",
+                (self._host, iso(now - self.heartbeat_timeout)),
+            )
 
     # -- acquire ------------------------------------------------------------------------------
 
     def acquire(
-        self, input_tokens: int, output_estimate: int, timeout: float | None = None
+        self,
+        input_tokens: int,
+        output_estimate: int,
+        timeout: float | None = None,
+        *,
+        cancelled: Callable[[], bool] | None = None,
     ) -> Lease:
         """Debit one request, its input tokens, its output estimate and an in-flight slot, or wait.
 
         All or nothing, in arrival order across processes. Raises RunnerInputError when the
-        request exceeds a bucket's capacity (it could never be granted) and AcquireTimeout
-        when `timeout` seconds pass first.
+        request exceeds a bucket's capacity (it could never be granted), AcquireTimeout
+        when `timeout` seconds pass first, and AcquireCancelled when `cancelled()` turns true
+        while waiting (checked on every wake-up, so a stopping run does not wait for a grant).
         """
         for label, value in (("input_tokens", input_tokens), ("output_estimate", output_estimate)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
@@ -297,7 +335,10 @@ class Limiter:
                     lease, ticket, wait = self._attempt(conn, now, need, ticket)
                 if lease is not None:
                     ticket = None
+                    self._start_heartbeat()
                     return lease
+                if cancelled is not None and cancelled():
+                    raise AcquireCancelled("stopped while waiting for the limiter")
                 if deadline is not None:
                     remaining = deadline - time.monotonic()
                     if remaining <= 0:
@@ -320,8 +361,9 @@ class Limiter:
         in_flight, until_at, max_concurrent, *oldest = conn.execute(
             "SELECT (SELECT count(*) FROM leases), (SELECT until_at FROM cooldowns WHERE id = 1),"
             " (SELECT effective FROM limits WHERE name = 'max_concurrent'), w.id,"
-            " w.input_tokens, w.output_estimate FROM (SELECT 1) LEFT JOIN"
+            " w.input_tokens, w.output_estimate FROM (SELECT 1) AS one LEFT JOIN"
             " (SELECT id, input_tokens, output_estimate FROM waiters ORDER BY id LIMIT 1) AS w"
+            " ON 1 = 1"
         ).fetchone()
         head = None if oldest[0] is None else tuple(oldest)
         served = need if head is None else dict(zip(need, (1.0, head[1], head[2]), strict=True))
@@ -342,9 +384,16 @@ class Limiter:
             self._write_buckets(conn, now, state, need)
             granted_at = now
             lease_id = conn.execute(
-                "INSERT INTO leases (pid, input_tokens, output_estimate, granted_at)"
-                " VALUES (?, ?, ?, ?)",
-                (os.getpid(), int(need["input_tokens"]), int(need["output_tokens"]), iso(now)),
+                "INSERT INTO leases (pid, host, input_tokens, output_estimate, granted_at,"
+                " beat_at) VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    os.getpid(),
+                    self._host,
+                    int(need["input_tokens"]),
+                    int(need["output_tokens"]),
+                    iso(now),
+                    iso(now),
+                ),
             ).lastrowid
             if ticket is not None:
                 conn.execute("DELETE FROM waiters WHERE id = ?", (ticket,))
@@ -355,9 +404,16 @@ class Limiter:
         stamp = iso(now)
         if ticket is None:
             ticket = conn.execute(
-                "INSERT INTO waiters (pid, input_tokens, output_estimate, created_at, seen_at)"
-                " VALUES (?, ?, ?, ?, ?)",
-                (os.getpid(), int(need["input_tokens"]), int(need["output_tokens"]), stamp, stamp),
+                "INSERT INTO waiters (pid, host, input_tokens, output_estimate, created_at,"
+                " seen_at) VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    os.getpid(),
+                    self._host,
+                    int(need["input_tokens"]),
+                    int(need["output_tokens"]),
+                    stamp,
+                    stamp,
+                ),
             ).lastrowid
             if head is None:
                 first = True
@@ -379,6 +435,26 @@ class Limiter:
             # Only a settle frees a slot and its time is unknown; later waiters check less often.
             wait = SLOT_POLL * position
         return None, ticket, wait
+
+    def _start_heartbeat(self) -> None:
+        """Once per process: a daemon thread that refreshes this process's leases' heartbeat."""
+        if self._beating == os.getpid():
+            return
+        self._beating = os.getpid()
+        threading.Thread(target=self._heartbeat, name="limiter-heartbeat", daemon=True).start()
+
+    def _heartbeat(self) -> None:
+        pid = os.getpid()
+        while self._beating == pid:
+            time.sleep(self.heartbeat_timeout / 4)
+            try:
+                with self._store.write() as (conn, now):
+                    conn.execute(
+                        "UPDATE leases SET beat_at = ? WHERE pid = ? AND host = ?",
+                        (iso(now), pid, self._host),
+                    )
+            except RunnerError as exc:  # the next beat tries again; a lost one costs nothing
+                log.warning("limiter heartbeat failed: %s", exc)
 
     def _too_big(self, conn: Any, bucket: str, amount: int, capacity: float) -> str:
         limit = BUCKETS[bucket]
@@ -513,4 +589,5 @@ class Limiter:
 
     def close(self) -> None:
         """Close this process's database connection; the Limiter reopens it if used again."""
+        self._beating = -1
         self._store.close()

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import sqlite3
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
@@ -16,9 +15,9 @@ from pathlib import Path
 import sqlite_utils
 
 from runner.errors import StateError
-from statedb import SQLiteStore, StatePaths, iso, parse_iso, process_alive
+from statedb import SQLiteStore, StatePaths, host_name, iso, parse_iso, process_alive
 
-__all__ = ["LimiterStore", "iso", "parse_iso", "pid_alive"]
+__all__ = ["LimiterStore", "host_name", "iso", "parse_iso", "pid_alive"]
 
 CHECKPOINT_EVERY = 200  # commits of one process between its WAL checkpoints
 MIGRATIONS = sqlite_utils.Migrations("review_runner.limiter")
@@ -84,6 +83,15 @@ def m001_create_tables(db: sqlite_utils.Database) -> None:
     db.execute("CREATE INDEX samples_at ON samples (at)")
 
 
+@MIGRATIONS()
+def m002_lease_hosts(db: sqlite_utils.Database) -> None:
+    """The host of each lease and waiter, and a lease's last heartbeat: pids mean nothing
+    across hosts sharing one database, so another host's lease is judged by its heartbeat."""
+    db.execute("ALTER TABLE leases ADD COLUMN host TEXT")
+    db.execute("ALTER TABLE leases ADD COLUMN beat_at TEXT")
+    db.execute("ALTER TABLE waiters ADD COLUMN host TEXT")
+
+
 def pid_alive(pid: int) -> bool:
     """Whether `pid` is a live process on this host (statedb's one liveness check)."""
     return process_alive(pid)
@@ -122,9 +130,9 @@ class LimiterStore(SQLiteStore):
         checkpoint, with its fsync, runs there after the lock is released, never in acquire.
         """
         with self.transaction() as conn:
-            yield conn, time.time()  # the clock is read inside the lock
+            yield conn, self.clock(conn)  # the clock is read inside the lock (the database's on PG)
         self._commits += 1
-        if maintenance and self._commits >= CHECKPOINT_EVERY:
+        if maintenance and self._commits >= CHECKPOINT_EVERY and self.remote is None:
             self._commits = 0
             # PASSIVE never blocks writers, so other processes keep being granted meanwhile.
             with self._thread_lock, suppress(sqlite3.Error):
@@ -134,7 +142,7 @@ class LimiterStore(SQLiteStore):
     def read(self) -> Iterator[tuple[sqlite3.Connection, float]]:  # type: ignore[override]
         """A consistent read snapshot without the file lock (WAL readers never block writers)."""
         with super().read() as conn:
-            yield conn, time.time()
+            yield conn, self.clock(conn)
 
     def close(self) -> None:
         """Checkpoint, then close this process's connection (reopened on next use)."""

@@ -11,12 +11,13 @@ from __future__ import annotations
 import os
 import secrets
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
-from jobs.agents import load_prompts
-from jobs.manifest import Manifest
+from jobs.agents import COMBINED, load_prompts
+from jobs.manifest import Manifest, RepoSpec
 from jobs.outcome import RepoOutcome
 from jobs.reports import write_repo_report, write_summary
 from ledger.ledger import Admission, Ledger, Projection
@@ -25,6 +26,7 @@ from runner.client import ApiClient, CallError
 from runner.errors import RunnerInputError
 from runner.kinds import ErrorKind, JobStatus, RunStatus, StopReason
 from runner.limiter import Limiter
+from runner.reachability import remove_counter
 from runner.run.config import RunConfig
 from runner.run.incremental import Carried, carried_outcome, triage
 from runner.run.job import Job, JobOutcome
@@ -41,7 +43,7 @@ from runner.run.plan import Plan, RepoWork, count_prefixes, make_plan, pack_all,
 from runner.run.pool import run_pool
 from runner.run.reporting import finish_reports, json_totals, write_if_complete
 from runner.run.results import PlanResult, Progress, RunResult, Tally, job_counts, make_result
-from runner.run.tracker import Tracker, tracker_for
+from runner.run.tracker import Tracker, load_repo_suppressions, tracker_for
 from runner.run.worker import WorkerConfig, request_blocks, request_tools
 from runner.runs import JobRow, Runs
 from statedb import StatePaths
@@ -55,7 +57,10 @@ STOP_MESSAGES = {
     StopReason.BUDGET: "the month's budget is used up: the remaining jobs are deferred",
     StopReason.SPEND_CAP: "the account's spend limit is reached: sending nothing more",
     StopReason.AUTH: "the API rejected the credentials: stopping",
+    StopReason.UNREACHABLE: "the remaining jobs are deferred (resume when the API is back)",
 }
+# Stops that leave the unsent jobs deferred, for a resume.
+DEFERRING = (StopReason.BUDGET, StopReason.SPEND_CAP, StopReason.UNREACHABLE)
 
 
 @dataclass
@@ -108,15 +113,26 @@ def _make_plan(
     on_message: Callable[[str], None],
     config: RunConfig,
     recorded: Mapping[str, Mode] | None = None,
+    failed: dict[RepoSpec, str] | None = None,
 ) -> tuple[Plan, tuple[Carried, ...]]:
     """Pack, leave out the unchanged repos, build prompts and Jobs, and project both modes and
-    the per-repo plan; input counted by the API if it can."""
+    the per-repo plan; input counted by the API if it can.
+
+    With `failed`, a repo that cannot be packed is left out and recorded there with its reason.
+    """
+
+    def pack_failed(spec: RepoSpec, reason: str) -> None:
+        assert failed is not None
+        failed[spec] = reason
+        on_message(f"failed {spec.slug}: {reason}")
+
     works = pack_all(
         manifest.repos,
         state.paths.repos,
         on_packed=lambda w: on_message(
             f"packed {w.spec.slug}: {len(w.pack.files)} files, ~{w.pack.token_estimate:,} tokens"
         ),
+        on_failed=None if failed is None else pack_failed,
     )
     works, carried = triage(
         works, manifest, state.runs if state.paths.runs.exists() else None,  # plan makes no runs.db
@@ -166,6 +182,8 @@ def plan(config: RunConfig, *, on_message: Callable[[str], None] = lambda _: Non
         on_message=on_message,
         config=config,
     )
+    # What `run` would refuse, `plan` says too: a broken suppressions file.
+    load_repo_suppressions(config.manifest, {w.spec.slug: w for w in the_plan.works})
     decision = state.ledger.decide(
         _wanted(the_plan, config),
         config.mode,
@@ -215,9 +233,10 @@ def run(
         if config.dry_run or not config.count_tokens
         else ApiClient(config.base_url, config.api_key)
     )
+    pack_failures: dict[RepoSpec, str] = {}
     the_plan, carried = _make_plan(
         run_id, manifest, state, client=client, concurrency=concurrency, on_message=on_message,
-        config=config, recorded=modes,
+        config=config, recorded=modes, failed=pack_failures,
     )  # fmt: skip
     _check_limits(the_plan)
     # Suppressions are read before admission: a broken file stops the run with nothing held or sent.
@@ -247,7 +266,16 @@ def run(
         sent = admitted_jobs(the_plan, config.mode, admission.mode)
         return replace(result, decisions=tuple(the_plan.decisions_json(sent)))
     execution = _Execution(
-        config, state, run_id, the_plan, admission, done_rows, concurrency, tracker, carried
+        config,
+        state,
+        run_id,
+        the_plan,
+        admission,
+        done_rows,
+        concurrency,
+        tracker,
+        pack_failures,
+        carried,
     )
     try:
         return execution.run(on_progress)
@@ -300,7 +328,10 @@ class _Execution:
     done_rows: Mapping[str, JobRow]
     concurrency: int
     tracker: Tracker
-    carried: tuple[Carried, ...] = ()
+    pack_failures: Mapping[RepoSpec, str]  # repos that could not be packed, and why
+    carried: tuple[Carried, ...] = ()  # unchanged repos, not sent, with their last review
+    report_errors: dict[str, str] = field(default_factory=dict)  # by slug: report not written
+    reported: set[str] = field(default_factory=set)  # slugs whose report this attempt wrote
 
     @property
     def mode(self) -> Mode:
@@ -326,38 +357,52 @@ class _Execution:
         tally = Tally(sum(1 for j in todo if not j.warm) + reviews_done, reviews_done)
         runs = self.state.runs
         reasons = mode_reasons(self.plan, self.jobs, self.admission.reason)
+        stop_errors: dict[StopReason, str] = {}
 
         def on_outcome(outcome: JobOutcome, in_flight: int) -> None:
+            if outcome.stop and outcome.error:
+                stop_errors.setdefault(outcome.stop, outcome.error)
             if outcome.status != JobStatus.DONE:
                 runs.finish_job(
                     outcome.job_id, outcome.status, error=outcome.error, attempts=outcome.attempts
                 )
             tally.add(outcome)
             slug = outcome.job.slug
-            write_if_complete(
+            error = write_if_complete(
                 self.run_id, slug, self.modes[slug], self.out_dir, runs, self.tracker,
-                reasons.get(slug, ""),
+                self.reported, reasons.get(slug, ""),
             )  # fmt: skip
             on_progress(tally.progress(in_flight, outcome=outcome))
+            if error:
+                self.report_errors[slug] = error
+                on_progress(tally.progress(in_flight, message=f"failed {slug}: {error}"))
 
         def on_stopping(reason: StopReason, in_flight: int) -> None:
-            on_progress(tally.progress(in_flight, message=STOP_MESSAGES[reason]))
+            message = STOP_MESSAGES[reason]
+            if reason == StopReason.UNREACHABLE:  # one line: the endpoint, the cause, what now
+                message = f"{stop_errors.get(reason, 'the API cannot be reached')}; {message}"
+            on_progress(tally.progress(in_flight, message=message))
 
         self.out_dir.mkdir(parents=True, exist_ok=True)
         on_progress(tally.progress(0))  # the starting line: what is left to do
+        config = self._worker_config()
         try:
             pool = run_pool(
                 todo,
-                self._worker_config(),
+                config,
                 {w.spec.slug: w for w in self.plan.works},
                 workers=self.concurrency,
                 on_outcome=on_outcome,
                 on_stopping=on_stopping,
+                on_message=lambda text: on_progress(tally.progress(0, message=text)),
             )
         except BaseException:
             runs.update_run(self.run_id, status=RunStatus.INTERRUPTED)
             raise
-        if pool.stop in (StopReason.BUDGET, StopReason.SPEND_CAP):
+        finally:
+            if config.breaker is not None:
+                remove_counter(config.breaker)
+        if pool.stop in DEFERRING:
             for job in pool.unsent:
                 runs.finish_job(job.id, JobStatus.DEFERRED, error=f"not sent: {pool.stop}")
         return self._finish(pool.stop)
@@ -366,8 +411,9 @@ class _Execution:
         """Record the run (or the resumed run's new jobs) in runs.db, and mark it running."""
         runs, run_id = self.state.runs, self.run_id
         planned = [(j.id, j.slug, j.agent, j.warm) for j in self.jobs]
+        unpacked = self._unpacked_jobs()
         if self.config.resume is not None:
-            runs.add_jobs(run_id, planned)
+            runs.add_jobs(run_id, [*planned, *unpacked])
         else:
             runs.create_run(
                 run_id,
@@ -375,18 +421,13 @@ class _Execution:
                 name=self.config.manifest.name,
                 requested_mode=self.config.mode,
                 out_dir=str(self.config.out_root),
-                repos=[
-                    {
-                        "slug": w.spec.slug,
-                        "path": str(w.root),
-                        "model": w.spec.model,
-                        "pack": w.pack.summary(),
-                        "pack_sha256": w.pack.sha256,
-                    }
-                    for w in self.plan.works
-                ],
-                jobs=planned,
+                repos=self._repo_rows(),
+                jobs=[*planned, *unpacked],
             )
+        # A repo that could not be packed fails alone, its jobs marked with the reason.
+        for job_id, slug, _, _ in unpacked:
+            reason = next(r for s, r in self.pack_failures.items() if s.slug == slug)
+            runs.finish_job(job_id, JobStatus.FAILED, error=reason)
         runs.update_run(
             run_id,
             status=RunStatus.RUNNING,
@@ -394,6 +435,31 @@ class _Execution:
             reason=self.admission.reason,
             pid=os.getpid(),
         )
+
+    def _repo_rows(self) -> list[Mapping[str, Any]]:
+        """The run's repos for runs.db: each packed one with its pack, each unpackable one bare."""
+        rows: list[Mapping[str, Any]] = [
+            {
+                "slug": w.spec.slug,
+                "path": str(w.root),
+                "model": w.spec.model,
+                "pack": w.pack.summary(),
+                "pack_sha256": w.pack.sha256,
+            }
+            for w in self.plan.works
+        ]
+        return rows + [
+            {"slug": s.slug, "path": s.source, "model": s.model, "pack": {}, "pack_sha256": ""}
+            for s in self.pack_failures
+        ]
+
+    def _unpacked_jobs(self) -> list[tuple[str, str, str, bool]]:
+        """The job rows of the repos that could not be packed, as this run's mode names them."""
+        rows = []
+        for spec in self.pack_failures:
+            agents = spec.agents if self.mode == Mode.CONCURRENT else (COMBINED,)
+            rows += [(f"{self.run_id}/{spec.slug}/{a}", spec.slug, a, False) for a in agents]
+        return rows
 
     def _todo(self) -> list[Job]:
         """The jobs still to send: reviews not done, and the warm-up of each repo they are in."""
@@ -413,14 +479,20 @@ class _Execution:
             max_attempts=config.max_attempts,
             prompts_folder=config.manifest.prompts,
             max_output_tokens=config.manifest.max_output_tokens,
+            # This execution's own connectivity counter (a resume starts from zero).
+            breaker=config.state.reachability(self.run_id, os.getpid()),
         )
 
     def _finish(self, stop: StopReason | None) -> RunResult:
         """Reports of every repo, the run's status and summary, from runs.db and the ledger."""
         runs, run_id = self.state.runs, self.run_id
         rows = runs.jobs(run_id)
-        modes = self.modes
-        repo_outcomes = finish_reports(run_id, modes, self.out_dir, runs, rows, self.tracker)
+        modes = {**{spec.slug: self.mode for spec in self.pack_failures}, **self.modes}
+        repo_outcomes = finish_reports(
+            run_id, modes, self.out_dir, runs, rows, self.tracker, self.report_errors,
+            self.reported,
+        )  # fmt: skip
+        repo_failed = any(o.status == JobStatus.FAILED for o in repo_outcomes)
         remember_completed(runs, run_id, self.plan.works, repo_outcomes, datetime.now(UTC), modes)
         reasons = mode_reasons(self.plan, self.jobs, self.admission.reason)
         repo_outcomes = [replace(o, mode_reason=reasons.get(o.slug, "")) for o in repo_outcomes]
@@ -430,9 +502,9 @@ class _Execution:
             status = RunStatus.INTERRUPTED
         elif stop == StopReason.AUTH:
             status = RunStatus.FAILED
-        elif tally[JobStatus.DEFERRED] or stop in (StopReason.BUDGET, StopReason.SPEND_CAP):
+        elif tally[JobStatus.DEFERRED] or stop in DEFERRING:
             status = RunStatus.DEFERRED
-        elif tally[JobStatus.FAILED] or tally[JobStatus.PENDING]:
+        elif tally[JobStatus.FAILED] or tally[JobStatus.PENDING] or repo_failed:
             status = RunStatus.FAILED
         else:
             status = RunStatus.DONE

@@ -13,12 +13,13 @@ import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from jobs.agents import COMBINED, build_prompt, findings_tool, load_prompts
 from jobs.manifest import Manifest, RepoSpec, resolve_repo
-from jobs.pack import Pack, estimate_tokens, pack_repo
+from jobs.pack import Pack, PackError, estimate_tokens, pack_repo
 from ledger.ledger import JobEstimate, Ledger, Projection
 from ledger.modes import Mode
 from runner.limiter import Health
@@ -141,23 +142,39 @@ def pack_all(
     cache_dir: Path,
     *,
     on_packed: Callable[[RepoWork], None] | None = None,
+    on_failed: Callable[[RepoSpec, str], None] | None = None,
 ) -> tuple[RepoWork, ...]:
-    """Resolve (clone) and pack every repo, in parallel processes when there are several."""
+    """Resolve (clone) and pack every repo, in parallel processes when there are several.
 
-    def collect(results: Iterable[RepoWork]) -> tuple[RepoWork, ...]:
-        works = []
-        for work in results:
-            works.append(work)
-            if on_packed:
-                on_packed(work)
-        return tuple(works)
+    A repo that cannot be packed (PackError: an unreadable .gitignore, files that keep
+    changing) is left out and reported to `on_failed(spec, reason)`, when given: one odd
+    repo fails alone. Without `on_failed` the error is raised.
+    """
+    works = []
+
+    def collect(spec: RepoSpec, result: Callable[[], RepoWork]) -> None:
+        try:
+            work = result()
+        except PackError as exc:
+            if on_failed is None:
+                raise
+            on_failed(spec, str(exc))
+            return
+        works.append(work)
+        if on_packed:
+            on_packed(work)
 
     if len(repos) <= 1:  # not worth starting a process pool
-        return collect(_pack_one(spec, cache_dir) for spec in repos)
+        for spec in repos:
+            collect(spec, partial(_pack_one, spec, cache_dir))
+        return tuple(works)
     workers = min(len(repos), os.cpu_count() or 1)
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(workers, mp_context=context) as pool:
-        return collect(pool.map(_pack_one, repos, [cache_dir] * len(repos)))
+        futures = [pool.submit(_pack_one, spec, cache_dir) for spec in repos]
+        for spec, future in zip(repos, futures, strict=True):
+            collect(spec, future.result)
+    return tuple(works)
 
 
 def repo_prompts(
@@ -312,6 +329,7 @@ def make_plan(
                 counted=j.counted,
                 cache_write_tokens=j.cache_write,
                 cache_read_tokens=j.cache_read,
+                cache_ttl=j.cache_ttl,
             )
             for j in planned
         ]

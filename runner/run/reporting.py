@@ -6,7 +6,7 @@ every attempt, and a report never depends on which process finished which job.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -57,6 +57,15 @@ def _complete(rows: Sequence[JobRow]) -> bool:
     return bool(rows) and all(r.status in finished for r in rows if not r.warm)
 
 
+def _write(out_dir: Path, outcome: RepoOutcome) -> str | None:
+    """Write one repo's report; the reason it could not be written, if so (it fails alone)."""
+    try:
+        write_repo_report(out_dir, outcome)
+    except Exception as exc:
+        return f"report not written: {type(exc).__name__}: {exc}"
+    return None
+
+
 def write_if_complete(
     run_id: str,
     slug: str,
@@ -64,15 +73,23 @@ def write_if_complete(
     out_dir: Path,
     runs: Runs,
     tracker: Tracker | None = None,
+    written: set[str] | None = None,
     reason: str = "",
-) -> None:
-    """Write a repo's report once all its agents are done or failed (tracked across nights by
-    ``tracker``; ``reason``: why the repo ran in its mode)."""
+) -> str | None:
+    """Write a repo's report once all its agents are done or failed (tracked across nights by ``tracker``).
+
+    Returns why the report could not be written, if so: that repo fails, the run goes on. A
+    report written is added to ``written`` (slugs). ``reason``: why the repo ran in its mode.
+    """
     rows = runs.jobs(run_id, slug=slug)
-    if _complete(rows):
-        outcome = repo_outcome(runs.repos(run_id, slug=slug)[0], mode, rows)
-        outcome = replace(outcome, mode_reason=reason)
-        write_repo_report(out_dir, tracker.track(outcome) if tracker else outcome)
+    if not _complete(rows):
+        return None
+    outcome = repo_outcome(runs.repos(run_id, slug=slug)[0], mode, rows)
+    outcome = replace(outcome, mode_reason=reason)
+    error = _write(out_dir, tracker.track(outcome) if tracker else outcome)
+    if error is None and written is not None:
+        written.add(slug)
+    return error
 
 
 def finish_reports(
@@ -82,21 +99,33 @@ def finish_reports(
     runs: Runs,
     rows: Sequence[JobRow],
     tracker: Tracker | None = None,
+    report_errors: Mapping[str, str] | None = None,
+    written: Collection[str] = (),
 ) -> list[RepoOutcome]:
     """Every repo's outcome at the end of a run, from the run's job `rows`.
 
-    Complete repos were reported (and tracked) as they completed; a repo stopped part-way gets a
-    report of what it has, if anything, so that no reply goes unreported.
+    Complete repos were reported (and tracked) as they completed (`written`, by slug); one that
+    completed without its report (a process killed in between, then resumed) is reported now; a repo
+    stopped part-way gets a report of what it has, if anything, so that no reply goes unreported.
+    A repo whose report could not be written (`report_errors`, by slug, or now) is failed with
+    that reason. `modes`: each repo's mode, by slug.
     """
+    errors = dict(report_errors or {})
     result = []
     for repo in runs.repos(run_id):
         mine = [r for r in rows if r.slug == repo["slug"]]
         outcome = repo_outcome(repo, modes.get(repo["slug"], "single"), mine)
-        partial = not _complete(mine) and any(r.result for r in mine)
-        if tracker is not None and (partial or _complete(mine)):
+        complete = _complete(mine)
+        partial = not complete and any(r.result for r in mine)
+        if tracker is not None and (partial or complete):
             outcome = tracker.track(outcome, reuse=not partial)
-        if partial:
-            write_repo_report(out_dir, outcome)
+        if partial or (complete and repo["slug"] not in written):
+            error = _write(out_dir, outcome)
+            if error:
+                errors[repo["slug"]] = error
+        if repo["slug"] in errors:
+            why = "; ".join(e for e in (outcome.error, errors[repo["slug"]]) if e)
+            outcome = replace(outcome, status=JobStatus.FAILED, error=why)
         result.append(outcome)
     return result
 

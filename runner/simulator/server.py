@@ -322,6 +322,7 @@ class Simulator(BatchSide):
             # A gateway without tool use: the same findings JSON, as text.
             stop = "end_turn" if reply.stop_reason == "tool_use" else reply.stop_reason
             adm.reply = Reply(reply.text, stop, reply.output_tokens)
+        adm.record["stop_reason"] = adm.reply.stop_reason
         return adm.reply
 
     def produce(self, adm: Admitted, tokens: int) -> None:

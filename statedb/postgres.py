@@ -1,0 +1,330 @@
+"""The PostgreSQL backend of the state stores: one database shared by several hosts.
+
+`REVIEW_RUNNER_DATABASE_URL=postgresql://...` (or `--database-url`) puts every store there,
+each in its own schema (review_runner_ledger, review_runner_limiter, review_runner_runs), so
+the stores' SQL is the same on both backends (see statedb.dialect for the few spellings that
+translate). What it guarantees, the same as the SQLite backend:
+
+- `transaction()` serialises the writers of one store across every host: its first statement
+  takes a transaction-scoped advisory lock on the store (the lock SQLite's `BEGIN IMMEDIATE`
+  takes on the file), so a check-and-write can never be overtaken; the lock goes with the
+  commit or rollback, and with the session if the process dies.
+- The clock of a transaction is the database's (`clock_timestamp()` read once the lock is
+  held), never the host's: hosts whose clocks disagree still refill one set of buckets.
+- Schema steps are the stores' append-only migrations, applied under the same lock and
+  recorded per schema; a schema written by a newer review-runner raises the store's error.
+- Commits do not wait for the WAL flush (`synchronous_commit = off`, as SQLite's
+  synchronous=NORMAL): a server crash may lose the last commits, never corrupt the data.
+- One connection per process: one inherited across fork() is parked, never used or closed.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import zlib
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager, suppress
+from typing import Any
+
+import psycopg
+from psycopg.adapt import Loader
+from sqlite_utils.migrations import Migrations
+
+from statedb.config import redact
+from statedb.dialect import translate, translate_ddl
+
+__all__ = ["PgConnection", "PostgresBackend", "Row"]
+
+CONNECT_TIMEOUT = 10  # seconds before an unreachable server is reported
+MIGRATIONS_TABLE = "_migrations"
+
+_INHERITED: list[psycopg.Connection[Any]] = []
+
+
+class _Number(Loader):
+    """numeric (what sum() of integers gives) as int, or float when it has a fraction."""
+
+    def load(self, data: Any) -> int | float:
+        text = bytes(data).decode()
+        try:
+            return int(text)
+        except ValueError:
+            return float(text)
+
+
+class Row(tuple[Any, ...]):
+    """A result row readable by position and by column name, as sqlite3.Row is."""
+
+    _index: dict[str, int]
+
+    def __new__(cls, values: Sequence[Any], index: dict[str, int]) -> Row:
+        row = super().__new__(cls, values)
+        row._index = index
+        return row
+
+    def __getitem__(self, key: Any) -> Any:
+        if isinstance(key, str):
+            key = self._index[key]
+        return super().__getitem__(key)
+
+    def keys(self) -> list[str]:
+        return list(self._index)
+
+
+def _rows(cursor: Any) -> Any:
+    index = {column.name: i for i, column in enumerate(cursor.description or ())}
+    return lambda values: Row(values, index)
+
+
+class _Cursor:
+    """The slice of sqlite3.Cursor the stores use: fetch, iterate, rowcount, lastrowid,
+    description. Inside a write transaction the statement is only queued (pipeline mode);
+    asking for any of these sends the queue and waits, so a statement whose result nobody
+    reads costs no round trip of its own."""
+
+    def __init__(self, cursor: psycopg.Cursor[Any], conn: PgConnection, insert: bool) -> None:
+        self._cursor = cursor
+        self._conn = conn
+        self._insert = insert
+        self._id: list[Any] = []
+
+    def _ready(self) -> psycopg.Cursor[Any]:
+        if self._cursor.pgresult is None and self._conn.pipeline is not None:
+            self._conn.pipeline.sync()
+        return self._cursor
+
+    @property
+    def rowcount(self) -> int:
+        return self._ready().rowcount
+
+    @property
+    def description(self) -> Any:
+        return self._ready().description
+
+    @property
+    def lastrowid(self) -> Any:
+        if self._insert and not self._id:
+            first = self.fetchone()
+            self._id.append(first[0] if first is not None else None)
+        return self._id[0] if self._id else None
+
+    def fetchone(self) -> Any:
+        cursor = self._ready()
+        return cursor.fetchone() if cursor.description else None
+
+    def fetchall(self) -> list[Any]:
+        cursor = self._ready()
+        return cursor.fetchall() if cursor.description else []
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self.fetchall())
+
+
+class PgConnection:
+    """A psycopg connection that takes the stores' SQLite-spelled SQL (see statedb.dialect)."""
+
+    def __init__(self, raw: psycopg.Connection[Any]) -> None:
+        self.raw = raw
+        self.now = 0.0  # the database's clock, read when the current transaction began
+        self.row_factory: Any = None  # accepted and ignored: rows always read both ways
+        self.pipeline: psycopg.Pipeline | None = None  # set inside a write transaction
+
+    def execute(self, sql: str, params: Any = ()) -> _Cursor:
+        text, values = translate(sql, params)
+        cursor = self.raw.cursor(row_factory=_rows)
+        cursor.execute(text, values)
+        return _Cursor(cursor, self, text.lstrip()[:6].upper() == "INSERT")
+
+    def executemany(self, sql: str, rows: Sequence[Any]) -> None:
+        pairs = [translate(sql, row) for row in rows]
+        if pairs:
+            self.raw.cursor().executemany(pairs[0][0], [values for _, values in pairs])
+
+    def ddl(self, sql: str, params: Any = ()) -> None:
+        """A migration statement: DDL types translated, then as execute()."""
+        self.execute(translate_ddl(sql), params)
+
+
+class _MigrationDb:
+    """What a migration function is handed: `execute()` is all the stores' migrations use."""
+
+    def __init__(self, conn: PgConnection) -> None:
+        self._conn = conn
+
+    def execute(self, sql: str, params: Any = ()) -> None:
+        self._conn.ddl(sql, params)
+
+
+class PostgresBackend:
+    """One store's schema in a PostgreSQL database, behind the stores' one interface."""
+
+    def __init__(
+        self,
+        url: str,
+        schema: str,
+        migrations: Migrations,
+        *,
+        label: str,
+        error: type[Exception],
+    ) -> None:
+        self.url = url
+        self.schema = schema
+        self.migrations = migrations
+        self.label = label
+        self.error = error
+        self.where = f"{redact(url)} (schema {schema})"
+        # The same key on every host: crc32 of the schema name.
+        self.lock_key = zlib.crc32(f"review-runner:{schema}".encode())
+        self._conn: PgConnection | None = None
+        self._pid = -1
+        self._thread_lock = threading.RLock()
+
+    def connection(self) -> PgConnection:
+        """This process's connection, opened, checked and migrated on first use."""
+        if self._conn is not None and self._pid == os.getpid():
+            return self._conn
+        if self._conn is not None:
+            _INHERITED.append(self._conn.raw)
+        self._conn, self._pid = None, os.getpid()
+        self._thread_lock = threading.RLock()
+        try:
+            raw = psycopg.connect(self.url, autocommit=True, connect_timeout=CONNECT_TIMEOUT)
+        except psycopg.Error as exc:
+            raise self.error(
+                f"{redact(self.url)}: cannot reach the {self.label} ({_first_line(exc)})"
+            ) from exc
+        raw.adapters.register_loader("numeric", _Number)
+        conn = PgConnection(raw)
+        try:
+            self._prepare(conn)
+        except BaseException:
+            raw.close()
+            raise
+        self._conn = conn
+        return conn
+
+    def _prepare(self, conn: PgConnection) -> None:
+        known = [m.name for m in self.migrations._migrations]
+        try:
+            conn.raw.execute("SET synchronous_commit = off")
+            conn.raw.execute(f'SET search_path = "{self.schema}"')
+            with self._locked(conn):
+                conn.raw.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
+                conn.raw.execute(
+                    f"CREATE TABLE IF NOT EXISTS {MIGRATIONS_TABLE} (migration_set TEXT NOT NULL,"
+                    " name TEXT NOT NULL, applied_at TEXT NOT NULL, PRIMARY KEY (migration_set, name))"
+                )
+                applied = {
+                    name
+                    for (name,) in conn.raw.execute(
+                        f"SELECT name FROM {MIGRATIONS_TABLE} WHERE migration_set = %s",
+                        (self.migrations.name,),
+                    )
+                }
+                newer = sorted(applied - set(known))
+                if newer:
+                    raise self.error(
+                        f"{self.where}: written by a newer review-runner (schema step "
+                        f"{newer[-1]}); upgrade review-runner to read it"
+                    )
+                for migration in self.migrations._migrations:
+                    if migration.name in applied:
+                        continue
+                    migration.fn(_MigrationDb(conn))  # type: ignore[arg-type]
+                    conn.raw.execute(
+                        f"INSERT INTO {MIGRATIONS_TABLE} VALUES (%s, %s, clock_timestamp()::text)",
+                        (self.migrations.name, migration.name),
+                    )
+        except psycopg.Error as exc:
+            raise self._fail(exc) from exc
+
+    @contextmanager
+    def _locked(self, conn: PgConnection) -> Iterator[PgConnection]:
+        """BEGIN, this store's advisory lock and the database's clock; then commit or roll back.
+
+        The transaction runs in pipeline mode: statements whose results are not read go out
+        together with the next one that is, and the COMMIT with them.
+        """
+        raw = conn.raw
+        try:
+            with raw.pipeline() as pipeline:
+                conn.pipeline = pipeline
+                raw.execute("BEGIN")
+                row = raw.execute(
+                    "SELECT extract(epoch FROM clock_timestamp())::float8"
+                    f" FROM (SELECT pg_advisory_xact_lock({self.lock_key})) AS held"
+                ).fetchone()
+                conn.now = float(row[0]) if row else 0.0
+                yield conn
+                raw.execute("COMMIT")
+        except BaseException:
+            if raw.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+                with suppress(psycopg.Error):
+                    raw.execute("ROLLBACK")
+            raise
+        finally:
+            conn.pipeline = None
+
+    @contextmanager
+    def transaction(self) -> Iterator[PgConnection]:
+        """One write transaction holding the store's lock: committed on success, else rolled back."""
+        conn = self.connection()
+        with self._thread_lock:
+            try:
+                with self._locked(conn) as locked:
+                    yield locked
+            except psycopg.Error as exc:
+                raise self._fail(exc) from exc
+
+    @contextmanager
+    def read(self) -> Iterator[PgConnection]:
+        """A read-only snapshot (REPEATABLE READ): every query inside sees the same data."""
+        conn = self.connection()
+        with self._thread_lock:
+            try:
+                cursor = conn.raw.execute(
+                    "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY;"
+                    " SELECT extract(epoch FROM clock_timestamp())::float8"
+                )
+                cursor.nextset()
+                row = cursor.fetchone()
+                conn.now = float(row[0]) if row else 0.0
+            except psycopg.Error as exc:
+                raise self._fail(exc) from exc
+            try:
+                yield conn
+            except psycopg.Error as exc:
+                raise self._fail(exc) from exc
+            finally:
+                with suppress(psycopg.Error):
+                    conn.raw.execute("COMMIT")
+
+    def query(
+        self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()
+    ) -> list[dict[str, Any]]:
+        """Rows as dicts, read in one snapshot; `rowid` left out, as SQLite's `SELECT *` does."""
+        with self.read() as conn:
+            rows = [dict(zip(row.keys(), row, strict=True)) for row in conn.execute(sql, params)]
+        for row in rows:
+            row.pop("rowid", None)
+        return rows
+
+    def close(self) -> None:
+        """Close this process's connection (reopened on next use)."""
+        if self._conn is not None and self._pid == os.getpid():
+            with suppress(psycopg.Error):
+                self._conn.raw.close()
+        self._conn, self._pid = None, -1
+
+    def _fail(self, exc: BaseException) -> Exception:
+        if isinstance(exc, psycopg.OperationalError):
+            what = f"is unreachable or refused the {self.label}"
+        else:
+            what = f"cannot be read or written as the {self.label}"
+        return self.error(f"{self.where}: {what} ({_first_line(exc)})")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
