@@ -34,6 +34,7 @@ from jobs.gitcache import resolve_repo  # re-exported: callers resolve what they
 
 __all__ = [
     "AGENTS",
+    "APIS",
     "LIMIT_KEYS",
     "MODES",
     "Manifest",
@@ -46,6 +47,7 @@ __all__ = [
 AGENTS = ("code_review", "architecture", "security", "multi_perspective")
 MODES = ("auto", "concurrent", "single")
 # burst_seconds: how much idle refill the limiter may spend at once (0 = strict pacing).
+APIS = ("messages", "batches")
 LIMIT_KEYS = ("rpm", "itpm", "otpm", "max_concurrent", "burst_seconds")
 DEFAULT_MAX_OUTPUT_TOKENS = 4096
 DEFAULT_MAX_INPUT_TOKENS = 150_000
@@ -56,6 +58,7 @@ _TOP_KEYS = frozenset(
         "name",
         "model",
         "mode",
+        "api",
         "agents",
         "max_output_tokens",
         "max_input_tokens",
@@ -111,6 +114,7 @@ class Manifest:
     limits: Mapping[str, int]
     prompts: Path | None
     repos_file: Path | None = None
+    api: str = "messages"  # messages | batches (Message Batches: half price, no per-minute limits)
     # A reviewed repo's own suppressions file is honoured only when the manifest says so.
     trust_repo_suppressions: bool = False
     # Incremental nights (runner.run.incremental): re-review an unchanged repo after this many days;
@@ -403,6 +407,9 @@ def load_manifest(path: Path) -> Manifest:
     mode = data.get("mode", "auto")
     if mode not in MODES:
         raise c.fail("mode", f"one of {list(MODES)}", _show(mode))
+    api = data.get("api", "messages")
+    if api not in APIS:
+        raise c.fail("api", f"one of {list(APIS)}", _show(api))
     agents = c.agents("agents", data["agents"]) if "agents" in data else AGENTS
     max_out = c.integer(
         "max_output_tokens", data.get("max_output_tokens", DEFAULT_MAX_OUTPUT_TOKENS)
@@ -471,6 +478,7 @@ def load_manifest(path: Path) -> Manifest:
         limits=MappingProxyType(limits),
         prompts=prompts,
         repos_file=repos_file,
+        api=api,
         trust_repo_suppressions=trust,
         full_review_days=full_days,
         small_change_files=small_files,

@@ -250,7 +250,8 @@ def transition(
     conn.execute(
         "UPDATE entries SET state = ?, cost_micros = ?, input_tokens = ?, output_tokens = ?,"
         " cache_creation_input_tokens = ?, cache_read_input_tokens = ?, request_id = ?,"
-        " service_tier = ?, batch = ?, final_at = ? WHERE id = ?",
+        # A Message Batches entry stays one whatever becomes of it (MAX keeps the flag).
+        " service_tier = ?, batch = MAX(batch, ?), final_at = ? WHERE id = ?",
         (
             new_state,
             worst if new_state == "unknown" else cost,
@@ -391,7 +392,7 @@ def mark_dead(
     count = 0
     for pid, start, host in dead:
         ids = conn.execute(
-            "SELECT id FROM entries WHERE state = 'reserved' AND pid = ?"
+            "SELECT id FROM entries WHERE state = 'reserved' AND batch = 0 AND pid = ?"
             " AND host = ? AND pid_start IS ?",
             (pid, host, start),
         ).fetchall()

@@ -153,8 +153,9 @@ class Ledger:
 
     # -- projection and admission -------------------------------------------------------------
 
-    def project(self, mode: str, jobs: Sequence[JobEstimate]) -> Projection:
-        """Expected and worst-case cost of `jobs` in `mode`; UnknownModel for an unpriced model."""
+    def project(self, mode: str, jobs: Sequence[JobEstimate], *, batch: bool = False) -> Projection:
+        """Expected and worst-case cost of `jobs` in `mode` (as Message Batches if `batch`);
+        UnknownModel for an unpriced model."""
         with self._store.read() as conn:
 
             def expected_output(agent: str, model: str) -> float | None:
@@ -166,7 +167,12 @@ class Ledger:
                 return None if row is None else row[0]
 
             return project(
-                mode, jobs, self.prices, expected_output, lambda model: ops.input_ratio(conn, model)
+                mode,
+                jobs,
+                self.prices,
+                expected_output,
+                lambda model: ops.input_ratio(conn, model),
+                batch=batch,
             )
 
     def admit(
@@ -289,6 +295,7 @@ class Ledger:
         review: str | None = None,
         mode: str | None = None,
         counted: bool = False,
+        batch: bool = False,
         cache_ttl: str = "5m",
     ) -> Reservation:
         """Hold the worst case of one request, or raise BudgetExceeded with the numbers.
@@ -297,7 +304,8 @@ class Ledger:
         and the insert are one transaction. Records pid and host for crash detection. A local
         estimate (not `counted`) is raised by ESTIMATE_MARGIN, or by the model's learned
         actual/estimate ratio when that is higher, so the worst case stays a worst case; input
-        is priced at the dearest rate it can bill, a cache write of `cache_ttl` ("5m" or "1h").
+        is priced at the dearest rate it can bill, a cache write of `cache_ttl` ("5m" or "1h"). A
+        `batch` request (Message Batches) is held at the batch price.
         """
         for name, value in (("input_estimate", input_estimate), ("max_output", max_output)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
@@ -317,7 +325,7 @@ class Ledger:
                 if counted
                 else worst_input(input_estimate, ops.input_ratio(conn, model))
             )
-            worst = worst_case_micros(price, worst_in, max_output, cache_ttl=cache_ttl)
+            worst = worst_case_micros(price, worst_in, max_output, cache_ttl=cache_ttl, batch=batch)
             worst_t = worst_in + max_output
             usd_budget, token_budget = ops.effective_budget(conn, month)
             if usd_budget is not None or token_budget is not None:
@@ -337,6 +345,7 @@ class Ledger:
                     "input_estimate": input_estimate,
                     "max_output": max_output,
                     "counted": int(counted),
+                    "batch": int(batch),
                     "worst_micros": worst,
                     "worst_tokens": worst_t,
                     "pid": pid,
@@ -416,7 +425,10 @@ class Ledger:
         """Mark reservations of dead processes unknown and end holds of dead runs; returns how many."""
         with self._store.read() as conn:
             owners = conn.execute(
-                "SELECT DISTINCT pid, pid_start, host FROM entries WHERE state = 'reserved'"
+                # A Message Batches request outlives its process: the batch holds it, and a
+                # resume collects it, so it stays reserved ("processing"), never unknown.
+                "SELECT DISTINCT pid, pid_start, host FROM entries"
+                " WHERE state = 'reserved' AND batch = 0"
             ).fetchall()
             runs = conn.execute(
                 "SELECT run_id, pid, pid_start, host FROM runs WHERE active = 1"

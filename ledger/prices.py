@@ -123,12 +123,20 @@ def cost_micros(price: Price, usage: Mapping[str, Any], *, batch: bool = False) 
 
 
 def worst_case_micros(
-    price: Price, input_tokens: int, max_output: int, *, cache_ttl: str = "5m"
+    price: Price,
+    input_tokens: int,
+    max_output: int,
+    *,
+    cache_ttl: str = "5m",
+    batch: bool = False,
 ) -> int:
-    """The most a request can cost: every input token written to the cache, full output."""
+    """The most a request can cost: every input token written to the cache, full output
+    (at the batch discount for a Message Batches request)."""
     write = price.cache_write_1h if cache_ttl == "1h" else price.cache_write_5m
     worst_input = max(price.input, write)
     total = input_tokens * worst_input + max_output * price.output
+    if batch:
+        total *= 1 - price.batch_discount
     return int(total.quantize(Decimal(1), rounding=ROUND_HALF_UP))
 
 

@@ -56,7 +56,7 @@ class JobEstimate:
     counted: bool = False
     cache_write_tokens: int = 0  # of input_tokens, expected to be written to the cache
     cache_read_tokens: int = 0  # of input_tokens, expected to be read from the cache
-    cache_ttl: str = "5m"  # the TTL of its cache writes: "1h" writes cost more
+    cache_ttl: str = "5m"  # the TTL its cache writes are priced at ("5m" or "1h")
 
 
 @dataclass(frozen=True)
@@ -103,10 +103,13 @@ def project(
     prices: Mapping[str, Price],
     expected_output: Callable[[str, str], float | None],
     input_ratio: Callable[[str], float | None],
+    *,
+    batch: bool = False,
 ) -> Projection:
     """The projection of `jobs` in `mode`; UnknownModel for a model without a price.
 
     `expected_output(agent, model)` and `input_ratio(model)` give history, or None for the prior.
+    `batch`: the jobs go as Message Batches, every price at the model's batch discount.
     """
     if mode not in MODES:
         raise LedgerInputError(f"bad mode {mode!r}: expected one of {', '.join(MODES)}")
@@ -136,16 +139,19 @@ def project(
         total_out += tokens_out
         # Calibration scales the uncached part only: the cached prefix is counted as it is.
         uncached = max(0, tokens_in - cached)
-        cost += (
+        job_cost = (
             uncached * price.input
             + job.cache_write_tokens * write_price
             + job.cache_read_tokens * price.cache_read
             + tokens_out * price.output
         )
+        cost += job_cost * (1 - price.batch_discount) if batch else job_cost
         worst_in = (
             tokens_in if job.counted else worst_input(job.input_tokens, input_ratio(job.model))
         )
-        worst += worst_case_micros(price, worst_in, job.max_output, cache_ttl=job.cache_ttl)
+        worst += worst_case_micros(
+            price, worst_in, job.max_output, cache_ttl=job.cache_ttl, batch=batch
+        )
     return Projection(
         mode=mode,
         requests=len(jobs),

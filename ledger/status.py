@@ -50,6 +50,8 @@ class BudgetStatus:
     active_runs: int
     review_average: dict[str, dict[str, int]] = field(default_factory=dict)
     reviews_fit: dict[str, int | None] = field(default_factory=dict)
+    batch_spent_micros: int = 0  # of spent_micros, settled Message Batches requests
+    batch_processing: int = 0  # Message Batches requests submitted and not collected yet
 
     @property
     def spent_tokens(self) -> int:
@@ -120,6 +122,8 @@ class BudgetStatus:
             "rate_limited": self.rate_limited,
             "spend_cap_hits": self.spend_cap_hits,
             "active_runs": self.active_runs,
+            "batch_spent_usd": usd(self.batch_spent_micros),
+            "batch_requests_processing": self.batch_processing,
         }
 
 
@@ -196,6 +200,13 @@ def build_status(conn: sqlite3.Connection, month: str, now: datetime) -> BudgetS
         (f"{month}-{d:02d}", by_day.get(f"{month}-{d:02d}", 0)) for d in range(1, elapsed + 1)
     )
     averages = _review_averages(conn)
+    # Batch requests are few per month (one per job), so reading their entries stays cheap.
+    batch_spent, batch_processing = conn.execute(
+        "SELECT COALESCE(SUM(CASE WHEN state = 'settled' THEN cost_micros ELSE 0 END), 0),"
+        " COALESCE(SUM(CASE WHEN state IN ('reserved', 'unknown') THEN 1 ELSE 0 END), 0)"
+        " FROM entries WHERE month = ? AND batch = 1",
+        (month,),
+    ).fetchone()
     return BudgetStatus(
         month=month,
         budget_micros=budget,
@@ -225,6 +236,8 @@ def build_status(conn: sqlite3.Connection, month: str, now: datetime) -> BudgetS
             mode: _fits(averages[mode], remaining, remaining_t) if mode in averages else None
             for mode in ("single", "concurrent")
         },
+        batch_spent_micros=batch_spent,
+        batch_processing=batch_processing,
     )
 
 

@@ -29,6 +29,8 @@ __all__ = [
     "CONNECT_TIMEOUT_S",
     "READ_TIMEOUT_S",
     "ApiClient",
+    "BatchApi",
+    "BatchInfo",
     "CallError",
     "Reply",
     "api_configured",
@@ -370,3 +372,82 @@ def _broken_stream(exc: anthropic.APIStatusError, latency: float | None) -> Call
         " processed",
         latency=latency,
     )
+
+
+@dataclass(frozen=True)
+class BatchInfo:
+    """A Message Batch as the API describes it (its requests' custom_ids are not part of it)."""
+
+    id: str
+    status: str  # in_progress | canceling | ended
+    counts: dict[str, int]  # processing, succeeded, errored, canceled, expired
+    created_at: float  # epoch seconds
+    ended_at: float | None
+
+    @property
+    def requests(self) -> int:
+        """How many requests the batch holds (the counts always sum to it)."""
+        return sum(self.counts.values())
+
+
+def _batch_info(batch: Any) -> BatchInfo:
+    return BatchInfo(
+        id=batch.id,
+        status=batch.processing_status,
+        counts=batch.request_counts.model_dump(),
+        created_at=batch.created_at.timestamp(),
+        ended_at=batch.ended_at.timestamp() if batch.ended_at else None,
+    )
+
+
+@dataclass
+class BatchApi:
+    """Message Batches through the same SDK client: create, retrieve, list, results.
+
+    Every failure is a classified CallError, as for single requests.
+    """
+
+    client: ApiClient
+
+    def _call(self, what: Any) -> Any:
+        import anthropic
+
+        try:
+            return what()
+        except anthropic.APIStatusError as exc:
+            raise _classify_status(exc, None) from None
+        except anthropic.APIConnectionError as exc:
+            raise _classify_connection(exc, None) from None
+
+    def create(self, requests: list[dict[str, Any]]) -> BatchInfo:
+        """Submit one batch of `requests` ({"custom_id", "params"} each)."""
+        body: Any = requests  # plain dicts; the SDK's TypedDicts cannot tell them apart
+        return _batch_info(
+            self._call(lambda: self.client.sdk.messages.batches.create(requests=body))
+        )
+
+    def retrieve(self, batch_id: str) -> BatchInfo:
+        """The batch's state and counts now."""
+        return _batch_info(self._call(lambda: self.client.sdk.messages.batches.retrieve(batch_id)))
+
+    def created_since(self, since: float) -> list[BatchInfo]:
+        """Every batch of the account created at or after `since` (epoch s), newest first."""
+        found: list[BatchInfo] = []
+
+        def page_through() -> None:
+            for batch in self.client.sdk.messages.batches.list(limit=100):
+                info = _batch_info(batch)
+                if info.created_at < since:
+                    return  # the list is newest first: nothing older can match
+                found.append(info)
+
+        self._call(page_through)
+        return found
+
+    def results(self, batch_id: str) -> list[dict[str, Any]]:
+        """An ended batch's results, one {"custom_id", "result": {...}} dict per request."""
+        return self._call(
+            lambda: [
+                line.model_dump() for line in self.client.sdk.messages.batches.results(batch_id)
+            ]
+        )

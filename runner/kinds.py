@@ -30,6 +30,7 @@ class RunStatus(StrEnum):
     DEFERRED = "deferred"
     REFUSED = "refused"
     INTERRUPTED = "interrupted"
+    SUBMITTED = "submitted"  # Message Batches sent, not collected yet (run --no-wait)
 
 
 class StopReason(StrEnum):

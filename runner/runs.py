@@ -94,7 +94,30 @@ def m004_findings(db: sqlite_utils.Database) -> None:
 
 
 @MIGRATIONS()
-def m005_repo_reviews(db: sqlite_utils.Database) -> None:
+def m005_message_batches(db: sqlite_utils.Database) -> None:
+    # The batches path (runner/run/batches.py): a batch is recorded as an intent before it is
+    # submitted and gets its platform id right after, so a crash in between is found again
+    # (by listing recent batches) instead of paying twice; each request maps back to its job.
+    db.execute("ALTER TABLE runs ADD COLUMN api TEXT")
+    db.execute(
+        """CREATE TABLE message_batches (
+            id TEXT PRIMARY KEY, run_id TEXT NOT NULL REFERENCES runs(id), batch_id TEXT,
+            phase INTEGER NOT NULL, status TEXT NOT NULL, requests INTEGER NOT NULL,
+            intent_at TEXT NOT NULL, submitted_at TEXT, ended_at TEXT, note TEXT)"""
+    )
+    db.execute(
+        """CREATE TABLE batch_items (
+            custom_id TEXT PRIMARY KEY, batch_key TEXT NOT NULL REFERENCES message_batches(id),
+            run_id TEXT NOT NULL, job_id TEXT NOT NULL, reservation_id INTEGER,
+            reservation_month TEXT, outcome TEXT)"""
+    )
+    db.execute("CREATE INDEX message_batches_by_run ON message_batches(run_id, status)")
+    db.execute("CREATE INDEX batch_items_by_batch ON batch_items(batch_key)")
+    db.execute("CREATE INDEX batch_items_by_job ON batch_items(job_id)")
+
+
+@MIGRATIONS()
+def m006_repo_reviews(db: sqlite_utils.Database) -> None:
     # Incremental nights: each completed review of a repo, what it saw (runner.repo_memory).
     db.execute(
         """CREATE TABLE repo_reviews (
@@ -127,6 +150,7 @@ class RunRow:
     status: str
     out_dir: str
     created_at: str
+    api: str | None = None  # None: recorded before the batches path, i.e. messages
 
 
 @dataclass(frozen=True)
@@ -263,7 +287,7 @@ class Runs(SQLiteStore):
             if not rows:
                 raise RunnerInputError(f"--resume {run_id}: no such run in {self.path}")
         row = rows[0]
-        return RunRow(**{k: row[k] for k in RunRow.__dataclass_fields__})
+        return RunRow(**{k: row[k] for k in RunRow.__dataclass_fields__ if k in row})
 
     def repos(self, run_id: str, *, slug: str | None = None) -> list[dict[str, Any]]:
         """The repos of a run (or its one repo `slug`), with their pack summaries."""

@@ -112,6 +112,11 @@ def render_status(status: BudgetStatus) -> str:
             f"({money(status.unknown_micros)}); check the console, then "
             "`review-runner budget reconcile`"
         )
+    if status.batch_spent_micros or status.batch_processing:
+        lines.append(
+            f"batches    {money(status.batch_spent_micros):>12}  spent at the batch price; "
+            f"{status.batch_processing} request(s) still processing (held at the worst case)"
+        )
     lines.append(
         f"burn rate  {money(status.burn_micros_per_day)}/day; at that rate "
         f"{money(status.projected_micros)} by the end of {status.month}"

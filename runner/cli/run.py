@@ -32,6 +32,33 @@ from statedb import state_dir
 __all__ = ["plan", "run"]
 
 MODE_CHOICE = click.Choice([str(m) for m in RequestedMode])
+API_CHOICE = click.Choice(["messages", "batches"])
+
+
+def _api_option(func: Any) -> Any:
+    return click.option(
+        "--api",
+        type=API_CHOICE,
+        help="Override the manifest's api: messages, or batches (Message Batches: half price, "
+        "outside the per-minute limits, results within hours).",
+    )(func)
+
+
+def _batch_options(func: Any) -> Any:
+    func = click.option(
+        "--poll-interval",
+        type=click.FloatRange(min=0.01),
+        default=60.0,
+        show_default=True,
+        help="Batches: seconds between polls while waiting.",
+    )(func)
+    return click.option(
+        "--no-wait",
+        is_flag=True,
+        help="Batches: submit and exit 0 with status `submitted`; `run --resume` collects.",
+    )(func)
+
+
 SIMULATOR_KEY = "simulated-key"  # the embedded simulator accepts any key; this is no secret
 
 
@@ -130,6 +157,8 @@ class _Renderer:
     help="Attempts per job for 5xx, 529 and dropped connections.",
 )
 @_limit_options
+@_api_option
+@_batch_options
 @json_option
 def run(
     manifest: Path | None,
@@ -146,6 +175,9 @@ def run(
     otpm: int | None,
     max_concurrent: int | None,
     burst_seconds: int | None,
+    api: str | None,
+    no_wait: bool,
+    poll_interval: float,
     as_json: bool,
 ) -> None:
     """Review every repository of MANIFEST within the rate limits and the budget.
@@ -155,6 +187,7 @@ def run(
         review-runner run jobs/nightly.toml
         review-runner run jobs/nightly.toml --mode single --json
         review-runner run --resume last
+        review-runner run jobs/nightly.toml --api batches --no-wait
     """
     if (manifest is None) == (resume is None):
         raise click.UsageError("give a MANIFEST, or --resume RUN_ID|last (not both)")
@@ -176,8 +209,13 @@ def run(
         limits=limits,
         max_attempts=max_attempts,
         full=full,
+        api=api,
+        wait=not no_wait,
+        poll_interval=poll_interval,
     )
     config = load_config(load_manifest(manifest) if manifest else None, options, state_dir())
+    if no_wait and config.api != "batches":
+        raise click.UsageError("--no-wait applies to Message Batches only (--api batches)")
     renderer = _Renderer()
     with _api(simulate, dry_run, config.limits.simulator()) as (base_url, api_key):
         try:
@@ -214,6 +252,11 @@ def _render_run(result: RunResult, as_json: bool) -> None:
         echo_json(doc)
     elif result.status == RunStatus.REFUSED:
         click.echo(f"Refused: {result.reason}")
+    elif result.status == RunStatus.SUBMITTED:
+        click.echo(
+            f"Run {result.run_id} ({result.mode}): submitted as Message Batches. "
+            f"Collect with: review-runner run --resume {result.run_id}"
+        )
     elif result.status == RunStatus.PLANNED:
         click.echo(
             f"Dry run {result.run_id}: would run {result.mode} ({result.reason}); nothing sent."
@@ -252,8 +295,11 @@ def _render_run(result: RunResult, as_json: bool) -> None:
     is_flag=True,
     help="List every redacted secret as file:line:kind (never the value), to audit what is sent.",
 )
+@_api_option
 @json_option
-def plan(manifest: Path, mode: str | None, full: bool, redactions: bool, as_json: bool) -> None:
+def plan(
+    manifest: Path, mode: str | None, full: bool, redactions: bool, api: str | None, as_json: bool
+) -> None:
     """Show what each mode of MANIFEST would send, cost and take, and which the ledger would pick.
 
     Sends nothing and holds nothing.
@@ -266,7 +312,10 @@ def plan(manifest: Path, mode: str | None, full: bool, redactions: bool, as_json
     from jobs.manifest import load_manifest
 
     config = load_config(
-        load_manifest(manifest), RunOptions(mode=mode, full=full), state_dir(), check_runs=False
+        load_manifest(manifest),
+        RunOptions(mode=mode, full=full, api=api),
+        state_dir(),
+        check_runs=False,
     )
     result = plan_run(config)
     if as_json:
@@ -283,13 +332,14 @@ def plan(manifest: Path, mode: str | None, full: bool, redactions: bool, as_json
 
 def _render_plan(result: PlanResult) -> None:
     doc = result.to_json()
-    click.echo(f"{result.manifest}: {doc['repos']} repositories")
-    for m in Mode:
-        d = doc["modes"][m]
-        click.echo(
-            f"  {m:<10} {d['requests']:>4} requests  {d['input_tokens']:>10,} in  "
-            f"{d['output_tokens']:>8,} out  ${d['cost_usd']:>8.2f}  ~{d['wall_time_s']:.0f}s"
-        )
+    click.echo(f"{result.manifest}: {doc['repos']} repositories (api: {doc['api']})")
+    for api, modes in (doc["apis"] or {doc["api"]: doc["modes"]}).items():
+        for m in Mode:
+            d = modes[m]
+            click.echo(
+                f"  {api:<9} {m:<10} {d['requests']:>4} requests  {d['input_tokens']:>10,} in  "
+                f"{d['output_tokens']:>8,} out  ${d['cost_usd']:>8.2f}  ~{d['wall_time_s']:.0f}s"
+            )
     remaining = result.remaining_usd
     click.echo(
         f"  remaining this month: {'no budget set' if remaining is None else f'${remaining:.2f}'}"

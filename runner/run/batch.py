@@ -27,6 +27,9 @@ from runner.errors import RunnerInputError
 from runner.kinds import ErrorKind, JobStatus, RunStatus, StopReason
 from runner.limiter import Limiter
 from runner.reachability import remove_counter
+from runner.run.batches import run_batches
+from runner.run.batchplan import Api, api_reason, apis_json, phase_seconds, to_batches
+from runner.run.batchrecords import past_durations
 from runner.run.config import RunConfig
 from runner.run.incremental import Carried, carried_outcome, triage
 from runner.run.job import Job, JobOutcome
@@ -184,12 +187,15 @@ def plan(config: RunConfig, *, on_message: Callable[[str], None] = lambda _: Non
     )
     # What `run` would refuse, `plan` says too: a broken suppressions file.
     load_repo_suppressions(config.manifest, {w.spec.slug: w for w in the_plan.works})
+    messages_plan, the_plan = _on_api(the_plan, config, state)
     decision = state.ledger.decide(
         _wanted(the_plan, config),
         config.mode,
         health_ok=the_plan.health.ok,
         health_reason=the_plan.health.reason,
     )
+    decision = _explained(decision, config, state, messages_plan)
+    batches_plan = the_plan if config.api == Api.BATCHES else _batches_plan(messages_plan, state)
     sent = (
         ()
         if decision.mode == Decision.REFUSED
@@ -202,7 +208,37 @@ def plan(config: RunConfig, *, on_message: Callable[[str], None] = lambda _: Non
         decision=Decision(decision.mode),
         reason=decision.reason,
         jobs=sent,
+        api=config.api,
+        apis=apis_json({Api.MESSAGES: messages_plan, Api.BATCHES: batches_plan}),
     )
+
+
+def _batches_plan(messages_plan: Plan, state: State) -> Plan:
+    phase_s = phase_seconds(past_durations(state.paths.runs))
+    return to_batches(messages_plan, state.ledger, phase_s)
+
+
+def _on_api(the_plan: Plan, config: RunConfig, state: State) -> tuple[Plan, Plan]:
+    """(the Messages plan, the plan on the run's API): the same jobs, as batches if asked."""
+    if config.api != Api.BATCHES:
+        return the_plan, the_plan
+    return the_plan, _batches_plan(the_plan, state)
+
+
+def _explained(
+    admission: Admission, config: RunConfig, state: State, messages_plan: Plan
+) -> Admission:
+    """The decision's reason, saying the API; on batches, what messages would have allowed."""
+    if config.api != Api.BATCHES:
+        return admission
+    on_messages = state.ledger.decide(
+        _wanted(messages_plan, config),
+        config.mode,
+        health_ok=messages_plan.health.ok,
+        health_reason=messages_plan.health.reason,
+        run_id=admission.run_id,
+    )
+    return replace(admission, reason=api_reason(config.api, admission.reason, on_messages.reason))
 
 
 def _wanted(the_plan: Plan, config: RunConfig) -> dict[str, Projection]:
@@ -238,7 +274,9 @@ def run(
         run_id, manifest, state, client=client, concurrency=concurrency, on_message=on_message,
         config=config, recorded=modes, failed=pack_failures,
     )  # fmt: skip
-    _check_limits(the_plan)
+    messages_plan, the_plan = _on_api(the_plan, config, state)
+    if config.api == Api.MESSAGES:  # batch traffic does not use the per-minute limits
+        _check_limits(the_plan)
     # Suppressions are read before admission: a broken file stops the run with nothing held or sent.
     tracker = tracker_for(
         config.manifest,
@@ -255,6 +293,7 @@ def run(
         health_ok=the_plan.health.ok,
         health_reason=the_plan.health.reason,
     )
+    admission = _explained(admission, config, state, messages_plan)
     on_message(f"mode: {admission.mode} ({admission.reason})")
     if admission.mode == Decision.REFUSED or config.dry_run:
         state.ledger.end_run(run_id)
@@ -278,6 +317,8 @@ def run(
         carried,
     )
     try:
+        if config.api == Api.BATCHES:
+            return run_batches(execution, on_progress)
         return execution.run(on_progress)
     finally:
         state.ledger.end_run(run_id)
@@ -528,3 +569,7 @@ class _Execution:
         for outcome in outcomes:
             write_repo_report(self.out_dir, outcome)
         return outcomes
+
+    # The batches path (runner.run.batches) records and finishes a run the same way.
+    record_jobs = _record
+    finish = _finish

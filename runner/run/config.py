@@ -66,6 +66,9 @@ class RunOptions:
     max_attempts: int = 5
     count_tokens: bool = True
     full: bool = False  # review every repo in full tonight, changed or not (`--full`)
+    api: str | None = None  # messages | batches; None: the manifest's (or the resumed run's)
+    wait: bool = True  # batches: wait for the results (False: submit and exit, `submitted`)
+    poll_interval: float = 60.0  # batches: seconds between polls while waiting
 
 
 @dataclass(frozen=True)
@@ -86,6 +89,9 @@ class RunConfig:
     base_url: str | None = None
     # Only ever the simulator's dummy key: a real key stays in the environment, for the SDK.
     api_key: str | None = None
+    api: str = "messages"  # messages | batches
+    wait: bool = True
+    poll_interval: float = 60.0
 
     def with_api(self, base_url: str | None, api_key: str | None) -> RunConfig:
         """The same run against another endpoint (the embedded simulator)."""
@@ -109,11 +115,13 @@ def load_config(
         manifest = load_manifest(Path(previous.manifest))
         mode = RequestedMode(previous.mode or previous.requested_mode)
         out_root = Path(previous.out_dir)
+        api = previous.api or "messages"  # a run keeps its API: its batches are there
     else:
         if manifest is None:
             raise ValueError("load_config: give a manifest or options.resume")
         mode = RequestedMode(options.mode or manifest.mode)
         out_root = options.out or manifest.out
+        api = options.api or manifest.api
     return RunConfig(
         manifest=manifest,
         state=state,
@@ -126,4 +134,7 @@ def load_config(
         max_attempts=options.max_attempts,
         count_tokens=options.count_tokens,
         full=options.full,
+        api=api,
+        wait=options.wait,
+        poll_interval=options.poll_interval,
     )

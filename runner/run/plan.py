@@ -33,6 +33,7 @@ __all__ = [
     "RepoWork",
     "build_jobs",
     "count_prefixes",
+    "job_estimates",
     "latency_prior",
     "make_plan",
     "pack_all",
@@ -267,6 +268,24 @@ def build_jobs(
     return tuple(jobs)
 
 
+def job_estimates(jobs: Iterable[Job]) -> list[JobEstimate]:
+    """What the ledger projects of each Job."""
+    # The ledger keys a warm-up apart (its output is always 0: it must not teach an agent's).
+    return [
+        JobEstimate(
+            j.key,
+            j.model,
+            j.input_tokens,
+            j.max_output,
+            counted=j.counted,
+            cache_write_tokens=j.cache_write,
+            cache_read_tokens=j.cache_read,
+            cache_ttl=j.cache_ttl,
+        )
+        for j in jobs
+    ]
+
+
 def latency_prior(output_tokens_per_request: float, health: Health) -> float:
     """Seconds per request: the measured median when there is one, else the stated prior."""
     if health.latency_p50:
@@ -319,21 +338,7 @@ def make_plan(
     mixed = tuple(sorted(mixed, key=lambda j: order[j.slug]))  # stable: a repo's jobs keep order
 
     def project(label: Mode, planned: tuple[Job, ...]) -> tuple[tuple[Job, ...], Projection, float]:
-        # The ledger keys a warm-up apart (its output is always 0: it must not teach an agent's).
-        estimates = [
-            JobEstimate(
-                j.key,
-                j.model,
-                j.input_tokens,
-                j.max_output,
-                counted=j.counted,
-                cache_write_tokens=j.cache_write,
-                cache_read_tokens=j.cache_read,
-                cache_ttl=j.cache_ttl,
-            )
-            for j in planned
-        ]
-        projection = ledger.project(label, estimates)
+        projection = ledger.project(label, job_estimates(planned))
         per_request = projection.output_tokens / max(1, projection.requests)
         # The limiter debits each request's expected output up front, the same for every job.
         expected = max(1, -(-projection.output_tokens // max(1, projection.requests)))

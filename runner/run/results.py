@@ -8,7 +8,7 @@ add the outcomes as they arrive.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +58,12 @@ class RunResult:
 
     def to_json(self) -> dict[str, Any]:
         """The `run --json` document (keys from DESIGN.md, and more)."""
-        resumable = (RunStatus.INTERRUPTED, RunStatus.DEFERRED, RunStatus.FAILED)
+        resumable = (
+            RunStatus.INTERRUPTED,
+            RunStatus.DEFERRED,
+            RunStatus.FAILED,
+            RunStatus.SUBMITTED,
+        )
         return {
             "run_id": self.run_id,
             "status": self.status,
@@ -86,13 +91,17 @@ class PlanResult:
     decision: Decision
     reason: str
     jobs: tuple[Job, ...] = ()  # what the decision would send (per repo)
+    api: str = "messages"  # the API `modes` and the decision are on
+    apis: Mapping[str, Any] = field(default_factory=dict)  # each API's modes (batches.apis_json)
 
     def to_json(self) -> dict[str, Any]:
         """The `plan --json` document (keys from DESIGN.md, and more)."""
         return {
             "manifest": str(self.manifest),
             "repos": len(self.plan.works),
+            "api": self.api,
             "modes": self.plan.modes_json(),
+            "apis": dict(self.apis),
             "remaining_usd": self.remaining_usd,
             "decision": {"mode": self.decision, "reason": self.reason},
             "per_repo": self.plan.per_repo.to_json() if self.plan.per_repo else None,
