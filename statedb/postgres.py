@@ -106,7 +106,7 @@ class _Cursor:
     def lastrowid(self) -> Any:
         if self._insert and not self._id:
             first = self.fetchone()
-            self._id.append(first[0] if first is not None else None)
+            self._id.append(first["id"] if first is not None and "id" in first.keys() else None)
         return self._id[0] if self._id else None
 
     def fetchone(self) -> Any:
