@@ -8,7 +8,8 @@ Repos are given in `repos` (and/or `repos_file`, one per line, `#` comments) as:
 - a glob (`src/*`), which must match at least one folder;
 - a git URL (https, ssh, git, file, or `user@host:path`), with an optional `#ref` suffix;
 - a table `{path = ..., url = ..., ref = ..., slug = ..., model = ..., agents = [...],
-  max_input_tokens = ...}` (exactly one of path/url) for per-repo overrides.
+  max_input_tokens = ..., mode = "concurrent"|"single", release = true}` (exactly one of path/url)
+  for per-repo overrides (`mode` pins the repo's mode; `release` asks for a concurrent review).
 A repository listed twice (same resolved folder, or same URL and ref) is reviewed once: the first
 entry wins. Slugs are unique and filesystem-safe; an automatic one gets `-2`, `-3` on a clash.
 A URL or ref that git could read as an option (a leading '-', an ssh host starting with '-') or a
@@ -66,8 +67,16 @@ _TOP_KEYS = frozenset(
         "repos_file",
     }
     | {"limits", "prompts", "trust_repo_suppressions"}
+    | {"full_review_days", "small_change_files", "small_change_lines"}
 )
-_REPO_KEYS = frozenset({"path", "url", "ref", "slug", "model", "agents", "max_input_tokens"})
+_REPO_KEYS = frozenset(
+    {"path", "url", "ref", "slug", "model", "agents", "max_input_tokens", "mode", "release"}
+)
+# A repo's pinned mode: "auto" is the run's own rule, so a pin is one of the two real modes.
+REPO_MODES = ("concurrent", "single")
+DEFAULT_FULL_REVIEW_DAYS = 7
+DEFAULT_SMALL_CHANGE_FILES = 1  # a change of at most this many files is small...
+DEFAULT_SMALL_CHANGE_LINES = 50  # ...and so is one of fewer changed lines than this
 _URL = re.compile(r"^(?:(?:https?|ssh|git|file)://|[\w.\-]+@[\w.\-]+:(?!//))")
 _SLUG_OK = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 _GLOB_CHARS = frozenset("*?[")
@@ -85,6 +94,8 @@ class RepoSpec:
     model: str
     agents: tuple[str, ...]
     max_input_tokens: int
+    mode: str | None = None  # pinned "concurrent" or "single"; None: chosen per night
+    release: bool = False  # a release: reviewed concurrent when it changed
 
 
 @dataclass(frozen=True)
@@ -106,6 +117,11 @@ class Manifest:
     api: str = "messages"  # messages | batches (Message Batches: half price, no per-minute limits)
     # A reviewed repo's own suppressions file is honoured only when the manifest says so.
     trust_repo_suppressions: bool = False
+    # Incremental nights (runner.run.incremental): re-review an unchanged repo after this many days;
+    # a change of at most small_change_files files, or under small_change_lines lines, is small.
+    full_review_days: int = DEFAULT_FULL_REVIEW_DAYS
+    small_change_files: int = DEFAULT_SMALL_CHANGE_FILES
+    small_change_lines: int = DEFAULT_SMALL_CHANGE_LINES
 
 
 def is_git_url(text: str) -> bool:
@@ -181,6 +197,8 @@ class _Entry:
     model: str
     agents: tuple[str, ...]
     max_input_tokens: int
+    mode: str | None = None
+    release: bool = False
 
 
 def _expand_local(c: _Checker, key: str, text: str, base: Path) -> list[Path]:
@@ -245,6 +263,14 @@ def _entries(c: _Checker, key: str, raw: Any, base: Path, defaults: dict[str, An
             over["max_input_tokens"] = c.integer(
                 f"{key}.max_input_tokens", raw["max_input_tokens"], MIN_INPUT_TOKENS
             )
+        if "mode" in raw:
+            if raw["mode"] not in REPO_MODES:
+                raise c.fail(f"{key}.mode", f"one of {list(REPO_MODES)}", _show(raw["mode"]))
+            over["mode"] = raw["mode"]
+        if "release" in raw:
+            if not isinstance(raw["release"], bool):
+                raise c.fail(f"{key}.release", "true or false", _show(raw["release"]))
+            over["release"] = raw["release"]
     else:
         raise c.fail(key, "a path, glob or git URL string, or a table", _show(raw))
     settings = {**defaults, **over}
@@ -328,7 +354,18 @@ def _specs(c: _Checker, entries: list[_Entry]) -> tuple[RepoSpec, ...]:
                 slug = f"{base}-{n}"
             taken.add(slug.lower())
         specs.append(
-            RepoSpec(e.source, e.path, e.url, e.ref, slug, e.model, e.agents, e.max_input_tokens)
+            RepoSpec(
+                e.source,
+                e.path,
+                e.url,
+                e.ref,
+                slug,
+                e.model,
+                e.agents,
+                e.max_input_tokens,
+                mode=e.mode,
+                release=e.release,
+            )
         )
     return tuple(specs)
 
@@ -381,6 +418,15 @@ def load_manifest(path: Path) -> Manifest:
         "max_input_tokens", data.get("max_input_tokens", DEFAULT_MAX_INPUT_TOKENS), MIN_INPUT_TOKENS
     )
     out = (base / os.path.expanduser(c.string("out", data.get("out", "reports")))).resolve()
+    full_days = c.integer(
+        "full_review_days", data.get("full_review_days", DEFAULT_FULL_REVIEW_DAYS)
+    )
+    small_files = c.integer(
+        "small_change_files", data.get("small_change_files", DEFAULT_SMALL_CHANGE_FILES), 0
+    )
+    small_lines = c.integer(
+        "small_change_lines", data.get("small_change_lines", DEFAULT_SMALL_CHANGE_LINES), 0
+    )
 
     prompts = None
     if "prompts" in data:
@@ -434,4 +480,7 @@ def load_manifest(path: Path) -> Manifest:
         repos_file=repos_file,
         api=api,
         trust_repo_suppressions=trust,
+        full_review_days=full_days,
+        small_change_files=small_files,
+        small_change_lines=small_lines,
     )

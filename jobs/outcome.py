@@ -37,6 +37,10 @@ class RepoOutcome:
     tracking: Tracking | None = None
     # Suppression entries ignored because they expired, in words, for the report.
     expired_suppressions: tuple[str, ...] = ()
+    # Why the repo ran in its mode tonight (runner.run.incremental), for the summary.
+    mode_reason: str = ""
+    # "RUN_ID (YYYY-MM-DD)" when nothing changed and nothing was sent: the findings are that run's.
+    unchanged_since: str | None = None
     findings: tuple[Finding, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -72,6 +76,8 @@ class RepoOutcome:
             "cost_usd": self.cost_usd,
             "tracking": self.tracking.to_dict() if self.tracking is not None else None,
             "expired_suppressions": list(self.expired_suppressions),
+            "mode_reason": self.mode_reason,
+            "unchanged_since": self.unchanged_since,
         }
 
     @classmethod
@@ -93,6 +99,8 @@ class RepoOutcome:
                 cost_usd=float(data.get("cost_usd") or 0.0),
                 tracking=Tracking.from_dict(data["tracking"]) if data.get("tracking") else None,
                 expired_suppressions=tuple(str(e) for e in data.get("expired_suppressions") or ()),
+                mode_reason=str(data.get("mode_reason") or ""),
+                unchanged_since=data.get("unchanged_since") or None,
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise JobsInputError(f"malformed repo outcome record: {exc!r}") from exc

@@ -36,7 +36,7 @@ import os
 import re
 import stat
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from types import MappingProxyType
@@ -397,11 +397,22 @@ def _scan(
 _Fitted = tuple[str, int | None, str | None, int]  # status, lines shown, truncated block, its bytes
 
 
-def _fit(scanned: list[_Scanned], remaining: int, reader: _Reader) -> dict[str, _Fitted]:
-    """The fit rule (module docstring): each path's status; truncated blocks are made here."""
+def _fit(
+    scanned: list[_Scanned], remaining: int, reader: _Reader, lead: frozenset[str] = frozenset()
+) -> dict[str, _Fitted]:
+    """The fit rule (module docstring): each path's status; truncated blocks are made here.
+
+    Files in `lead` (a change under review) claim the budget before every class.
+    """
     status: dict[str, _Fitted] = {}
-    for rank in range(len(PRIORITY_NAMES)):
-        group = sorted((it for it in scanned if it.rank == rank), key=lambda it: it.path)
+    first = sorted((it for it in scanned if it.path in lead), key=lambda it: it.path)
+    groups = [first] + [
+        sorted(
+            (it for it in scanned if it.rank == r and it.path not in lead), key=lambda it: it.path
+        )
+        for r in range(len(PRIORITY_NAMES))
+    ]
+    for group in groups:
         for item in group:  # whole files first
             if item.tokens <= remaining:
                 status[item.path] = ("included", None, None, item.size)
@@ -423,7 +434,15 @@ def _fit(scanned: list[_Scanned], remaining: int, reader: _Reader) -> dict[str, 
     return status
 
 
-def pack_repo(root: Path, *, slug: str, max_input_tokens: int, size_cap: int = 256_000) -> Pack:
+def pack_repo(
+    root: Path,
+    *,
+    slug: str,
+    max_input_tokens: int,
+    size_cap: int = 256_000,
+    lead: Collection[str] = (),
+    preface: str = "",
+) -> Pack:
     """Select, read, redact and fit the files of `root` into one pack of at most `max_input_tokens`.
 
     Unreadable, binary, invalid-UTF-8, oversized, excluded files and names that are not UTF-8 are
@@ -432,6 +451,9 @@ def pack_repo(root: Path, *, slug: str, max_input_tokens: int, size_cap: int = 2
     skipped as changed and the pack made again. Memory: the measurements of every file, the text
     of one file at a time, and the pack itself. Raises PackError (naming the repo and the cause)
     when the repo as a whole cannot be packed, e.g. an unreadable ignore file.
+
+    `lead` (paths changed since the last review) come first, in the fit and in the text;
+    `preface` (jobs.changes.preface: the change and its diff) follows the tree, within the budget.
     """
     if not root.is_dir():
         raise JobsInputError(f"{root}: not a folder to pack")
@@ -447,8 +469,9 @@ def pack_repo(root: Path, *, slug: str, max_input_tokens: int, size_cap: int = 2
         for _ in range(MAX_PACK_ATTEMPTS):
             try:
                 return _pack_once(
-                    real_root, paths, method, slug, max_input_tokens, size_cap, unstable
-                )
+                    real_root, paths, method, slug, max_input_tokens, size_cap, unstable,
+                    frozenset(lead), preface,
+                )  # fmt: skip
             except _Changed as changed:
                 unstable[changed.path] = "changed while packing"
     except PackError as exc:
@@ -469,16 +492,20 @@ def _pack_once(
     max_input_tokens: int,
     size_cap: int,
     unstable: Mapping[str, str],
+    lead: frozenset[str] = frozenset(),
+    preface: str = "",
 ) -> Pack:
     skipped: list[tuple[str, str]] = []
     sites: list[RedactionSite] = []
     scanned = _scan(real_root, paths, size_cap, unstable, skipped, sites)
     reader = _Reader(real_root, size_cap)
     tree = "".join(_escape(item.path) + "\n" for item in scanned)
-    head = f'<repository name="{_escape(slug)}">\n<tree>\n{tree}</tree>\n'
+    head = f'<repository name="{_escape(slug)}">\n<tree>\n{tree}</tree>\n{preface}'
     foot = "</repository>\n"
     remaining = max_input_tokens - estimate_tokens(head) - estimate_tokens(foot)
-    status = _fit(scanned, remaining, reader)
+    status = _fit(scanned, remaining, reader, lead)
+    if lead:  # the change first in the text too, so a reader meets it before the rest
+        scanned = sorted(scanned, key=lambda it: it.path not in lead)
     parts, files = [head], []
     for item in scanned:
         state, shown, block, _ = status[item.path]

@@ -211,6 +211,9 @@ def _summary_row(o: RepoOutcome, run_id: str) -> dict[str, Any]:
         "error": o.error,
         "complete": o.complete,
         "mode": o.mode,
+        "mode_reason": o.mode_reason,
+        "unchanged": o.unchanged_since is not None,
+        "unchanged_since": o.unchanged_since,
         "model": o.model,
         "agents": [
             {
@@ -272,10 +275,12 @@ def _summary_md(doc: Mapping[str, Any]) -> str:
         status = (
             row["status"] if row["complete"] or row["status"] != "done" else "done (incomplete)"
         )
+        if row.get("unchanged_since"):
+            status = f"unchanged since {_md(row['unchanged_since'])}"
         cells = [
             link,
             status,
-            row["mode"],
+            f"{row['mode']} ({_md(row['mode_reason'])})" if row.get("mode_reason") else row["mode"],
             agents or "-",
             *(str(row[k]) for k in ("new", "fixed", "persisting")),
             *(str(row["findings"][s]) for s in SEVERITIES),

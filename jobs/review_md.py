@@ -54,6 +54,10 @@ def render_review(o: RepoOutcome, run_id: str, tracking: Tracking) -> str:
         f"Run `{_md(run_id)}` · mode {o.mode} · model `{_md(o.model)}` · status **{o.status}**",
         "",
     ]
+    if o.unchanged_since:
+        out += [f"Unchanged since {_md(o.unchanged_since)}: nothing was sent tonight; the findings are that review's, carried forward.", ""]  # fmt: skip
+    elif o.mode_reason:
+        out += [f"Mode {o.mode}: {_md(o.mode_reason)}.", ""]
     out += _problems(o)
     counts = tracking.counts()
     out += [

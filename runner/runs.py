@@ -123,6 +123,20 @@ def m006_run_owner(db: sqlite_utils.Database) -> None:
         db.execute(f"ALTER TABLE runs ADD COLUMN {column} TEXT")
 
 
+@MIGRATIONS()
+def m007_repo_reviews(db: sqlite_utils.Database) -> None:
+    # Incremental nights: each completed review of a repo, what it saw (runner.repo_memory).
+    db.execute(
+        """CREATE TABLE repo_reviews (
+            id TEXT PRIMARY KEY, repo_key TEXT NOT NULL, slug TEXT NOT NULL,
+            run_id TEXT NOT NULL, reviewed_at TEXT NOT NULL, head_commit TEXT,
+            tree_sha256 TEXT NOT NULL, files TEXT NOT NULL, tags TEXT NOT NULL,
+            pack_sha256 TEXT NOT NULL, prompts_sha256 TEXT NOT NULL, model TEXT NOT NULL,
+            mode TEXT NOT NULL, agents TEXT NOT NULL, outcome TEXT NOT NULL)"""
+    )
+    db.execute("CREATE INDEX repo_reviews_by_key ON repo_reviews(repo_key, reviewed_at)")
+
+
 #: A planned job as runs.db records it: (id, slug, agent, warm).
 JobKey = tuple[str, str, str, bool]
 

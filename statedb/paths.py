@@ -51,9 +51,18 @@ def private_dir(path: Path) -> Path:
 
 
 def private_file(path: Path) -> Path:
-    """Create `path` (if missing) readable by its owner only, and return it."""
-    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
-    os.close(fd)
+    """Create `path` (if missing) readable by its owner only, and return it.
+
+    An existing file is never opened: closing that descriptor would drop every POSIX lock this
+    process holds on it, SQLite's included, and a connection still open in the process would
+    then see its WAL deleted under it ("disk I/O error").
+    """
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
+    except FileExistsError:
+        pass
+    else:
+        os.close(fd)
     os.chmod(path, 0o600)
     return path
 

@@ -57,7 +57,8 @@ def test_twelve_repos_in_each_mode_on_batches_ledger_equals_billing(
         assert concurrent.returncode == 0, concurrent.stderr
         after_concurrent = sim.stats()
         log_concurrent = sim.batch_log()
-        single = run_batches(manifest, sim, "--mode", "single")
+        # The same repos again: --full, or unchanged repos are not sent (incremental nights).
+        single = run_batches(manifest, sim, "--mode", "single", "--full")
         assert single.returncode == 0, single.stderr
         stats = sim.stats()
         records = sim.log()

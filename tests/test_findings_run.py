@@ -75,7 +75,9 @@ def test_nights_through_the_cli_match_the_truth(tmp_path: Path) -> None:
             commit(root, night)
         config = SimConfig(seed=7, reword_rate=1.0, misline_rate=0.5, misquote_rate=misquote)
         with Simulator(config) as sim:
-            result = cli("run", str(manifest), "--mode", mode, "--json", env=api_env(sim))
+            # The same night again in another mode: --full, or the unchanged repo is not sent.
+            again = ["--full"] if i and NIGHTS[i - 1][0] == night else []
+            result = cli("run", str(manifest), "--mode", mode, "--json", *again, env=api_env(sim))
             assert result.returncode == 0, result.stderr
             sent = messages(sim)
         run = json.loads(result.stdout)
@@ -214,7 +216,7 @@ def test_a_resumed_run_reports_the_repos_its_first_attempt_tracked(tmp_path: Pat
     # The second night stops at the spend cap part-way, then is resumed: the repos done before the stop
     # were tracked then (persisting), and the summary of the resumed run must say so, not "new".
     with Simulator(SimConfig(seed=3, spend_cap_usd=0.01)) as sim:
-        capped = cli("run", str(manifest), "--mode", "single", "--workers", "1", "--json", env=api_env(sim))  # fmt: skip
+        capped = cli("run", str(manifest), "--mode", "single", "--workers", "1", "--json", "--full", env=api_env(sim))  # fmt: skip
     assert capped.returncode == 3, capped.stderr
     stopped = json.loads(capped.stdout)
     assert stopped["jobs"]["done"] >= 1 and stopped["jobs"]["deferred"] >= 1

@@ -149,6 +149,7 @@ class _Renderer:
 )
 @click.option("--simulate", is_flag=True, help="Use the built-in simulator even with an API key.")
 @click.option("--dry-run", is_flag=True, help="Pack, project and decide; send nothing.")
+@click.option("--full", is_flag=True, help="Review every repo in full, changed or not.")
 @click.option(
     "--max-attempts",
     type=click.IntRange(min=1),
@@ -168,6 +169,7 @@ def run(
     resume: str | None,
     simulate: bool,
     dry_run: bool,
+    full: bool,
     max_attempts: int,
     rpm: int | None,
     itpm: int | None,
@@ -208,6 +210,7 @@ def run(
         dry_run=dry_run,
         limits=limits,
         max_attempts=max_attempts,
+        full=full,
         api=api,
         wait=not no_wait,
         poll_interval=poll_interval,
@@ -270,6 +273,9 @@ def _render_run(result: RunResult, as_json: bool) -> None:
             f"Tokens in {doc['input_tokens']:,} (+{doc['cache_read_input_tokens']:,} cached), "
             f"out {doc['output_tokens']:,}. Cost ${doc['cost_usd']:.4f}."
         )
+        unchanged = doc["unchanged"]
+        if unchanged:
+            click.echo(f"{unchanged} unchanged repo(s) not sent: their findings carried forward.")
         if result.out_dir:
             click.echo(f"Reports: {result.out_dir}")
     if result.status == RunStatus.REFUSED:
@@ -285,6 +291,7 @@ def _render_run(result: RunResult, as_json: bool) -> None:
 @click.command()
 @click.argument("manifest", type=click.Path(path_type=Path, dir_okay=False))
 @click.option("--mode", type=MODE_CHOICE, help="Override the manifest's mode.")
+@click.option("--full", is_flag=True, help="Plan a full review of every repo, changed or not.")
 @click.option(
     "--redactions",
     is_flag=True,
@@ -293,7 +300,7 @@ def _render_run(result: RunResult, as_json: bool) -> None:
 @_api_option
 @json_option
 def plan(
-    manifest: Path, mode: str | None, redactions: bool, api: str | None, as_json: bool
+    manifest: Path, mode: str | None, full: bool, redactions: bool, api: str | None, as_json: bool
 ) -> None:
     """Show what each mode of MANIFEST would send, cost and take, and which the ledger would pick.
 
@@ -307,7 +314,10 @@ def plan(
     from jobs.manifest import load_manifest
 
     config = load_config(
-        load_manifest(manifest), RunOptions(mode=mode, api=api), state_dir(), check_runs=False
+        load_manifest(manifest),
+        RunOptions(mode=mode, full=full, api=api),
+        state_dir(),
+        check_runs=False,
     )
     result = plan_run(config)
     if as_json:
@@ -337,6 +347,12 @@ def _render_plan(result: PlanResult) -> None:
         f"  remaining this month: {'no budget set' if remaining is None else f'${remaining:.2f}'}"
     )
     click.echo(f"  decision: {result.decision} ({result.reason})")
+    per = doc["per_repo"]
+    if per is not None:
+        click.echo(f"  per repo: {per['requests']} requests, ${per['cost_usd']:.2f}")
+    for d in doc["decisions"]:
+        shown = d["mode"] or "not sent"
+        click.echo(f"    {d['slug']:<24} {shown:<10} {d['reason']}")
 
 
 def _render_redactions(result: PlanResult) -> None:

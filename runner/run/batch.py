@@ -16,9 +16,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from jobs.agents import COMBINED
+from jobs.agents import COMBINED, load_prompts
 from jobs.manifest import Manifest, RepoSpec
-from jobs.reports import write_summary
+from jobs.outcome import RepoOutcome
+from jobs.reports import write_repo_report, write_summary
 from ledger.ledger import Admission, Ledger, Projection
 from ledger.modes import Decision, Mode
 from runner.client import ApiClient, CallError
@@ -30,7 +31,17 @@ from runner.run.batches import run_batches
 from runner.run.batchplan import Api, api_reason, apis_json, phase_seconds, to_batches
 from runner.run.batchrecords import past_durations
 from runner.run.config import RunConfig
+from runner.run.incremental import Carried, carried_outcome, triage
 from runner.run.job import Job, JobOutcome
+from runner.run.per_repo import (
+    admitted_jobs,
+    as_recorded,
+    mode_label,
+    mode_reasons,
+    recorded_modes,
+    remember_completed,
+    wanted,
+)
 from runner.run.plan import Plan, RepoWork, count_prefixes, make_plan, pack_all, with_prompts
 from runner.run.pool import run_pool
 from runner.run.reporting import finish_reports, json_totals, write_if_complete
@@ -110,9 +121,12 @@ def _make_plan(
     client: ApiClient | None,
     concurrency: int,
     on_message: Callable[[str], None],
+    config: RunConfig,
+    recorded: Mapping[str, Mode] | None = None,
     failed: dict[RepoSpec, str] | None = None,
-) -> Plan:
-    """Pack, build prompts and Jobs, and project both modes; input counted by the API if it can.
+) -> tuple[Plan, tuple[Carried, ...]]:
+    """Pack, leave out the unchanged repos, build prompts and Jobs, and project both modes and
+    the per-repo plan; input counted by the API if it can.
 
     With `failed`, a repo that cannot be packed is left out and recorded there with its reason.
     """
@@ -130,6 +144,16 @@ def _make_plan(
         ),
         on_failed=None if failed is None else pack_failed,
     )
+    works, carried = triage(
+        works, manifest, state.runs if state.paths.runs.exists() else None,  # plan makes no runs.db
+        requested=config.mode, full=config.full, resumed=config.resume is not None,
+        now=datetime.now(UTC), prompt_texts=load_prompts(manifest.prompts),
+    )  # fmt: skip
+    if recorded:
+        works = as_recorded(works, recorded)
+    for work, _ in carried:
+        assert work.decision is not None
+        on_message(f"{work.spec.slug}: {work.decision.reason}; not sent")
     works = with_prompts(works, manifest)
     prefixes = None
     if client is not None:
@@ -139,7 +163,7 @@ def _make_plan(
             if exc.kind == ErrorKind.AUTH:  # a rejected key is bad input: exit 2, nothing sent
                 raise RunnerInputError(str(exc)) from None
             on_message(f"count_tokens unavailable ({exc}); using local estimates")
-    return make_plan(
+    the_plan = make_plan(
         run_id,
         manifest,
         works,
@@ -149,6 +173,8 @@ def _make_plan(
         concurrency=concurrency,
         prefixes=prefixes,
     )
+    unchanged = tuple(w.decision for w, _ in carried if w.decision is not None)
+    return replace(the_plan, unchanged=unchanged), carried
 
 
 def plan(config: RunConfig, *, on_message: Callable[[str], None] = lambda _: None) -> PlanResult:
@@ -157,13 +183,14 @@ def plan(config: RunConfig, *, on_message: Callable[[str], None] = lambda _: Non
     Sends nothing (local estimates only), holds nothing and writes nothing.
     """
     state = open_state(config, readonly=True)
-    the_plan = _make_plan(
+    the_plan, _ = _make_plan(
         "plan",
         config.manifest,
         state,
         client=None,
         concurrency=_concurrency(config, state),
         on_message=on_message,
+        config=config,
     )
     # What `run` would refuse, `plan` says too: a broken suppressions file.
     load_repo_suppressions(config.manifest, {w.spec.slug: w for w in the_plan.works})
@@ -176,12 +203,18 @@ def plan(config: RunConfig, *, on_message: Callable[[str], None] = lambda _: Non
     )
     decision = _explained(decision, config, state, messages_plan)
     batches_plan = the_plan if config.api == Api.BATCHES else _batches_plan(messages_plan, state)
+    sent = (
+        ()
+        if decision.mode == Decision.REFUSED
+        else admitted_jobs(the_plan, config.mode, decision.mode)
+    )
     return PlanResult(
         manifest=config.manifest.path,
         plan=the_plan,
         remaining_usd=state.ledger.status().to_json()["remaining_usd"],
         decision=Decision(decision.mode),
         reason=decision.reason,
+        jobs=sent,
         api=config.api,
         apis=apis_json({Api.MESSAGES: messages_plan, Api.BATCHES: batches_plan}),
     )
@@ -216,8 +249,8 @@ def _explained(
 
 
 def _wanted(the_plan: Plan, config: RunConfig) -> dict[str, Projection]:
-    """The projections of the modes the run may take (both for auto)."""
-    return {m: p for m, p in the_plan.projections.items() if config.mode in ("auto", m)}
+    """The projections the run may take: the per-repo plan (and all single, for auto)."""
+    return wanted(the_plan, config.mode)
 
 
 def run(
@@ -232,7 +265,7 @@ def run(
     _check_out_dir(config.out_root)
     state = open_state(config)
     concurrency = _concurrency(config, state)
-    manifest, done_rows = config.manifest, {}
+    manifest, done_rows, modes = config.manifest, {}, None
     gone: tuple[str, ...] = ()
     if previous is not None:
         take_over(state.runs, previous, dry_run=config.dry_run)  # before anything is sent
@@ -240,21 +273,17 @@ def run(
         done_rows = {j.id: j for j in recorded if j.status == JobStatus.DONE}
         gone = gone_repos(manifest, recorded)
         manifest = _remaining(manifest, recorded)
+        modes = recorded_modes([j for j in recorded if not j.warm])
     client = (
         None
         if config.dry_run or not config.count_tokens
         else ApiClient(config.base_url, config.api_key)
     )
     pack_failures: dict[RepoSpec, str] = {}
-    the_plan = _make_plan(
-        run_id,
-        manifest,
-        state,
-        client=client,
-        concurrency=concurrency,
-        on_message=on_message,
-        failed=pack_failures,
-    )
+    the_plan, carried = _make_plan(
+        run_id, manifest, state, client=client, concurrency=concurrency, on_message=on_message,
+        config=config, recorded=modes, failed=pack_failures,
+    )  # fmt: skip
     messages_plan, the_plan = _on_api(the_plan, config, state)
     if config.api == Api.MESSAGES:  # batch traffic does not use the per-minute limits
         _check_limits(the_plan, state.limiter)
@@ -265,7 +294,7 @@ def run(
     # Suppressions are read before admission: a broken file stops the run with nothing held or sent.
     tracker = tracker_for(
         config.manifest,
-        the_plan.works,
+        the_plan.works + tuple(work for work, _ in carried),  # unchanged repos are tracked too
         state.runs,
         run_id,
         run_date=previous.created_at if previous else None,
@@ -286,7 +315,11 @@ def run(
         if previous is not None and not config.dry_run:
             state.runs.update_run(run_id, status=status)  # ended: no longer running
         totals = state.ledger.run_totals(run_id)
-        return make_result(run_id, admission, status, None, {}, totals, None, the_plan)
+        result = make_result(run_id, admission, status, None, {}, totals, None, the_plan)
+        if admission.mode == Decision.REFUSED:
+            return result
+        sent = admitted_jobs(the_plan, config.mode, admission.mode)
+        return replace(result, decisions=tuple(the_plan.decisions_json(sent)))
     execution = _Execution(
         config,
         state,
@@ -298,6 +331,7 @@ def run(
         tracker,
         pack_failures,
         resumed,
+        carried,
     )
     try:
         if config.api == Api.BATCHES:
@@ -354,12 +388,22 @@ class _Execution:
     tracker: Tracker
     pack_failures: Mapping[RepoSpec, str]  # repos that could not be packed, and why
     resumed: Reconciled
+    carried: tuple[Carried, ...] = ()  # unchanged repos, not sent, with their last review
     report_errors: dict[str, str] = field(default_factory=dict)  # by slug: report not written
     reported: set[str] = field(default_factory=set)  # slugs whose report this attempt wrote
 
     @property
     def mode(self) -> Mode:
         return Mode(self.admission.mode)
+
+    @property
+    def jobs(self) -> tuple[Job, ...]:
+        """What admission let through: the per-repo plan, or every repo single."""
+        return admitted_jobs(self.plan, self.config.mode, self.admission.mode)
+
+    @property
+    def modes(self) -> dict[str, Mode]:
+        return self.plan.repo_modes(self.jobs)
 
     @property
     def out_dir(self) -> Path:
@@ -371,6 +415,7 @@ class _Execution:
         reviews_done = sum(1 for j in self.done_rows.values() if not j.warm)
         tally = Tally(sum(1 for j in todo if not j.warm) + reviews_done, reviews_done)
         runs = self.state.runs
+        reasons = mode_reasons(self.plan, self.jobs, self.admission.reason)
         stop_errors: dict[StopReason, str] = {}
 
         unknown_limits: set[str] = set()  # models whose API sends no rate-limit headers, said once
@@ -389,8 +434,9 @@ class _Execution:
             tally.add(outcome)
             slug = outcome.job.slug
             error = write_if_complete(
-                self.run_id, slug, self.mode, self.out_dir, runs, self.tracker, self.reported
-            )
+                self.run_id, slug, self.modes[slug], self.out_dir, runs, self.tracker,
+                self.reported, reasons.get(slug, ""),
+            )  # fmt: skip
             on_progress(tally.progress(in_flight, outcome=outcome))
             if error:
                 self.report_errors[slug] = error
@@ -429,7 +475,7 @@ class _Execution:
     def _record(self) -> None:
         """Record the run (or the resumed run's new jobs) in runs.db, and mark it running."""
         runs, run_id = self.state.runs, self.run_id
-        planned = [(j.id, j.slug, j.agent, j.warm) for j in self.plan.jobs[self.mode]]
+        planned = [(j.id, j.slug, j.agent, j.warm) for j in self.jobs]
         unpacked = self._unpacked_jobs()
         if self.config.resume is not None:
             self.resumed.apply(runs, run_id, self.plan.works)
@@ -483,7 +529,7 @@ class _Execution:
 
     def _todo(self) -> list[Job]:
         """The jobs still to send: reviews not done, and the warm-up of each repo they are in."""
-        jobs = self.plan.jobs[self.mode]
+        jobs = self.jobs
         left = [j for j in jobs if not j.warm and j.id not in self.done_rows]
         # A resumed repo's cache has likely expired: warm it again if any of its agents is left.
         slugs_left = {j.slug for j in left}
@@ -507,11 +553,16 @@ class _Execution:
         """Reports of every repo, the run's status and summary, from runs.db and the ledger."""
         runs, run_id = self.state.runs, self.run_id
         rows = runs.jobs(run_id)
+        modes = {**{spec.slug: self.mode for spec in self.pack_failures}, **self.modes}
         repo_outcomes = finish_reports(
-            run_id, self.mode, self.out_dir, runs, rows, self.tracker, self.report_errors,
+            run_id, modes, self.out_dir, runs, rows, self.tracker, self.report_errors,
             self.reported,
         )  # fmt: skip
         repo_failed = any(o.status == JobStatus.FAILED for o in repo_outcomes)
+        remember_completed(runs, run_id, self.plan.works, repo_outcomes, datetime.now(UTC), modes)
+        reasons = mode_reasons(self.plan, self.jobs, self.admission.reason)
+        repo_outcomes = [replace(o, mode_reason=reasons.get(o.slug, "")) for o in repo_outcomes]
+        repo_outcomes += self._unchanged()
         tally = job_counts(rows)
         if stop == StopReason.INTERRUPTED:
             status = RunStatus.INTERRUPTED
@@ -526,9 +577,23 @@ class _Execution:
         totals = self.state.ledger.run_totals(run_id)
         write_summary(self.out_dir, run_id, repo_outcomes, totals=json_totals(totals))
         runs.update_run(run_id, status=status)
-        return make_result(
+        result = make_result(
             run_id, self.admission, status, stop, tally, totals, self.out_dir, self.plan
         )
+        return replace(
+            result,
+            mode=mode_label(self.jobs, self.admission.mode),
+            decisions=tuple(self.plan.decisions_json(self.jobs)),
+        )
+
+    def _unchanged(self) -> list[RepoOutcome]:
+        """The unchanged repos' reports: their last review's findings, carried forward."""
+        outcomes = [
+            self.tracker.track(carried_outcome(work, review)) for work, review in self.carried
+        ]
+        for outcome in outcomes:
+            write_repo_report(self.out_dir, outcome)
+        return outcomes
 
     # The batches path (runner.run.batches) records and finishes a run the same way.
     record_jobs = _record

@@ -78,7 +78,14 @@ def to_batches(plan: Plan, ledger: Ledger, phase_s: float) -> Plan:
         mode: phase_s * (2 if any(j.after for j in jobs[mode]) else 1) if jobs[mode] else 0.0
         for mode in Mode
     }
-    return replace(plan, jobs=jobs, projections=projections, wall_time_s=times)
+    per_jobs = batch_jobs(plan.per_repo_jobs)  # each repo in its own mode (runner.run.per_repo)
+    per = plan.per_repo
+    if per is not None:
+        per = ledger.project(per.mode, job_estimates(per_jobs), batch=True)
+    return replace(
+        plan, jobs=jobs, projections=projections, wall_time_s=times, per_repo_jobs=per_jobs,
+        per_repo=per,
+    )  # fmt: skip
 
 
 def apis_json(plans: Mapping[str, Plan]) -> dict[str, Any]:

@@ -69,6 +69,7 @@ class RunOptions:
     limits: Mapping[str, int | None] = field(default_factory=dict)
     max_attempts: int = 5
     count_tokens: bool = True
+    full: bool = False  # review every repo in full tonight, changed or not (`--full`)
     api: str | None = None  # messages | batches; None: the manifest's (or the resumed run's)
     wait: bool = True  # batches: wait for the results (False: submit and exit, `submitted`)
     poll_interval: float = 60.0  # batches: seconds between polls while waiting
@@ -88,6 +89,7 @@ class RunConfig:
     dry_run: bool = False
     max_attempts: int = 5
     count_tokens: bool = True
+    full: bool = False
     base_url: str | None = None
     # Only ever the simulator's dummy key: a real key stays in the environment, for the SDK.
     api_key: str | None = None
@@ -137,6 +139,7 @@ def load_config(
         dry_run=options.dry_run,
         max_attempts=options.max_attempts,
         count_tokens=options.count_tokens,
+        full=options.full,
         api=api,
         wait=options.wait,
         poll_interval=options.poll_interval,

@@ -23,6 +23,7 @@ from jobs.pack import Pack, PackError, estimate_tokens, pack_repo
 from ledger.ledger import JobEstimate, Ledger, Projection
 from ledger.modes import Mode
 from runner.limiter import Health
+from runner.run.decisions import RepoDecision, RepoFacts
 from runner.run.job import Job
 
 __all__ = [
@@ -67,6 +68,15 @@ class RepoWork:
     root: Path
     pack: Pack
     prompts: RepoPrompts | None = None
+    facts: RepoFacts | None = None  # what it is tonight (runner.run.incremental)
+    decision: RepoDecision | None = None  # tonight's mode for it and why; None: the run's rule
+
+    @property
+    def preferred(self) -> Mode:
+        """The mode this repo asks for; the run's rule (concurrent, budget allowing) when unset."""
+        if self.decision is not None and self.decision.mode is not None:
+            return self.decision.mode
+        return Mode.CONCURRENT
 
 
 @dataclass(frozen=True)
@@ -81,6 +91,34 @@ class Plan:
     limits: Mapping[str, int | None]
     health: Health
     counted: bool  # input sizes from the API's count_tokens (exact), not local estimates
+    # Each repo in its own preferred mode (RepoWork.preferred): what a per-repo run sends.
+    per_repo_jobs: tuple[Job, ...] = ()
+    per_repo: Projection | None = None
+    per_repo_wall_time_s: float = 0.0
+    unchanged: tuple[RepoDecision, ...] = ()  # repos not sent tonight
+
+    def repo_modes(self, jobs: Sequence[Job]) -> dict[str, Mode]:
+        """The mode of each repo among `jobs`."""
+        return {j.slug: j.mode for j in jobs}
+
+    def decisions_json(self, jobs: Sequence[Job]) -> list[dict[str, Any]]:
+        """Per repo: sent or not, its mode under `jobs`, and the reason (`plan --json`)."""
+        modes = self.repo_modes(jobs)
+        sent = [
+            w.decision.to_json(modes.get(w.spec.slug))
+            if w.decision is not None
+            else {
+                "slug": w.spec.slug,
+                "action": "review",
+                "mode": modes.get(w.spec.slug),
+                "reason": "",
+                "files_changed": None,
+                "lines_changed": None,
+                "unchanged_since": None,
+            }
+            for w in self.works
+        ]
+        return sent + [d.to_json() for d in self.unchanged]
 
     def modes_json(self) -> dict[str, Any]:
         """The `modes` document of `plan --json`."""
@@ -293,18 +331,29 @@ def make_plan(
     jobs: dict[Mode, tuple[Job, ...]] = {}
     projections: dict[Mode, Projection] = {}
     times: dict[Mode, float] = {}
-    for mode in Mode:
-        planned = build_jobs(run_id, manifest, works, mode, prefixes)
-        projection = ledger.project(mode, job_estimates(planned))
+    built = {mode: build_jobs(run_id, manifest, works, mode, prefixes) for mode in Mode}
+    wanted = {w.spec.slug: w.preferred for w in works}
+    mixed = tuple(j for mode in Mode for j in built[mode] if wanted[j.slug] == mode)
+    order = {w.spec.slug: i for i, w in enumerate(works)}
+    mixed = tuple(sorted(mixed, key=lambda j: order[j.slug]))  # stable: a repo's jobs keep order
+
+    def project(label: Mode, planned: tuple[Job, ...]) -> tuple[tuple[Job, ...], Projection, float]:
+        projection = ledger.project(label, job_estimates(planned))
         per_request = projection.output_tokens / max(1, projection.requests)
         # The limiter debits each request's expected output up front, the same for every job.
         expected = max(1, -(-projection.output_tokens // max(1, projection.requests)))
-        jobs[mode] = tuple(replace(j, output_estimate=min(expected, j.max_output)) for j in planned)
-        projections[mode] = projection
+        sized = tuple(replace(j, output_estimate=min(expected, j.max_output)) for j in planned)
         rate_tokens = sum(j.rate_tokens for j in planned)
-        times[mode] = wall_time(
+        time = wall_time(
             projection, rate_tokens, limits, latency_prior(per_request, health), concurrency
         )
+        return sized, projection, time
+
+    for mode in Mode:
+        jobs[mode], projections[mode], times[mode] = project(mode, built[mode])
+    # Labelled concurrent for the ledger when any repo is: admission's concurrent branch.
+    label = Mode.CONCURRENT if any(j.mode == Mode.CONCURRENT for j in mixed) else Mode.SINGLE
+    per_jobs, per_projection, per_time = project(label, mixed)
     return Plan(
         manifest=manifest,
         works=tuple(works),
@@ -314,4 +363,7 @@ def make_plan(
         limits=dict(limits),
         health=health,
         counted=prefixes is not None,
+        per_repo_jobs=per_jobs,
+        per_repo=per_projection,
+        per_repo_wall_time_s=per_time,
     )

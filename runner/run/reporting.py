@@ -76,16 +76,18 @@ def write_if_complete(
     runs: Runs,
     tracker: Tracker | None = None,
     written: set[str] | None = None,
+    reason: str = "",
 ) -> str | None:
     """Write a repo's report once all its agents are done or failed (tracked across nights by ``tracker``).
 
     Returns why the report could not be written, if so: that repo fails, the run goes on. A
-    report written is added to ``written`` (slugs).
+    report written is added to ``written`` (slugs). ``reason``: why the repo ran in its mode.
     """
     rows = runs.jobs(run_id, slug=slug)
     if not _complete(rows):
         return None
     outcome = repo_outcome(runs.repos(run_id, slug=slug)[0], mode, rows)
+    outcome = replace(outcome, mode_reason=reason)
     error = _write(out_dir, tracker.track(outcome) if tracker else outcome)
     if error is None and written is not None:
         written.add(slug)
@@ -94,7 +96,7 @@ def write_if_complete(
 
 def finish_reports(
     run_id: str,
-    mode: str,
+    modes: Mapping[str, str],
     out_dir: Path,
     runs: Runs,
     rows: Sequence[JobRow],
@@ -108,13 +110,13 @@ def finish_reports(
     completed without its report (a process killed in between, then resumed) is reported now; a repo
     stopped part-way gets a report of what it has, if anything, so that no reply goes unreported.
     A repo whose report could not be written (`report_errors`, by slug, or now) is failed with
-    that reason.
+    that reason. `modes`: each repo's mode, by slug.
     """
     errors = dict(report_errors or {})
     result = []
     for repo in runs.repos(run_id):
         mine = [r for r in rows if r.slug == repo["slug"]]
-        outcome = repo_outcome(repo, mode, mine)
+        outcome = repo_outcome(repo, modes.get(repo["slug"], "single"), mine)
         complete = _complete(mine)
         partial = not complete and any(r.result for r in mine)
         if tracker is not None and (partial or complete):

@@ -16,7 +16,7 @@ from jobs.pack import shown_name
 from ledger.ledger import Admission
 from ledger.modes import Decision
 from runner.kinds import JobStatus, RunStatus, StopReason
-from runner.run.job import JobOutcome
+from runner.run.job import Job, JobOutcome
 from runner.run.plan import Plan
 from runner.run.reporting import json_totals
 from runner.runs import JobRow
@@ -60,6 +60,7 @@ class RunResult:
     totals: Mapping[str, Any]
     out_dir: Path | None
     plan: Plan | None
+    decisions: tuple[Mapping[str, Any], ...] = ()  # per repo: sent or unchanged, mode, reason
 
     def to_json(self) -> dict[str, Any]:
         """The `run --json` document (keys from DESIGN.md, and more)."""
@@ -78,6 +79,8 @@ class RunResult:
             "jobs": dict(self.jobs),
             **json_totals(self.totals),
             "out_dir": str(self.out_dir) if self.out_dir else None,
+            "decisions": [dict(d) for d in self.decisions],
+            "unchanged": sum(1 for d in self.decisions if d.get("action") == "unchanged"),
             "resume": f"review-runner run --resume {self.run_id}"
             if self.status in resumable
             else None,
@@ -93,6 +96,7 @@ class PlanResult:
     remaining_usd: float | None
     decision: Decision
     reason: str
+    jobs: tuple[Job, ...] = ()  # what the decision would send (per repo)
     api: str = "messages"  # the API `modes` and the decision are on
     apis: Mapping[str, Any] = field(default_factory=dict)  # each API's modes (batches.apis_json)
 
@@ -106,6 +110,8 @@ class PlanResult:
             "apis": dict(self.apis),
             "remaining_usd": self.remaining_usd,
             "decision": {"mode": self.decision, "reason": self.reason},
+            "per_repo": self.plan.per_repo.to_json() if self.plan.per_repo else None,
+            "decisions": self.plan.decisions_json(self.jobs),
             "limits": dict(self.plan.limits),
         }
 
