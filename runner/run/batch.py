@@ -150,6 +150,7 @@ def plan(config: RunConfig, *, on_message: Callable[[str], None] = lambda _: Non
     Sends nothing (local estimates only) and holds nothing.
     """
     state = open_state(config)
+    pack_failures: dict[RepoSpec, str] = {}  # shown as failing, as `run` would fail them alone
     the_plan = _make_plan(
         "plan",
         config.manifest,
@@ -157,6 +158,7 @@ def plan(config: RunConfig, *, on_message: Callable[[str], None] = lambda _: Non
         client=None,
         concurrency=_concurrency(config, state),
         on_message=on_message,
+        failed=pack_failures,
     )
     # What `run` would refuse, `plan` says too: a broken suppressions file.
     load_repo_suppressions(config.manifest, {w.spec.slug: w for w in the_plan.works})
@@ -177,6 +179,7 @@ def plan(config: RunConfig, *, on_message: Callable[[str], None] = lambda _: Non
         reason=decision.reason,
         api=config.api,
         apis=apis_json({Api.MESSAGES: messages_plan, Api.BATCHES: batches_plan}),
+        failed={spec.slug: reason for spec, reason in pack_failures.items()},
     )
 
 

@@ -89,6 +89,7 @@ class PlanResult:
     reason: str
     api: str = "messages"  # the API `modes` and the decision are on
     apis: Mapping[str, Any] = field(default_factory=dict)  # each API's modes (batches.apis_json)
+    failed: Mapping[str, str] = field(default_factory=dict)  # repos that cannot be packed: why
 
     def to_json(self) -> dict[str, Any]:
         """The `plan --json` document (keys from DESIGN.md, and more)."""
@@ -101,6 +102,7 @@ class PlanResult:
             "remaining_usd": self.remaining_usd,
             "decision": {"mode": self.decision, "reason": self.reason},
             "limits": dict(self.plan.limits),
+            "failed": [{"slug": slug, "reason": why} for slug, why in self.failed.items()],
         }
 
     def redactions(self) -> list[dict[str, Any]]:
