@@ -52,7 +52,7 @@ def test_twelve_repos_concurrent_ledger_equals_billing(twelve: Path, isolated_st
         doc = json.loads(result.stdout)
         stats = sim.stats()
     assert doc["mode"] == "concurrent"
-    assert doc["jobs"] == {"done": 48, "failed": 0, "deferred": 0, "pending": 0}
+    assert doc["jobs"] == {"done": 48, "failed": 0, "deferred": 0, "pending": 0, "skipped": 0}
     assert stats["rate_limited"] == 0
     out = Path(doc["out_dir"])
     for i in range(12):
@@ -286,7 +286,7 @@ def test_a_pack_larger_than_the_itpm_limit_exits_2_before_sending(tmp_path: Path
         result = cli("run", str(manifest), env=api_env(sim))
         assert messages(sim) == []
     assert result.returncode == 2, result.stderr
-    assert "more than the itpm limit of 2,000" in result.stderr
+    assert "exceeds the itpm limit of 2,000 per minute (configured in [limits]" in result.stderr
     assert "max_input_tokens" in result.stderr
 
 

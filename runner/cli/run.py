@@ -66,7 +66,8 @@ def _limit_options(func: Any) -> Any:
     func = click.option(
         "--burst-seconds",
         type=click.IntRange(min=0),
-        help="Seconds of idle refill the limiter may spend at once (default 0: strict pacing).",
+        help="Cap on the seconds of refill spent at once (default: the account's pacing mode;"
+        " 0: strict pacing).",
     )(func)
     for name in ("max-concurrent", "otpm", "itpm", "rpm"):
         func = click.option(
@@ -185,10 +186,11 @@ def run(
         review-runner run jobs/nightly.toml
         review-runner run jobs/nightly.toml --mode single --json
         review-runner run --resume last
+        review-runner run jobs/nightly.toml --resume last
         review-runner run jobs/nightly.toml --api batches --no-wait
     """
-    if (manifest is None) == (resume is None):
-        raise click.UsageError("give a MANIFEST, or --resume RUN_ID|last (not both)")
+    if manifest is None and resume is None:
+        raise click.UsageError("give a MANIFEST, or --resume RUN_ID|last, or both")
     from jobs.manifest import load_manifest
 
     limits = {

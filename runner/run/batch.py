@@ -35,6 +35,7 @@ from runner.run.plan import Plan, RepoWork, count_prefixes, make_plan, pack_all,
 from runner.run.pool import run_pool
 from runner.run.reporting import finish_reports, json_totals, write_if_complete
 from runner.run.results import PlanResult, Progress, RunResult, Tally, job_counts, make_result
+from runner.run.resume import Reconciled, gone_repos, manifest_sha256, reconcile, take_over
 from runner.run.tracker import Tracker, load_repo_suppressions, tracker_for
 from runner.run.worker import WorkerConfig, request_blocks, request_tools
 from runner.runs import JobRow, Runs
@@ -65,12 +66,18 @@ class State:
     runs: Runs
 
 
-def open_state(config: RunConfig) -> State:
-    """Open the limiter (storing the configured limits), the ledger and runs.db."""
+def open_state(config: RunConfig, *, readonly: bool = False) -> State:
+    """Open the limiter (storing the configured limits unless `readonly`), the ledger and runs.db."""
     paths = config.state
     return State(
         paths=paths,
-        limiter=Limiter(paths.root, config.limits.limiter(), burst=config.limits.burst_seconds),
+        limiter=Limiter(
+            paths.root,
+            config.limits.limiter(),
+            burst=config.limits.burst_seconds,
+            base_url=config.base_url,
+            readonly=readonly,
+        ),
         ledger=Ledger(paths.ledger, price_override=paths.prices),
         runs=Runs(paths.runs),
     )
@@ -137,8 +144,8 @@ def _make_plan(
         manifest,
         works,
         state.ledger,
-        limits=state.limiter.limits_in_force(),
-        health=state.limiter.health(),
+        limits=state.limiter.limits_in_force(manifest.model),
+        health=state.limiter.health(manifest.model),
         concurrency=concurrency,
         prefixes=prefixes,
     )
@@ -147,9 +154,9 @@ def _make_plan(
 def plan(config: RunConfig, *, on_message: Callable[[str], None] = lambda _: None) -> PlanResult:
     """Pack and project both modes of `config.manifest` and say what admission would decide.
 
-    Sends nothing (local estimates only) and holds nothing.
+    Sends nothing (local estimates only), holds nothing and writes nothing.
     """
-    state = open_state(config)
+    state = open_state(config, readonly=True)
     pack_failures: dict[RepoSpec, str] = {}  # shown as failing, as `run` would fail them alone
     the_plan = _make_plan(
         "plan",
@@ -229,9 +236,12 @@ def run(
     state = open_state(config)
     concurrency = _concurrency(config, state)
     manifest, done_rows = config.manifest, {}
+    gone: tuple[str, ...] = ()
     if previous is not None:
+        take_over(state.runs, previous, dry_run=config.dry_run)  # before anything is sent
         recorded = state.runs.jobs(run_id)
         done_rows = {j.id: j for j in recorded if j.status == JobStatus.DONE}
+        gone = gone_repos(manifest, recorded)
         manifest = _remaining(manifest, recorded)
     client = (
         None
@@ -250,7 +260,11 @@ def run(
     )
     messages_plan, the_plan = _on_api(the_plan, config, state)
     if config.api == Api.MESSAGES:  # batch traffic does not use the per-minute limits
-        _check_limits(the_plan)
+        _check_limits(the_plan, state.limiter)
+    resumed = Reconciled()
+    if previous is not None:
+        resumed = reconcile(state.runs, run_id, gone, the_plan.works)
+        done_rows = resumed.still_done(done_rows)
     # Suppressions are read before admission: a broken file stops the run with nothing held or sent.
     tracker = tracker_for(
         config.manifest,
@@ -272,10 +286,21 @@ def run(
     if admission.mode == Decision.REFUSED or config.dry_run:
         state.ledger.end_run(run_id)
         status = RunStatus.REFUSED if admission.mode == Decision.REFUSED else RunStatus.PLANNED
+        if previous is not None and not config.dry_run:
+            state.runs.update_run(run_id, status=status)  # ended: no longer running
         totals = state.ledger.run_totals(run_id)
         return make_result(run_id, admission, status, None, {}, totals, None, the_plan)
     execution = _Execution(
-        config, state, run_id, the_plan, admission, done_rows, concurrency, tracker, pack_failures
+        config,
+        state,
+        run_id,
+        the_plan,
+        admission,
+        done_rows,
+        concurrency,
+        tracker,
+        pack_failures,
+        resumed,
     )
     try:
         if config.api == Api.BATCHES:
@@ -301,14 +326,14 @@ def _check_out_dir(out: Path) -> None:
         ) from exc
 
 
-def _check_limits(the_plan: Plan) -> None:
-    """Refuse, before anything is sent, a request no ITPM bucket could ever hold."""
-    itpm = the_plan.limits.get("itpm")
+def _check_limits(the_plan: Plan, limiter: Limiter) -> None:
+    """Refuse, before anything is sent, a request that a configured or learned limit could never
+    hold (a built-in default never refuses: the request goes alone and its headers teach)."""
     for job in (j for jobs in the_plan.jobs.values() for j in jobs):
-        if itpm and job.rate_tokens > itpm:
+        why = limiter.refusal(job.model, job.rate_tokens, job.output_estimate)
+        if why:
             raise RunnerInputError(
-                f"repo {job.slug}: one request needs {job.rate_tokens:,} input tokens, more than "
-                f"the itpm limit of {itpm:,} per minute; lower max_input_tokens in the manifest"
+                f"repo {job.slug}: one request's {why}; lower max_input_tokens in the manifest"
             )
 
 
@@ -331,6 +356,7 @@ class _Execution:
     concurrency: int
     tracker: Tracker
     pack_failures: Mapping[RepoSpec, str]  # repos that could not be packed, and why
+    resumed: Reconciled
     report_errors: dict[str, str] = field(default_factory=dict)  # by slug: report not written
     reported: set[str] = field(default_factory=set)  # slugs whose report this attempt wrote
 
@@ -350,7 +376,13 @@ class _Execution:
         runs = self.state.runs
         stop_errors: dict[StopReason, str] = {}
 
+        unknown_limits: set[str] = set()  # models whose API sends no rate-limit headers, said once
+
         def on_outcome(outcome: JobOutcome, in_flight: int) -> None:
+            model = outcome.job.model
+            if model not in unknown_limits and (note := self.state.limiter.headerless_note(model)):
+                unknown_limits.add(model)
+                on_progress(tally.progress(in_flight, message=note))
             if outcome.stop and outcome.error:
                 stop_errors.setdefault(outcome.stop, outcome.error)
             if outcome.status != JobStatus.DONE:
@@ -403,11 +435,13 @@ class _Execution:
         planned = [(j.id, j.slug, j.agent, j.warm) for j in self.plan.jobs[self.mode]]
         unpacked = self._unpacked_jobs()
         if self.config.resume is not None:
+            self.resumed.apply(runs, run_id, self.plan.works)
             runs.add_jobs(run_id, [*planned, *unpacked])
         else:
             runs.create_run(
                 run_id,
                 manifest=str(self.config.manifest.path),
+                manifest_sha256=manifest_sha256(self.config.manifest.path),
                 name=self.config.manifest.name,
                 requested_mode=self.config.mode,
                 out_dir=str(self.config.out_root),
@@ -423,7 +457,6 @@ class _Execution:
             status=RunStatus.RUNNING,
             mode=self.mode,
             reason=self.admission.reason,
-            pid=os.getpid(),
         )
 
     def _repo_rows(self) -> list[Mapping[str, Any]]:

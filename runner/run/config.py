@@ -13,6 +13,7 @@ from pathlib import Path
 from jobs.manifest import Manifest, load_manifest
 from ledger.modes import RequestedMode
 from runner.limiter import Limits
+from runner.run.resume import find_run
 from runner.runs import RunRow, Runs
 from statedb import StatePaths
 
@@ -29,7 +30,9 @@ class LimitsConfig:
     itpm: int | None = None
     otpm: int | None = None
     max_concurrent: int | None = None
-    burst_seconds: float = 0.0  # idle refill the limiter may spend at once (0: strict pacing)
+    # A cap on the idle refill the limiter may spend at once (0: strict pacing); None leaves it
+    # to the account's pacing mode (see runner/limiter/limiter.py).
+    burst_seconds: float | None = None
 
     @classmethod
     def merged(
@@ -37,9 +40,10 @@ class LimitsConfig:
     ) -> LimitsConfig:
         """The manifest's [limits] with every override that is set on top."""
         values = {**manifest, **{k: v for k, v in overrides.items() if v is not None}}
+        burst = values.get("burst_seconds")
         return cls(
             **{k: values[k] for k in _LIMIT_KEYS if values.get(k) is not None},
-            burst_seconds=float(values.get("burst_seconds") or 0),
+            burst_seconds=None if burst is None else float(burst),
         )
 
     def limiter(self) -> Limits:
@@ -101,6 +105,8 @@ def load_config(
 ) -> RunConfig:
     """Merge `manifest` (None: the manifest of the run `options.resume`) with `options`.
 
+    With both, the run resumed must be one of `manifest` (see runner.run.resume.find_run).
+
     runs.db is opened here, before any work, so that a corrupt one fails at once
     (`check_runs=False`, for `plan`, leaves it alone unless resuming).
     """
@@ -108,9 +114,9 @@ def load_config(
     previous = None
     if options.resume or check_runs:
         runs = Runs(state.runs).open()
-        previous = runs.run(options.resume) if options.resume else None
+        previous = find_run(runs, options.resume, manifest) if options.resume else None
     if previous is not None:
-        manifest = load_manifest(Path(previous.manifest))
+        manifest = manifest or load_manifest(Path(previous.manifest))
         mode = RequestedMode(previous.mode or previous.requested_mode)
         out_root = Path(previous.out_dir)
         api = previous.api or "messages"  # a run keeps its API: its batches are there
