@@ -329,12 +329,17 @@ def plan(
         _render_plan(result)
         if redactions:
             _render_redactions(result)
-    sys.exit(EXIT_BUDGET if result.decision == Decision.REFUSED else 0)
+    if result.decision == Decision.REFUSED:
+        sys.exit(EXIT_BUDGET)
+    sys.exit(EXIT_FAILED if result.failed else 0)  # some repos would fail alone
 
 
 def _render_plan(result: PlanResult) -> None:
     doc = result.to_json()
-    click.echo(f"{result.manifest}: {doc['repos']} repositories (api: {doc['api']})")
+    failing = f"; {len(result.failed)} cannot be packed" if result.failed else ""
+    click.echo(f"{result.manifest}: {doc['repos']} repositories (api: {doc['api']}){failing}")
+    for slug, reason in result.failed.items():
+        click.echo(f"  failed {slug}: {reason}")
     for api, modes in (doc["apis"] or {doc["api"]: doc["modes"]}).items():
         for m in Mode:
             d = modes[m]

@@ -183,6 +183,7 @@ def plan(config: RunConfig, *, on_message: Callable[[str], None] = lambda _: Non
     Sends nothing (local estimates only), holds nothing and writes nothing.
     """
     state = open_state(config, readonly=True)
+    pack_failures: dict[RepoSpec, str] = {}  # shown as failing, as `run` would fail them alone
     the_plan, _ = _make_plan(
         "plan",
         config.manifest,
@@ -191,6 +192,7 @@ def plan(config: RunConfig, *, on_message: Callable[[str], None] = lambda _: Non
         concurrency=_concurrency(config, state),
         on_message=on_message,
         config=config,
+        failed=pack_failures,
     )
     # What `run` would refuse, `plan` says too: a broken suppressions file.
     load_repo_suppressions(config.manifest, {w.spec.slug: w for w in the_plan.works})
@@ -217,6 +219,7 @@ def plan(config: RunConfig, *, on_message: Callable[[str], None] = lambda _: Non
         jobs=sent,
         api=config.api,
         apis=apis_json({Api.MESSAGES: messages_plan, Api.BATCHES: batches_plan}),
+        failed={spec.slug: reason for spec, reason in pack_failures.items()},
     )
 
 

@@ -15,6 +15,7 @@ from jobs.findings import AgentResult
 from jobs.reports import RepoOutcome, write_repo_report
 from ledger.prices import USAGE_FIELDS, usd
 from runner.kinds import JobStatus
+from runner.run.pool import FATAL_ERRORS
 from runner.runs import JobRow, Runs
 
 if TYPE_CHECKING:
@@ -68,6 +69,24 @@ def _write(out_dir: Path, outcome: RepoOutcome) -> str | None:
     return None
 
 
+def _tracked(
+    tracker: Tracker | None, outcome: RepoOutcome, *, reuse: bool = False
+) -> tuple[RepoOutcome, str | None]:
+    """``outcome`` tracked across nights, or as it is with the reason the tracker failed on it.
+
+    A tracker that fails on one repo (a bug, an odd finding) fails that repo alone: its report is
+    still written, untracked. A state database error is no repo's own: it stops the run.
+    """
+    if tracker is None:
+        return outcome, None
+    try:
+        return tracker.track(outcome, reuse=reuse), None
+    except FATAL_ERRORS:
+        raise
+    except Exception as exc:
+        return outcome, f"findings not tracked: {type(exc).__name__}: {exc}"
+
+
 def write_if_complete(
     run_id: str,
     slug: str,
@@ -80,18 +99,18 @@ def write_if_complete(
 ) -> str | None:
     """Write a repo's report once all its agents are done or failed (tracked across nights by ``tracker``).
 
-    Returns why the report could not be written, if so: that repo fails, the run goes on. A
-    report written is added to ``written`` (slugs). ``reason``: why the repo ran in its mode.
+    Returns why the report could not be written or tracked, if so: that repo fails, the run goes
+    on. A report written is added to ``written`` (slugs). ``reason``: why the repo ran in its mode.
     """
     rows = runs.jobs(run_id, slug=slug)
     if not _complete(rows):
         return None
     outcome = repo_outcome(runs.repos(run_id, slug=slug)[0], mode, rows)
-    outcome = replace(outcome, mode_reason=reason)
-    error = _write(out_dir, tracker.track(outcome) if tracker else outcome)
+    outcome, untracked = _tracked(tracker, replace(outcome, mode_reason=reason))
+    error = _write(out_dir, outcome)
     if error is None and written is not None:
         written.add(slug)
-    return error
+    return "; ".join(e for e in (untracked, error) if e) or None
 
 
 def finish_reports(
@@ -109,8 +128,8 @@ def finish_reports(
     Complete repos were reported (and tracked) as they completed (`written`, by slug); one that
     completed without its report (a process killed in between, then resumed) is reported now; a repo
     stopped part-way gets a report of what it has, if anything, so that no reply goes unreported.
-    A repo whose report could not be written (`report_errors`, by slug, or now) is failed with
-    that reason. `modes`: each repo's mode, by slug.
+    A repo whose report could not be written or tracked (`report_errors`, by slug, or now) is
+    failed with that reason. `modes`: each repo's mode, by slug.
     """
     errors = dict(report_errors or {})
     result = []
@@ -119,8 +138,10 @@ def finish_reports(
         outcome = repo_outcome(repo, modes.get(repo["slug"], "single"), mine)
         complete = _complete(mine)
         partial = not complete and any(r.result for r in mine)
-        if tracker is not None and (partial or complete):
-            outcome = tracker.track(outcome, reuse=not partial)
+        if partial or complete:
+            outcome, untracked = _tracked(tracker, outcome, reuse=not partial)
+            if untracked:
+                errors.setdefault(repo["slug"], untracked)
         if partial or (complete and repo["slug"] not in written):
             error = _write(out_dir, outcome)
             if error:

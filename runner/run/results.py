@@ -99,6 +99,7 @@ class PlanResult:
     jobs: tuple[Job, ...] = ()  # what the decision would send (per repo)
     api: str = "messages"  # the API `modes` and the decision are on
     apis: Mapping[str, Any] = field(default_factory=dict)  # each API's modes (batches.apis_json)
+    failed: Mapping[str, str] = field(default_factory=dict)  # repos that cannot be packed: why
 
     def to_json(self) -> dict[str, Any]:
         """The `plan --json` document (keys from DESIGN.md, and more)."""
@@ -113,6 +114,7 @@ class PlanResult:
             "per_repo": self.plan.per_repo.to_json() if self.plan.per_repo else None,
             "decisions": self.plan.decisions_json(self.jobs),
             "limits": dict(self.plan.limits),
+            "failed": [{"slug": slug, "reason": why} for slug, why in self.failed.items()],
         }
 
     def redactions(self) -> list[dict[str, Any]]:
