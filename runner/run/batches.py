@@ -145,6 +145,8 @@ class _Session:
         self.on_progress(self.tally.progress(self._in_flight()))
         stop: StopReason | None = None
         try:
+            if config.resume is not None:
+                self._release_unclaimed()
             self._recover_intents()
             while True:
                 self._collect_ended()
@@ -341,6 +343,23 @@ class _Session:
         for row in runs.jobs(self.run_id):
             if row.status == JobStatus.PENDING and row.id not in busy:
                 runs.finish_job(row.id, JobStatus.DEFERRED, error=f"not sent: {stop}")
+
+    def _release_unclaimed(self) -> None:
+        """Release the run's batch reservations that no batch item claims.
+
+        The requests of a batch are reserved, then their reservation ids recorded, then the
+        batch submitted: a process that died between the first two left reservations nothing
+        would ever settle (the sweep skips batch entries), and it submitted nothing.
+        """
+        claimed = self.records.claimed_reservations(self.run_id)
+        ledger = self.execution.state.ledger
+        orphans = [r for r in ledger.batch_reservations(self.run_id) if r.id not in claimed]
+        if orphans:
+            self._release(orphans)
+            self._say(
+                f"{len(orphans)} reservations of this run that no batch claims were released "
+                "(the process stopped before recording them; nothing was submitted with them)"
+            )
 
     # -- finding an intent that was not recorded as submitted -----------------------------------
 

@@ -187,6 +187,14 @@ class BatchRecords:
         )
         return {r["job_id"] for r in rows}
 
+    def claimed_reservations(self, run_id: str) -> set[int]:
+        """The ledger entries the run's batch items hold (recorded right after reserving)."""
+        rows = self.runs.query(
+            "SELECT reservation_id FROM batch_items WHERE run_id = ? AND reservation_id IS NOT NULL",
+            [run_id],
+        )
+        return {r["reservation_id"] for r in rows}
+
     def known_batch_ids(self) -> set[str]:
         """Every platform batch id recorded by any run (a listed batch among them is not new)."""
         rows = self.runs.db.query("SELECT batch_id FROM message_batches WHERE batch_id IS NOT NULL")
