@@ -27,8 +27,8 @@ from runner.kinds import ErrorKind, JobStatus, RunStatus, StopReason
 from runner.limiter import Limiter
 from runner.reachability import remove_counter
 from runner.run.batches import run_batches
-from runner.run.batchplan import Api, api_reason, apis_json, phase_seconds, to_batches
-from runner.run.batchrecords import past_durations
+from runner.run.batchplan import Api, api_reason, apis_json, phase_seconds, to_batches, unsent_only
+from runner.run.batchrecords import BatchRecords, past_durations
 from runner.run.config import RunConfig
 from runner.run.job import Job, JobOutcome
 from runner.run.plan import Plan, RepoWork, count_prefixes, make_plan, pack_all, with_prompts
@@ -246,6 +246,9 @@ def run(
         failed=pack_failures,
     )
     messages_plan, the_plan = _on_api(the_plan, config, state)
+    if config.api == Api.BATCHES and previous is not None:
+        sent = {*done_rows, *BatchRecords(state.runs).in_flight(run_id)}
+        the_plan = unsent_only(the_plan, state.ledger, sent)
     if config.api == Api.MESSAGES:  # batch traffic does not use the per-minute limits
         _check_limits(the_plan)
     # Suppressions are read before admission: a broken file stops the run with nothing held or sent.
