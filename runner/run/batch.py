@@ -250,15 +250,16 @@ def run(
         failed=pack_failures,
     )
     messages_plan, the_plan = _on_api(the_plan, config, state)
-    if config.api == Api.BATCHES and previous is not None:
-        sent = {*done_rows, *BatchRecords(state.runs).in_flight(run_id)}
-        the_plan = unsent_only(the_plan, state.ledger, sent)
     if config.api == Api.MESSAGES:  # batch traffic does not use the per-minute limits
         _check_limits(the_plan)
     resumed = Reconciled()
     if previous is not None:
         resumed = reconcile(state.runs, run_id, gone, the_plan.works)
         done_rows = resumed.still_done(done_rows)
+    if config.api == Api.BATCHES and previous is not None:
+        # Project only what is still to submit: the rest is charged, or reserved in a batch.
+        sent = {*done_rows, *BatchRecords(state.runs).in_flight(run_id)}
+        the_plan = unsent_only(the_plan, state.ledger, sent)
     # Suppressions are read before admission: a broken file stops the run with nothing held or sent.
     tracker = tracker_for(
         config.manifest,
