@@ -396,6 +396,16 @@ class Ledger:
         with self._store.write() as conn:
             ops.transition(conn, reservation.id, "released", iso(self._now()))
 
+    def batch_reservations(self, run_id: str) -> list[Reservation]:
+        """The run's Message Batches requests still reserved (none is swept: see `sweep`)."""
+        with self._store.read() as conn:
+            rows = conn.execute(
+                "SELECT id, month, worst_micros FROM entries"
+                " WHERE run_id = ? AND batch = 1 AND state = 'reserved' ORDER BY id",
+                (run_id,),
+            ).fetchall()
+        return [Reservation(id=r[0], month=r[1], worst_micros=r[2]) for r in rows]
+
     def mark_unknown(self, reservation: Reservation) -> None:
         """Sent, no answer: stays charged at the worst case, shown as unknown until reconciled."""
         with self._store.write() as conn:

@@ -8,8 +8,10 @@ fits on batches and not on messages is admitted there, and `plan` says why.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import sqlite3
 import subprocess
 import time
 from collections import Counter
@@ -246,6 +248,37 @@ def test_no_wait_submits_and_exits_0_then_resume_collects(
     )
     assert doc_of(cli("budget", "status", "--json"))["batch_requests_processing"] == 0
     _assert_reports(final, 3)
+
+
+def test_a_resume_near_the_budget_projects_only_what_is_still_to_submit(
+    tmp_path: Path, isolated_state: Path
+) -> None:
+    manifest = _manifest(tmp_path, 2)
+    with Simulator(SimConfig(seed=10, batch_delay=1.0)) as sim:
+        first = run_batches(manifest, sim, "--mode", "single", "--no-wait")
+        assert first.returncode == 0, first.stderr
+        run_id = doc_of(first)["run_id"]
+        held = sum(e["worst_micros"] for e in ledger_entries(isolated_state, run_id))
+        with sqlite3.connect(isolated_state / "ledger.db") as conn:
+            (projected,) = conn.execute(
+                "SELECT projected FROM runs WHERE run_id = ?", [run_id]
+            ).fetchone()
+        expected = json.loads(projected)["single"]["cost_usd"] * 1_000_000
+        # The batch in flight is held at its worst case; what remains cannot hold the run's
+        # projection a second time, but nothing is left to submit.
+        budget = (held + expected / 2) / 1_000_000
+        assert cli("budget", "set", "--usd", f"{budget:.6f}").returncode == 0
+        last = resume(sim)
+        assert last.returncode == 0, last.stderr
+        stats = sim.stats()
+        log = sim.batch_log()
+    doc = doc_of(last)
+    assert doc["status"] == "done" and doc["jobs"]["done"] == 2
+    assert "mode: single (on the batches API (batch prices): single needs $0.00" in last.stderr
+    assert [len(b["custom_ids"]) for b in log] == [2]
+    assert (
+        ledger_of(isolated_state).run_totals(run_id)["cost_micros"] == stats["batch_billed_micros"]
+    )
 
 
 def test_a_budget_that_fits_on_batches_only_is_admitted_there_and_plan_says_why(

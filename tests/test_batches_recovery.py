@@ -13,7 +13,14 @@ import time
 from pathlib import Path
 
 import pytest
-from batch_support import batch_rows, doc_of, resume, run_batches, submitted_jobs
+from batch_support import (
+    batch_rows,
+    doc_of,
+    ledger_entries,
+    resume,
+    run_batches,
+    submitted_jobs,
+)
 from support import cli, ledger_of, make_repos, write_manifest
 
 from runner.client import ApiClient, BatchApi
@@ -90,6 +97,33 @@ def test_an_intent_never_submitted_is_released_and_sent_once(
         ledger_of(isolated_state).run_totals(doc["run_id"])["cost_micros"]
         == stats["batch_billed_micros"]
     )
+
+
+def test_reservations_not_yet_recorded_in_runs_db_are_released_by_the_resume(
+    tmp_path: Path, isolated_state: Path
+) -> None:
+    # The process died after reserving the requests in the ledger and before writing their
+    # reservation ids into runs.db (so before submitting): an intent whose items claim none.
+    with Simulator(SimConfig(seed=16, batch_delay=5.0)) as elsewhere:
+        _submitted_unrecorded(tmp_path, elsewhere, isolated_state)
+    with sqlite3.connect(isolated_state / "runs.db") as conn:
+        conn.execute("UPDATE batch_items SET reservation_id = NULL, reservation_month = NULL")
+    run_id = doc_run_id(isolated_state)
+    assert [e["state"] for e in ledger_entries(isolated_state, run_id)] == ["reserved"] * 2
+    with Simulator(SimConfig(seed=17)) as sim:
+        result = resume(sim)
+        assert result.returncode == 0, result.stderr
+        log = sim.batch_log()
+        stats = sim.stats()
+    assert "2 reservations of this run that no batch claims were released" in result.stderr
+    assert [len(b["custom_ids"]) for b in log] == [2]  # submitted once
+    assert doc_of(result)["jobs"]["done"] == 2
+    states = sorted(e["state"] for e in ledger_entries(isolated_state, run_id))
+    assert states == ["released", "released", "settled", "settled"]
+    assert (
+        ledger_of(isolated_state).run_totals(run_id)["cost_micros"] == stats["batch_billed_micros"]
+    )
+    assert doc_of(cli("budget", "status", "--json"))["batch_requests_processing"] == 0
 
 
 def _closed_port() -> int:

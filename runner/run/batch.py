@@ -28,8 +28,8 @@ from runner.kinds import ErrorKind, JobStatus, RunStatus, StopReason
 from runner.limiter import Limiter
 from runner.reachability import remove_counter
 from runner.run.batches import run_batches
-from runner.run.batchplan import Api, api_reason, apis_json, phase_seconds, to_batches
-from runner.run.batchrecords import past_durations
+from runner.run.batchplan import Api, api_reason, apis_json, phase_seconds, to_batches, unsent_only
+from runner.run.batchrecords import BatchRecords, past_durations
 from runner.run.config import RunConfig
 from runner.run.incremental import Carried, carried_outcome, triage
 from runner.run.job import Job, JobOutcome
@@ -294,6 +294,10 @@ def run(
     if previous is not None:
         resumed = reconcile(state.runs, run_id, gone, the_plan.works)
         done_rows = resumed.still_done(done_rows)
+    if config.api == Api.BATCHES and previous is not None:
+        # Project only what is still to submit: the rest is charged, or reserved in a batch.
+        sent = {*done_rows, *BatchRecords(state.runs).in_flight(run_id)}
+        the_plan = unsent_only(the_plan, state.ledger, sent)
     # Suppressions are read before admission: a broken file stops the run with nothing held or sent.
     tracker = tracker_for(
         config.manifest,

@@ -10,17 +10,26 @@ refuses `max_tokens: 0`, so there is no warm-up request. Single mode sends no ca
 from __future__ import annotations
 
 import statistics
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import replace
 from enum import StrEnum
 from typing import Any
 
 from ledger.ledger import Ledger
 from ledger.modes import Mode
+from ledger.projection import Projection
 from runner.run.job import Job
 from runner.run.plan import Plan, job_estimates
 
-__all__ = ["BATCH_PHASE_PRIOR_S", "Api", "api_reason", "apis_json", "phase_seconds", "to_batches"]
+__all__ = [
+    "BATCH_PHASE_PRIOR_S",
+    "Api",
+    "api_reason",
+    "apis_json",
+    "phase_seconds",
+    "to_batches",
+    "unsent_only",
+]
 
 # Without history: the platform says most batches end within an hour.
 BATCH_PHASE_PRIOR_S = 3600.0
@@ -71,9 +80,7 @@ def phase_seconds(durations: Sequence[float]) -> float:
 def to_batches(plan: Plan, ledger: Ledger, phase_s: float) -> Plan:
     """`plan` on the batches API: its jobs as batch requests, projected at batch prices."""
     jobs = {mode: batch_jobs(plan.jobs[mode]) for mode in Mode}
-    projections = {
-        mode: ledger.project(mode, job_estimates(jobs[mode]), batch=True) for mode in Mode
-    }
+    projections = {mode: _project(ledger, mode, jobs[mode]) for mode in Mode}
     times = {
         mode: phase_s * (2 if any(j.after for j in jobs[mode]) else 1) if jobs[mode] else 0.0
         for mode in Mode
@@ -86,6 +93,23 @@ def to_batches(plan: Plan, ledger: Ledger, phase_s: float) -> Plan:
         plan, jobs=jobs, projections=projections, wall_time_s=times, per_repo_jobs=per_jobs,
         per_repo=per,
     )  # fmt: skip
+
+
+def unsent_only(plan: Plan, ledger: Ledger, sent: Collection[str]) -> Plan:
+    """A resumed `plan` on the batches API projecting only the jobs still to submit.
+
+    The `sent` jobs are done (charged) or inside a submitted batch (reserved at their worst
+    case): projecting them again would count them twice and refuse a resume that fits.
+    """
+    projections = {
+        mode: _project(ledger, mode, (j for j in plan.jobs[mode] if j.id not in sent))
+        for mode in Mode
+    }
+    return replace(plan, projections=projections)
+
+
+def _project(ledger: Ledger, mode: Mode, jobs: Iterable[Job]) -> Projection:
+    return ledger.project(mode, job_estimates(jobs), batch=True)
 
 
 def apis_json(plans: Mapping[str, Plan]) -> dict[str, Any]:

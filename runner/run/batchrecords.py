@@ -84,8 +84,11 @@ class BatchRecords:
                 " VALUES (?, ?, ?, ?, ?, ?)",
                 [key, run_id, phase, BatchStatus.INTENT, len(job_ids), now],
             )
+            # RETURNING names the key: on PostgreSQL an INSERT returns `id` otherwise
+            # (statedb.dialect), and batch_items has none.
             db.executemany(
-                "INSERT INTO batch_items (custom_id, batch_key, run_id, job_id) VALUES (?, ?, ?, ?)",
+                "INSERT INTO batch_items (custom_id, batch_key, run_id, job_id) VALUES (?, ?, ?, ?)"
+                " RETURNING custom_id",
                 [(cid, key, run_id, job) for cid, job in zip(custom_ids, job_ids, strict=True)],
             )
         row = BatchRow(key, run_id, None, phase, BatchStatus.INTENT, len(job_ids), now, None)
@@ -143,7 +146,7 @@ class BatchRecords:
                 intent_at=r["intent_at"],
                 submitted_at=r["submitted_at"],
             )
-            for r in self.runs.db.query(sql + " ORDER BY rowid", [run_id])
+            for r in self.runs.query(sql + " ORDER BY rowid", [run_id])
         ]
 
     def items(self, key: str) -> list[ItemRow]:
@@ -157,7 +160,7 @@ class BatchRecords:
                 reservation_month=r["reservation_month"],
                 outcome=r["outcome"],
             )
-            for r in self.runs.db.query(
+            for r in self.runs.query(
                 "SELECT * FROM batch_items WHERE batch_key = ? ORDER BY rowid", [key]
             )
         ]
@@ -171,7 +174,7 @@ class BatchRecords:
 
     def tries(self, run_id: str) -> dict[str, int]:
         """Per job of the run: how many of its batch requests ended without a reply."""
-        rows = self.runs.db.query(
+        rows = self.runs.query(
             "SELECT job_id, COUNT(*) AS n FROM batch_items WHERE run_id = ?"
             " AND outcome IN ('errored', 'expired', 'canceled') GROUP BY job_id",
             [run_id],
@@ -180,16 +183,24 @@ class BatchRecords:
 
     def in_flight(self, run_id: str) -> set[str]:
         """Jobs of the run in a batch not collected yet (submitted, or perhaps submitted)."""
-        rows = self.runs.db.query(
+        rows = self.runs.query(
             "SELECT i.job_id FROM batch_items i JOIN message_batches b ON b.id = i.batch_key"
             " WHERE i.run_id = ? AND b.status IN ('intent', 'submitted') AND i.outcome IS NULL",
             [run_id],
         )
         return {r["job_id"] for r in rows}
 
+    def claimed_reservations(self, run_id: str) -> set[int]:
+        """The ledger entries the run's batch items hold (recorded right after reserving)."""
+        rows = self.runs.query(
+            "SELECT reservation_id FROM batch_items WHERE run_id = ? AND reservation_id IS NOT NULL",
+            [run_id],
+        )
+        return {r["reservation_id"] for r in rows}
+
     def known_batch_ids(self) -> set[str]:
         """Every platform batch id recorded by any run (a listed batch among them is not new)."""
-        rows = self.runs.db.query("SELECT batch_id FROM message_batches WHERE batch_id IS NOT NULL")
+        rows = self.runs.query("SELECT batch_id FROM message_batches WHERE batch_id IS NOT NULL")
         return {r["batch_id"] for r in rows}
 
 
