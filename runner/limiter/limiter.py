@@ -67,6 +67,16 @@ ALIVE_TTL = 0.5  # how long one process trusts "pid N is alive" before asking th
 HEARTBEAT_TIMEOUT = 60.0  # another host's lease silent this long is reclaimed
 USAGE_TAU = 60.0  # time constant of the per-bucket usage rate behind health utilisation
 
+_HOLDERS_SQL = "SELECT pid, host FROM leases UNION SELECT pid, host FROM waiters"
+_ACCOUNT_SQL = (
+    "SELECT (SELECT count(*) FROM leases), (SELECT until_at FROM cooldowns WHERE id = 1),"
+    " (SELECT effective FROM limits WHERE name = 'max_concurrent'), w.id,"
+    " w.input_tokens, w.output_estimate FROM (SELECT 1) AS one LEFT JOIN"
+    " (SELECT id, input_tokens, output_estimate FROM waiters ORDER BY id LIMIT 1) AS w"
+    " ON 1 = 1"
+)
+_BUCKETS_SQL = "SELECT name, capacity, level, updated_at, usage_rate FROM buckets"
+
 
 @dataclass(frozen=True)
 class Limits:
@@ -222,17 +232,18 @@ class Limiter:
     # -- buckets ------------------------------------------------------------------------------
 
     def _buckets(
-        self, conn: Any, now: float, need: Mapping[str, float] | None
+        self, conn: Any, now: float, need: Mapping[str, float] | None, rows: Any = None
     ) -> dict[str, list[float]]:
-        """bucket -> [capacity, level now, usage rate now], refilled lazily to `now`.
+        """bucket -> [capacity, level now, usage rate now], refilled lazily to `now` (from
+        `rows` of _BUCKETS_SQL when the caller read them already).
 
         Refill stops at what the next request to be served (`need`) uses, plus the burst
         allowance (see module doc); `need=None` shows the credit up to capacity.
         """
         out = {}
-        for name, capacity, level, updated_at, rate in conn.execute(
-            "SELECT name, capacity, level, updated_at, usage_rate FROM buckets"
-        ):
+        if rows is None:
+            rows = conn.execute(_BUCKETS_SQL).fetchall()
+        for name, capacity, level, updated_at, rate in rows:
             elapsed = max(0.0, now - parse_iso(updated_at))
             ceiling = capacity
             if need is not None:
@@ -241,14 +252,6 @@ class Limiter:
                 level = min(ceiling, level + elapsed * capacity / 60.0)
             out[name] = [capacity, level, rate * math.exp(-elapsed / USAGE_TAU)]
         return out
-
-    def _adjust(self, conn: Any, debit: Mapping[str, float]) -> None:
-        """Add a correction or refund to the stored levels without moving their refill clock."""
-        conn.executemany(
-            "UPDATE buckets SET level = min(capacity, level - ?1),"
-            " usage_rate = max(0, usage_rate + ?2) WHERE name = ?3",
-            [(amount, amount / USAGE_TAU, name) for name, amount in debit.items()],
-        )
 
     def _write_buckets(
         self, conn: Any, now: float, state: dict[str, list[float]], debit: Mapping[str, float]
@@ -271,12 +274,12 @@ class Limiter:
 
     # -- reclaim ------------------------------------------------------------------------------
 
-    def _reclaim(self, conn: Any, now: float) -> None:
+    def _reclaim(self, conn: Any, now: float, holders: Any) -> bool:
+        """Delete the leases and tickets of dead holders (`holders`: rows of _HOLDERS_SQL) and,
+        every AGE_SWEEP, the too old and the silent ones; True when anything may have gone."""
         me = os.getpid()
         dead = []
-        for pid, host in conn.execute(
-            "SELECT pid, host FROM leases UNION SELECT pid, host FROM waiters"
-        ):
+        for pid, host in holders:
             if host not in (None, self._host):
                 continue  # another host's pid: judged by its heartbeat below
             if pid == me or self._alive_cache.get(pid, 0.0) > now:
@@ -303,6 +306,8 @@ class Limiter:
                 "DELETE FROM leases WHERE host != ? AND beat_at < ?",
                 (self._host, iso(now - self.heartbeat_timeout)),
             )
+            return True
+        return bool(dead)
 
     # -- acquire ------------------------------------------------------------------------------
 
@@ -331,12 +336,20 @@ class Limiter:
         ticket: int | None = None
         try:
             while True:
-                with self._store.write() as (conn, now):
-                    lease, ticket, wait = self._attempt(conn, now, need, ticket)
-                if lease is not None:
+                with self._store.locked() as conn:
+                    reads = self._reads(conn, ticket)
+                    now = self._store.clock(conn)  # one round trip on PG: lock, clock, reads
+                    grant, ticket, wait = self._attempt(conn, now, need, ticket, reads)
+                if grant is not None:
                     ticket = None
                     self._start_heartbeat()
-                    return lease
+                    cursor, granted_at = grant  # the lease's id, read once committed
+                    return Lease(
+                        cursor.lastrowid,
+                        int(need["input_tokens"]),
+                        int(need["output_tokens"]),
+                        granted_at,
+                    )
                 if cancelled is not None and cancelled():
                     raise AcquireCancelled("stopped while waiting for the limiter")
                 if deadline is not None:
@@ -353,37 +366,45 @@ class Limiter:
                 with self._store.write() as (conn, _now):
                     conn.execute("DELETE FROM waiters WHERE id = ?", (ticket,))
 
+    def _reads(self, conn: Any, ticket: int | None) -> list[Any]:
+        """Issue what an attempt reads (holders, account, buckets, the ticket) before using
+        any of it: on PostgreSQL they travel together, in the lock's round trip."""
+        return [
+            conn.execute(_HOLDERS_SQL),
+            *self._account_reads(conn, ticket),
+        ]
+
+    def _account_reads(self, conn: Any, ticket: int | None) -> list[Any]:
+        reads = [conn.execute(_ACCOUNT_SQL), conn.execute(_BUCKETS_SQL)]
+        if ticket is not None:
+            reads.append(conn.execute("SELECT 1 FROM waiters WHERE id = ?", (ticket,)))
+        return reads
+
     def _attempt(
-        self, conn: Any, now: float, need: dict[str, float], ticket: int | None
-    ) -> tuple[Lease | None, int | None, float]:
-        """One locked look at the account: grant, or enqueue and say how long to sleep."""
-        self._reclaim(conn, now)
-        in_flight, until_at, max_concurrent, *oldest = conn.execute(
-            "SELECT (SELECT count(*) FROM leases), (SELECT until_at FROM cooldowns WHERE id = 1),"
-            " (SELECT effective FROM limits WHERE name = 'max_concurrent'), w.id,"
-            " w.input_tokens, w.output_estimate FROM (SELECT 1) AS one LEFT JOIN"
-            " (SELECT id, input_tokens, output_estimate FROM waiters ORDER BY id LIMIT 1) AS w"
-            " ON 1 = 1"
-        ).fetchone()
+        self, conn: Any, now: float, need: dict[str, float], ticket: int | None, reads: list[Any]
+    ) -> tuple[tuple[Any, float] | None, int | None, float]:
+        """One locked look at the account: grant (the lease's INSERT cursor and its time), or
+        enqueue and say how long to sleep."""
+        rows = [read.fetchall() for read in reads]  # every statement done before any write
+        if self._reclaim(conn, now, rows[0]):
+            # Something may have been deleted: read the account again, after the deletes.
+            rows[1:] = [read.fetchall() for read in self._account_reads(conn, ticket)]
+        in_flight, until_at, max_concurrent, *oldest = rows[1][0]
         head = None if oldest[0] is None else tuple(oldest)
         served = need if head is None else dict(zip(need, (1.0, head[1], head[2]), strict=True))
-        state = self._buckets(conn, now, served)
+        state = self._buckets(conn, now, served, rows[2])
         for bucket, amount in need.items():
             capacity = state[bucket][0]
             if amount > capacity:
                 raise RunnerInputError(self._too_big(conn, bucket, int(amount), capacity))
-        if (
-            ticket is not None
-            and not conn.execute("SELECT 1 FROM waiters WHERE id = ?", (ticket,)).fetchone()
-        ):
+        if ticket is not None and not rows[3]:
             ticket = None  # dropped as stale (this process was suspended): queue again
         first = (head is None and ticket is None) or (head is not None and head[0] == ticket)
         cooldown = parse_iso(until_at) - now if until_at else 0.0
         deficit = max((need[b] - state[b][1]) * 60.0 / state[b][0] for b in need)
         if first and cooldown <= 0 and deficit <= 0 and in_flight < max_concurrent:
             self._write_buckets(conn, now, state, need)
-            granted_at = now
-            lease_id = conn.execute(
+            inserted = conn.execute(
                 "INSERT INTO leases (pid, host, input_tokens, output_estimate, granted_at,"
                 " beat_at) VALUES (?, ?, ?, ?, ?, ?)",
                 (
@@ -394,13 +415,10 @@ class Limiter:
                     iso(now),
                     iso(now),
                 ),
-            ).lastrowid
+            )
             if ticket is not None:
                 conn.execute("DELETE FROM waiters WHERE id = ?", (ticket,))
-            lease = Lease(
-                lease_id, int(need["input_tokens"]), int(need["output_tokens"]), granted_at
-            )
-            return lease, None, 0.0
+            return (inserted, now), None, 0.0
         stamp = iso(now)
         if ticket is None:
             ticket = conn.execute(
@@ -493,13 +511,17 @@ class Limiter:
         self._finish(lease, refund)
 
     def _finish(self, lease: Lease, debit: Mapping[str, float]) -> None:
-        with self._store.write(maintenance=True) as (conn, _now):
-            gone = conn.execute(
-                "DELETE FROM leases WHERE id = ? AND granted_at = ?",
-                (lease.id, iso(lease.granted_at)),
-            ).rowcount
-            if gone:
-                self._adjust(conn, debit)
+        # No result is read, so on PostgreSQL the whole transaction is one round trip: the
+        # adjustment applies only while the lease is still there, and then the lease goes.
+        held = (lease.id, iso(lease.granted_at))
+        with self._store.locked(maintenance=True) as conn:
+            conn.executemany(
+                "UPDATE buckets SET level = min(capacity, level - ?1),"
+                " usage_rate = max(0, usage_rate + ?2) WHERE name = ?3"
+                " AND EXISTS (SELECT 1 FROM leases WHERE id = ?4 AND granted_at = ?5)",
+                [(amount, amount / USAGE_TAU, name, *held) for name, amount in debit.items()],
+            )
+            conn.execute("DELETE FROM leases WHERE id = ? AND granted_at = ?", held)
 
     def penalize(self, retry_after: float, limit: str | None = None) -> None:
         """After a 429: pause admission for every process until now + retry_after, and empty
