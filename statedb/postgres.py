@@ -160,9 +160,9 @@ class PgConnection:
         return _Cursor(cursor, self, text.lstrip()[:6].upper() == "INSERT")
 
     def executemany(self, sql: str, rows: Sequence[Any]) -> None:
-        pairs = [translate(sql, row) for row in rows]
-        if pairs:
-            self.raw.cursor().executemany(pairs[0][0], [values for _, values in pairs])
+        # One execute per row: in a write transaction each is only queued (no round trip).
+        for row in rows:
+            self.execute(sql, row)
 
     def ddl(self, sql: str, params: Any = ()) -> None:
         """A migration statement: DDL types translated, then as execute()."""
@@ -215,7 +215,7 @@ class PostgresBackend:
         self._thread_lock = threading.RLock()
         try:
             raw = psycopg.connect(
-                self.url, autocommit=True, connect_timeout=CONNECT_TIMEOUT, prepare_threshold=0
+                self.url, autocommit=True, connect_timeout=CONNECT_TIMEOUT, prepare_threshold=None
             )
         except psycopg.Error as exc:
             raise self.error(
@@ -228,6 +228,10 @@ class PostgresBackend:
         except BaseException:
             raw.close()
             raise
+        # Statements run prepared from their first use from here on. Not during migrations:
+        # their DDL makes psycopg drop its prepared statements, which in pipeline mode it does
+        # only after preparing the next one ("prepared statement _pg3_N does not exist").
+        raw.prepare_threshold = 0
         self._conn = conn
         return conn
 
