@@ -145,12 +145,6 @@ def read_entry(conn: sqlite3.Connection, entry_id: int) -> sqlite3.Row:
     return entry
 
 
-def _ensure_month(conn: sqlite3.Connection, month: str) -> None:
-    conn.execute(
-        "INSERT INTO month_totals (month) VALUES (?) ON CONFLICT(month) DO NOTHING", (month,)
-    )
-
-
 def insert_reservation(conn: sqlite3.Connection, row: Mapping[str, Any]) -> Any:
     """Insert a reserved entry and count it in the month, run and review; returns the INSERT's
     cursor, whose `lastrowid` is the entry's id (read once committed: on PostgreSQL the id then
@@ -161,11 +155,12 @@ def insert_reservation(conn: sqlite3.Connection, row: Mapping[str, Any]) -> Any:
         f"INSERT INTO entries ({columns}, state) VALUES ({marks}, 'reserved')", tuple(row.values())
     )
     worst, worst_t, month = row["worst_micros"], row["worst_tokens"], row["month"]
-    _ensure_month(conn, month)
     conn.execute(
-        "UPDATE month_totals SET reserved_micros = reserved_micros + ?,"
-        " reserved_tokens = reserved_tokens + ?, entries = entries + 1 WHERE month = ?",
-        (worst, worst_t, month),
+        "INSERT INTO month_totals (month, reserved_micros, reserved_tokens, entries)"
+        " VALUES (?, ?, ?, 1) ON CONFLICT(month) DO UPDATE SET"
+        " reserved_micros = reserved_micros + excluded.reserved_micros,"
+        " reserved_tokens = reserved_tokens + excluded.reserved_tokens, entries = entries + 1",
+        (month, worst, worst_t),
     )
     conn.execute(
         "INSERT INTO runs (run_id, month, started_at, reserved_micros, reserved_tokens, requests)"
@@ -272,15 +267,19 @@ def transition(
     if old in FINAL_STATES or (old == "unknown" and new_state == "unknown"):
         raise AlreadyFinal(f"reservation {entry_id} is already {old}; nothing was changed")
     worst = entry["worst_micros"]
+    # reserved -> settled (every answered request) takes the reservation out in the same
+    # statements that add the cost: fewer statements while the store's lock is held.
+    folded = old == "reserved" and new_state == "settled"
     # Take the old state out of the aggregates...
     if old == "reserved":
-        _unreserve(conn, entry)
+        if not folded:
+            _unreserve(conn, entry)
     else:  # unknown: charged at the worst case until now
         _unknown(conn, entry, -1)
     # ...and put the new one in.
     usage = usage or dict.fromkeys(USAGE_FIELDS, 0)
     if new_state == "settled":
-        _add_settled(conn, entry, usage, cost, now)
+        _add_settled(conn, entry, usage, cost, now, unreserve=folded)
     elif new_state == "released":
         conn.execute(
             "UPDATE month_totals SET released = released + 1 WHERE month = ?",
@@ -330,33 +329,44 @@ def _unreserve(conn: sqlite3.Connection, entry: sqlite3.Row) -> None:
 
 
 def _add_settled(
-    conn: sqlite3.Connection, entry: sqlite3.Row, usage: dict[str, Any], cost: int, now: str
+    conn: sqlite3.Connection,
+    entry: sqlite3.Row,
+    usage: dict[str, Any],
+    cost: int,
+    now: str,
+    *,
+    unreserve: bool = False,
 ) -> None:
-    """Add a settled entry's cost and usage to every aggregate, and teach calibration."""
+    """Add a settled entry's cost and usage to every aggregate, and teach calibration;
+    `unreserve` also takes its reservation out (what _unreserve does), in the same statements."""
     month, run_id, review = entry["month"], entry["run_id"], entry["review"]
     tokens = sum(usage[field] for field in USAGE_FIELDS)
+    held = (entry["worst_micros"], entry["worst_tokens"]) if unreserve else (0, 0)
     conn.execute(
         "UPDATE month_totals SET spent_micros = spent_micros + ?,"
         " input_tokens = input_tokens + ?, output_tokens = output_tokens + ?,"
         " cache_creation_input_tokens = cache_creation_input_tokens + ?,"
-        " cache_read_input_tokens = cache_read_input_tokens + ?, settled = settled + 1"
+        " cache_read_input_tokens = cache_read_input_tokens + ?, settled = settled + 1,"
+        " reserved_micros = reserved_micros - ?, reserved_tokens = reserved_tokens - ?"
         " WHERE month = ?",
-        (cost, *(usage[f] for f in USAGE_FIELDS), month),
+        (cost, *(usage[f] for f in USAGE_FIELDS), *held, month),
     )
     conn.execute(
         "UPDATE runs SET charged_micros = charged_micros + ?, charged_tokens = charged_tokens + ?,"
         " cost_micros = cost_micros + ?, input_tokens = input_tokens + ?,"
         " output_tokens = output_tokens + ?,"
         " cache_creation_input_tokens = cache_creation_input_tokens + ?,"
-        " cache_read_input_tokens = cache_read_input_tokens + ? WHERE run_id = ?",
-        (cost, tokens, cost, *(usage[f] for f in USAGE_FIELDS), run_id),
+        " cache_read_input_tokens = cache_read_input_tokens + ?,"
+        " reserved_micros = reserved_micros - ?, reserved_tokens = reserved_tokens - ?"
+        " WHERE run_id = ?",
+        (cost, tokens, cost, *(usage[f] for f in USAGE_FIELDS), *held, run_id),
     )
     _bump_day(conn, entry["day"], month, cost, tokens)
     if review:
         conn.execute(
             "UPDATE reviews SET tokens = tokens + ?, cost_micros = cost_micros + ?,"
-            " settled = settled + 1, last_at = ? WHERE review = ?",
-            (tokens, cost, now, review),
+            " settled = settled + 1, last_at = ?, outstanding = outstanding - ? WHERE review = ?",
+            (tokens, cost, now, int(unreserve), review),
         )
     _calibrate(conn, entry, usage, now)
 
