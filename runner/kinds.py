@@ -18,6 +18,7 @@ class JobStatus(StrEnum):
     DONE = "done"
     FAILED = "failed"
     DEFERRED = "deferred"
+    SKIPPED = "skipped"  # resumed after its repo left the manifest: never sent
 
 
 class RunStatus(StrEnum):

@@ -7,7 +7,6 @@ a run killed at any point resumes without sending a done job again.
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager
@@ -19,7 +18,7 @@ import sqlite_utils
 from sqlite_utils.migrations import Migrations
 
 from runner.errors import RunnerInputError, StateError
-from statedb import SQLiteStore, iso
+from statedb import ProcessId, SQLiteStore, iso, process_alive, process_identity, process_started
 from statedb import utc_now as now
 
 __all__ = ["JobKey", "JobRow", "RunRow", "Runs", "utc_now"]
@@ -116,6 +115,14 @@ def m005_message_batches(db: sqlite_utils.Database) -> None:
     db.execute("CREATE INDEX batch_items_by_job ON batch_items(job_id)")
 
 
+@MIGRATIONS()
+def m006_run_owner(db: sqlite_utils.Database) -> None:
+    # The owning process as ledger reservations record it (pid + start time + host), so that a
+    # resume can tell a live run from a dead one; and the manifest's digest, to recognise it.
+    for column in ("pid_start", "host", "pid_started_at", "manifest_sha256"):
+        db.execute(f"ALTER TABLE runs ADD COLUMN {column} TEXT")
+
+
 #: A planned job as runs.db records it: (id, slug, agent, warm).
 JobKey = tuple[str, str, str, bool]
 
@@ -137,6 +144,16 @@ class RunRow:
     out_dir: str
     created_at: str
     api: str | None = None  # None: recorded before the batches path, i.e. messages
+    manifest_sha256: str | None = None
+    pid: int | None = None
+    pid_start: str | None = None
+    host: str | None = None
+    pid_started_at: str | None = None
+
+    @property
+    def owner(self) -> ProcessId | None:
+        """The process recorded as running this run (None: none recorded)."""
+        return None if self.pid is None else ProcessId(self.pid, self.pid_start, self.host or "")
 
 
 @dataclass(frozen=True)
@@ -152,6 +169,14 @@ class JobRow:
     cost_micros: int
     error: str | None
     warm: bool = False
+
+
+#: A run in these states may have a process sending its jobs.
+_IN_PROGRESS = ("planned", "running")
+
+
+def _run_row(row: Mapping[str, Any]) -> RunRow:
+    return RunRow(**{k: row[k] for k in RunRow.__dataclass_fields__ if k in row})
 
 
 class Runs(SQLiteStore):
@@ -181,15 +206,18 @@ class Runs(SQLiteStore):
         out_dir: str,
         repos: list[Mapping[str, Any]],
         jobs: Sequence[JobKey],
+        manifest_sha256: str | None = None,
     ) -> None:
-        """Record a new run with its repos (slug, path, model, pack, pack_sha256) and jobs."""
+        """Record a new run, owned by this process, with its repos (slug, path, model, pack,
+        pack_sha256) and jobs."""
         now = utc_now()
         with self._write() as db:
             db.execute(
-                "INSERT INTO runs (id, manifest, name, requested_mode, status, out_dir, pid,"
-                " created_at, updated_at) VALUES (?, ?, ?, ?, 'planned', ?, ?, ?, ?)",
-                [run_id, manifest, name, requested_mode, out_dir, os.getpid(), now, now],
+                "INSERT INTO runs (id, manifest, manifest_sha256, name, requested_mode, status,"
+                " out_dir, created_at, updated_at) VALUES (?, ?, ?, ?, ?, 'planned', ?, ?, ?)",
+                [run_id, manifest, manifest_sha256, name, requested_mode, out_dir, now, now],
             )
+            self._own(db, run_id)
             for repo in repos:
                 db.execute(
                     "INSERT INTO repos (id, run_id, slug, path, model, pack, pack_sha256)"
@@ -206,8 +234,53 @@ class Runs(SQLiteStore):
                 )
             self._insert_jobs(db, run_id, jobs, now)
 
+    @staticmethod
+    def _own(db: sqlite3.Connection, run_id: str) -> None:
+        me = process_identity()
+        started = process_started(me.start)
+        db.execute(
+            "UPDATE runs SET pid = ?, pid_start = ?, host = ?, pid_started_at = ? WHERE id = ?",
+            [me.pid, me.start, me.host, iso(started) if started else None, run_id],
+        )
+
+    def claim(self, run_id: str) -> RunRow | None:
+        """Make this process the owner of `run_id` and mark it running, unless another live
+        process still runs it: then change nothing and return its row (the one liveness check,
+        statedb's, on pid + start time + host). Atomic, so two resumes cannot both win."""
+        with self._write() as db:
+            row = self._live_owner(db, run_id)
+            if row is None:
+                self._own(db, run_id)
+                db.execute(
+                    "UPDATE runs SET status = 'running', updated_at = ? WHERE id = ?",
+                    [utc_now(), run_id],
+                )
+            return row
+
+    def live_owner(self, run_id: str) -> RunRow | None:
+        """The row of `run_id` if another live process runs it now, else None (reads only)."""
+        with self.read() as db:
+            return self._live_owner(db, run_id)
+
+    @staticmethod
+    def _live_owner(db: sqlite3.Connection, run_id: str) -> RunRow | None:
+        cursor = db.execute("SELECT * FROM runs WHERE id = ?", [run_id])
+        names = [d[0] for d in cursor.description]
+        found = cursor.fetchone()
+        if found is None:
+            return None
+        row = _run_row(dict(zip(names, found, strict=True)))
+        owner, me = row.owner, process_identity()
+        # A run that ended is no one's, even while the process that ended it lingers.
+        if owner is None or row.status not in _IN_PROGRESS:
+            return None
+        # Rows from before start and host were recorded match this process by pid alone.
+        if owner.pid == me.pid and owner.start in (None, me.start) and owner.host in ("", me.host):
+            return None
+        return row if process_alive(owner.pid, owner.start, owner.host or None) else None
+
     def update_run(self, run_id: str, **fields: Any) -> None:
-        """Set some of a run's columns (status, mode, reason, pid)."""
+        """Set some of a run's columns (status, mode, reason)."""
         fields["updated_at"] = utc_now()
         columns = ", ".join(f"{name} = ?" for name in fields)
         with self._write() as db:
@@ -272,8 +345,41 @@ class Runs(SQLiteStore):
             rows = list(self.query("SELECT * FROM runs WHERE id = ?", [run_id]))
             if not rows:
                 raise RunnerInputError(f"--resume {run_id}: no such run in {self.path}")
-        row = rows[0]
-        return RunRow(**{k: row[k] for k in RunRow.__dataclass_fields__ if k in row})
+        return _run_row(rows[0])
+
+    def last_run_of(self, manifest: str, manifest_sha256: str) -> RunRow | None:
+        """The newest run of a manifest: recorded at this path, or with this content."""
+        rows = list(
+            self.query(
+                "SELECT * FROM runs WHERE manifest = ? OR manifest_sha256 = ?"
+                " ORDER BY created_at DESC, id DESC LIMIT 1",
+                [manifest, manifest_sha256],
+            )
+        )
+        return _run_row(rows[0]) if rows else None
+
+    def repack(self, run_id: str, slug: str, pack: Mapping[str, Any], pack_sha256: str) -> None:
+        """A repo changed since it was recorded: keep its new pack, and make every one of its
+        jobs pending again (done ones too), so that its report holds one pack's reviews."""
+        with self._write() as db:
+            db.execute(
+                "UPDATE repos SET pack = ?, pack_sha256 = ? WHERE run_id = ? AND slug = ?",
+                [json.dumps(pack), pack_sha256, run_id, slug],
+            )
+            db.execute(
+                "UPDATE jobs SET status = 'pending', result = NULL, usage = NULL, cost_micros = 0,"
+                " request_id = NULL, error = NULL, updated_at = ? WHERE run_id = ? AND slug = ?",
+                [utc_now(), run_id, slug],
+            )
+
+    def skip_repo(self, run_id: str, slug: str, reason: str) -> None:
+        """Mark the jobs of a repo not done as skipped, with the reason."""
+        with self._write() as db:
+            db.execute(
+                "UPDATE jobs SET status = 'skipped', error = ?, updated_at = ?"
+                " WHERE run_id = ? AND slug = ? AND status != 'done'",
+                [reason, utc_now(), run_id, slug],
+            )
 
     def repos(self, run_id: str, *, slug: str | None = None) -> list[dict[str, Any]]:
         """The repos of a run (or its one repo `slug`), with their pack summaries."""

@@ -21,7 +21,13 @@ from statedb.paths import (
     private_file,
     state_dir,
 )
-from statedb.process import ProcessId, host_name, process_alive, process_identity
+from statedb.process import (
+    ProcessId,
+    host_name,
+    process_alive,
+    process_identity,
+    process_started,
+)
 from statedb.store import SQLiteStore
 
 __all__ = [
@@ -43,6 +49,7 @@ __all__ = [
     "private_file",
     "process_alive",
     "process_identity",
+    "process_started",
     "redact",
     "state_dir",
     "utc_now",

@@ -10,7 +10,7 @@ import os
 import socket
 from typing import NamedTuple
 
-__all__ = ["ProcessId", "host_name", "process_alive", "process_identity"]
+__all__ = ["ProcessId", "host_name", "process_alive", "process_identity", "process_started"]
 
 
 class ProcessId(NamedTuple):
@@ -65,3 +65,18 @@ def process_alive(pid: int, start: str | None = None, host: str | None = None) -
     state, started = stat
     # A SIGKILLed child not yet reaped is a zombie: dead for our purposes.
     return state not in ("Z", "X") and (start is None or started == start)
+
+
+def process_started(start: str | None) -> float | None:
+    """Epoch seconds at which a process of this host with /proc start time `start` began.
+
+    For messages (a person wants a date, not clock ticks since boot); None when unknown.
+    """
+    if start is None:
+        return None
+    try:
+        with open("/proc/stat", encoding="ascii", errors="replace") as fh:
+            boot = next(int(line.split()[1]) for line in fh if line.startswith("btime "))
+        return boot + int(start) / os.sysconf("SC_CLK_TCK")
+    except (OSError, StopIteration, ValueError):
+        return None

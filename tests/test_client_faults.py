@@ -191,7 +191,7 @@ def test_an_unreachable_api_stops_the_run_deferred_and_a_resume_completes_it(
     assert first.returncode == 4, first.stderr
     doc = json.loads(first.stdout)
     assert doc["status"] == "deferred" and doc["stop"] == "unreachable"
-    assert doc["jobs"] == {"done": 0, "failed": 0, "deferred": 5, "pending": 0}
+    assert doc["jobs"] == {"done": 0, "failed": 0, "deferred": 5, "pending": 0, "skipped": 0}
     # One line names the endpoint and the cause, and says what became of the rest.
     [line] = [ln for ln in first.stderr.splitlines() if ln.startswith("the API at")]
     assert re.match(
@@ -211,7 +211,7 @@ def test_an_unreachable_api_stops_the_run_deferred_and_a_resume_completes_it(
     assert second.returncode == 0, second.stderr
     resumed = json.loads(second.stdout)
     assert resumed["run_id"] == doc["run_id"] and resumed["status"] == "done"
-    assert resumed["jobs"] == {"done": 5, "failed": 0, "deferred": 0, "pending": 0}
+    assert resumed["jobs"] == {"done": 5, "failed": 0, "deferred": 0, "pending": 0, "skipped": 0}
     assert sent == 5
 
 

@@ -52,7 +52,7 @@ def test_twelve_repos_concurrent_ledger_equals_billing(twelve: Path, isolated_st
         doc = json.loads(result.stdout)
         stats = sim.stats()
     assert doc["mode"] == "concurrent"
-    assert doc["jobs"] == {"done": 48, "failed": 0, "deferred": 0, "pending": 0}
+    assert doc["jobs"] == {"done": 48, "failed": 0, "deferred": 0, "pending": 0, "skipped": 0}
     assert stats["rate_limited"] == 0
     out = Path(doc["out_dir"])
     for i in range(12):

@@ -224,7 +224,7 @@ def test_batch_run_totals_agree_with_runs_db_and_the_ledger(
         result = run(config.with_api(sim.base_url, "k"))
         billed = sum(r.get("cost_micros") or 0 for r in messages(sim))
     assert result.status is RunStatus.DONE
-    assert dict(result.jobs) == {"done": 8, "failed": 0, "deferred": 0, "pending": 0}
+    assert dict(result.jobs) == {"done": 8, "failed": 0, "deferred": 0, "pending": 0, "skipped": 0}
     rows = Runs(StatePaths(isolated_state).runs).jobs(result.run_id)
     assert sum(1 for r in rows if r.warm) == 2 and len(rows) == 10
     assert all(r.status == JobStatus.DONE for r in rows)

@@ -185,10 +185,11 @@ def run(
         review-runner run jobs/nightly.toml
         review-runner run jobs/nightly.toml --mode single --json
         review-runner run --resume last
+        review-runner run jobs/nightly.toml --resume last
         review-runner run jobs/nightly.toml --api batches --no-wait
     """
-    if (manifest is None) == (resume is None):
-        raise click.UsageError("give a MANIFEST, or --resume RUN_ID|last (not both)")
+    if manifest is None and resume is None:
+        raise click.UsageError("give a MANIFEST, or --resume RUN_ID|last, or both")
     from jobs.manifest import load_manifest
 
     limits = {

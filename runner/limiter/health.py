@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any
 
+from runner.limiter.store import me
 from statedb.clock import iso, parse_iso
 
 __all__ = ["HEALTH_WINDOW", "Health", "compute_health", "status_document"]
@@ -101,18 +103,30 @@ def compute_health(conn: Any, now: float, buckets: dict[str, list[float]]) -> He
 
 
 def _requests(conn: Any, now: float, table: str, id_key: str, since: str) -> list[dict[str, Any]]:
-    """Leases (in flight) or waiters (queued) in id order, each with its age in seconds."""
+    """Leases (in flight) or waiters (queued) in id order, each with its age in seconds.
+
+    A lease of this host is aged by the monotonic clock it was granted on (see _reclaim).
+    """
     # `table` and `since` (its timestamp column) are literals from this module, never input.
+    mono = "granted_mono" if table == "leases" else "NULL"
+    host, mono_now = me().host, time.monotonic()
     return [
         {
             id_key: row_id,
             "pid": pid,
-            "age_s": round(now - parse_iso(since_at), 3),
+            "host": row_host,
+            "age_s": round(
+                mono_now - granted
+                if granted is not None and row_host == host
+                else now - parse_iso(since_at),
+                3,
+            ),
             "input_tokens": input_tokens,
             "output_estimate": output_estimate,
         }
-        for row_id, pid, input_tokens, output_estimate, since_at in conn.execute(
-            f"SELECT id, pid, input_tokens, output_estimate, {since} FROM {table} ORDER BY id"
+        for row_id, pid, row_host, input_tokens, output_estimate, since_at, granted in conn.execute(
+            f"SELECT id, pid, host, input_tokens, output_estimate, {since}, {mono} FROM {table}"
+            " ORDER BY id"
         )
     ]
 

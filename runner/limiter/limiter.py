@@ -34,7 +34,8 @@ from typing import Any
 
 from runner.errors import RunnerError, RunnerInputError
 from runner.limiter.health import Health, compute_health, status_document
-from runner.limiter.store import LimiterStore, host_name, iso, parse_iso, pid_alive
+from runner.limiter.store import LimiterStore, host_name, iso, me, parse_iso
+from statedb import process_alive
 
 __all__ = [
     "BUCKETS",
@@ -63,11 +64,15 @@ MIN_SLEEP = 0.001
 SLOT_POLL = 0.02  # a freed in-flight slot has no predictable time, so poll for it
 WAITER_STALE = 30.0  # a live waiter heartbeats every MAX_SLEEP; silence this long means gone
 AGE_SWEEP = 0.1  # seconds between one process's sweeps for leases past lease_max_age
-ALIVE_TTL = 0.5  # how long one process trusts "pid N is alive" before asking the kernel again
+ALIVE_TTL = 0.5  # how long one process trusts "process P is alive" before asking the kernel again
 HEARTBEAT_TIMEOUT = 60.0  # another host's lease silent this long is reclaimed
 USAGE_TAU = 60.0  # time constant of the per-bucket usage rate behind health utilisation
 
-_HOLDERS_SQL = "SELECT pid, host FROM leases UNION SELECT pid, host FROM waiters"
+_HOLDERS_SQL = (
+    "SELECT pid, COALESCE(pid_start, '') FROM leases WHERE host = ? OR host IS NULL"
+    " UNION SELECT pid, COALESCE(pid_start, '') FROM waiters"
+    " WHERE host = ? OR host IS NULL"
+)
 _ACCOUNT_SQL = (
     "SELECT (SELECT count(*) FROM leases), (SELECT until_at FROM cooldowns WHERE id = 1),"
     " (SELECT effective FROM limits WHERE name = 'max_concurrent'), w.id,"
@@ -168,7 +173,7 @@ class Limiter:
         self.limits = limits
         self.lease_max_age = float(lease_max_age)
         self._store = LimiterStore(self.state_dir)
-        self._alive_cache: dict[int, float] = {}
+        self._alive_cache: dict[tuple[int, str], float] = {}
         self._next_age_sweep = 0.0
         with self._store.write() as (conn, now):
             self._init_rows(conn, now, limits)
@@ -280,33 +285,47 @@ class Limiter:
     # -- reclaim ------------------------------------------------------------------------------
 
     def _reclaim(self, conn: Any, now: float, holders: Any) -> bool:
-        """Delete the leases and tickets of dead holders (`holders`: rows of _HOLDERS_SQL) and,
-        every AGE_SWEEP, the too old and the silent ones; True when anything may have gone."""
-        me = os.getpid()
+        """Drop the leases and tickets of dead processes, and rows past their age limits;
+        True when anything may have gone.
+
+        `holders` are the rows of _HOLDERS_SQL. A holder of this host is its pid + start time
+        (a recycled pid is another process), asked of statedb's one liveness check; rows from
+        before the start time was recorded have ''. Another host's lease is judged by its
+        heartbeat.
+        """
+        mine, mono = me(), time.monotonic()
+        myself = (mine.pid, mine.start or "")
         dead = []
-        for pid, host in holders:
-            if host not in (None, self._host):
-                continue  # another host's pid: judged by its heartbeat below
-            if pid == me or self._alive_cache.get(pid, 0.0) > now:
+        for pid, start in holders:
+            owner = (pid, start)
+            if owner == myself or self._alive_cache.get(owner, 0.0) > mono:
                 continue
-            if pid_alive(pid):
-                self._alive_cache[pid] = now + ALIVE_TTL
+            if process_alive(pid, start or None, self._host):
+                self._alive_cache[owner] = mono + ALIVE_TTL
             else:
-                dead.append((pid, self._host))
+                dead.append((pid, start, self._host))
         if dead:
-            log.info("reclaiming leases and tickets of dead processes %s", [p for p, _ in dead])
-            conn.executemany(
-                "DELETE FROM leases WHERE pid = ? AND (host = ? OR host IS NULL)", dead
-            )
-            conn.executemany(
-                "DELETE FROM waiters WHERE pid = ? AND (host = ? OR host IS NULL)", dead
-            )
-        if now >= self._next_age_sweep:  # ages change slowly; no need to look on every grant
-            self._next_age_sweep = now + AGE_SWEEP
-            conn.execute(
-                "DELETE FROM leases WHERE granted_at < ?", (iso(now - self.lease_max_age),)
-            )
-            conn.execute("DELETE FROM waiters WHERE seen_at < ?", (iso(now - WAITER_STALE),))
+            log.info("reclaiming leases and tickets of dead processes %s", [d[0] for d in dead])
+            for table in ("leases", "waiters"):
+                conn.executemany(
+                    f"DELETE FROM {table} WHERE pid = ? AND COALESCE(pid_start, '') = ?"
+                    " AND (host = ? OR host IS NULL)",
+                    dead,
+                )
+        if mono >= self._next_age_sweep:  # ages change slowly; no need to look on every grant
+            self._next_age_sweep = mono + AGE_SWEEP
+            # A row of this host ages by the monotonic clock (system-wide, so every process of
+            # the host shares it; a wall-clock step neither frees nor keeps a lease); other
+            # hosts' clocks cannot be compared, so theirs (and rows without one) by wall clock.
+            for table, stem, max_age in (
+                ("leases", "granted", self.lease_max_age),
+                ("waiters", "seen", WAITER_STALE),
+            ):
+                conn.execute(
+                    f"DELETE FROM {table} WHERE (host = ? AND {stem}_mono < ?) OR ((host IS NULL"
+                    f" OR host <> ? OR {stem}_mono IS NULL) AND {stem}_at < ?)",
+                    (self._host, mono - max_age, self._host, iso(now - max_age)),
+                )
             conn.execute(
                 "DELETE FROM leases WHERE host != ? AND beat_at < ?",
                 (self._host, iso(now - self.heartbeat_timeout)),
@@ -375,7 +394,7 @@ class Limiter:
         """Issue what an attempt reads (holders, account, buckets, the ticket) before using
         any of it: on PostgreSQL they travel together, in the lock's round trip."""
         return [
-            conn.execute(_HOLDERS_SQL),
+            conn.execute(_HOLDERS_SQL, (self._host, self._host)),
             *self._account_reads(conn, ticket),
         ]
 
@@ -410,15 +429,17 @@ class Limiter:
         if first and cooldown <= 0 and deficit <= 0 and in_flight < max_concurrent:
             self._write_buckets(conn, now, state, need)
             inserted = conn.execute(
-                "INSERT INTO leases (pid, host, input_tokens, output_estimate, granted_at,"
-                " beat_at) VALUES (?, ?, ?, ?, ?, ?)",
+                "INSERT INTO leases (pid, pid_start, host, input_tokens, output_estimate,"
+                " granted_at, beat_at, granted_mono) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     os.getpid(),
+                    me().start,
                     self._host,
                     int(need["input_tokens"]),
                     int(need["output_tokens"]),
                     iso(now),
                     iso(now),
+                    time.monotonic(),
                 ),
             )
             if ticket is not None:
@@ -427,21 +448,26 @@ class Limiter:
         stamp = iso(now)
         if ticket is None:
             ticket = conn.execute(
-                "INSERT INTO waiters (pid, host, input_tokens, output_estimate, created_at,"
-                " seen_at) VALUES (?, ?, ?, ?, ?, ?)",
+                "INSERT INTO waiters (pid, pid_start, host, input_tokens, output_estimate,"
+                " created_at, seen_at, seen_mono) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     os.getpid(),
+                    me().start,
                     self._host,
                     int(need["input_tokens"]),
                     int(need["output_tokens"]),
                     stamp,
                     stamp,
+                    time.monotonic(),
                 ),
             ).lastrowid
             if head is None:
                 first = True
         else:
-            conn.execute("UPDATE waiters SET seen_at = ? WHERE id = ?", (stamp, ticket))
+            conn.execute(
+                "UPDATE waiters SET seen_at = ?, seen_mono = ? WHERE id = ?",
+                (stamp, time.monotonic(), ticket),
+            )
         position = 1
         if not first:
             # Sleep until everything queued up to and including this ticket has refilled.

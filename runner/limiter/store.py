@@ -15,9 +15,9 @@ from pathlib import Path
 import sqlite_utils
 
 from runner.errors import StateError
-from statedb import SQLiteStore, StatePaths, host_name, iso, parse_iso, process_alive
+from statedb import ProcessId, SQLiteStore, StatePaths, host_name, iso, parse_iso, process_identity
 
-__all__ = ["LimiterStore", "host_name", "iso", "parse_iso", "pid_alive"]
+__all__ = ["LimiterStore", "host_name", "iso", "me", "parse_iso"]
 
 CHECKPOINT_EVERY = 200  # commits of one process between its WAL checkpoints
 MIGRATIONS = sqlite_utils.Migrations("review_runner.limiter")
@@ -92,9 +92,25 @@ def m002_lease_hosts(db: sqlite_utils.Database) -> None:
     db.execute("ALTER TABLE waiters ADD COLUMN host TEXT")
 
 
-def pid_alive(pid: int) -> bool:
-    """Whether `pid` is a live process on this host (statedb's one liveness check)."""
-    return process_alive(pid)
+@MIGRATIONS()
+def m003_owner_identity(db: sqlite_utils.Database) -> None:
+    """Leases and waiters name their process as ledger reservations do (pid + start + host),
+    so a recycled pid is not taken for their holder; each also keeps the monotonic clock of
+    its grant (of its last heartbeat, for a waiter), for its age on its own host."""
+    for table, mono in (("leases", "granted_mono"), ("waiters", "seen_mono")):
+        db.execute(f"ALTER TABLE {table} ADD COLUMN pid_start TEXT")
+        db.execute(f"ALTER TABLE {table} ADD COLUMN {mono} REAL")
+
+
+_me: ProcessId | None = None
+
+
+def me() -> ProcessId:
+    """This process as leases record it (looked up again after a fork)."""
+    global _me
+    if _me is None or _me.pid != os.getpid():
+        _me = process_identity()
+    return _me
 
 
 class LimiterStore(SQLiteStore):

@@ -35,6 +35,7 @@ from runner.run.plan import Plan, RepoWork, count_prefixes, make_plan, pack_all,
 from runner.run.pool import run_pool
 from runner.run.reporting import finish_reports, json_totals, write_if_complete
 from runner.run.results import PlanResult, Progress, RunResult, Tally, job_counts, make_result
+from runner.run.resume import Reconciled, gone_repos, manifest_sha256, reconcile, take_over
 from runner.run.tracker import Tracker, load_repo_suppressions, tracker_for
 from runner.run.worker import WorkerConfig, request_blocks, request_tools
 from runner.runs import JobRow, Runs
@@ -226,9 +227,12 @@ def run(
     state = open_state(config)
     concurrency = _concurrency(config, state)
     manifest, done_rows = config.manifest, {}
+    gone: tuple[str, ...] = ()
     if previous is not None:
+        take_over(state.runs, previous, dry_run=config.dry_run)  # before anything is sent
         recorded = state.runs.jobs(run_id)
         done_rows = {j.id: j for j in recorded if j.status == JobStatus.DONE}
+        gone = gone_repos(manifest, recorded)
         manifest = _remaining(manifest, recorded)
     client = (
         None
@@ -248,6 +252,10 @@ def run(
     messages_plan, the_plan = _on_api(the_plan, config, state)
     if config.api == Api.MESSAGES:  # batch traffic does not use the per-minute limits
         _check_limits(the_plan)
+    resumed = Reconciled()
+    if previous is not None:
+        resumed = reconcile(state.runs, run_id, gone, the_plan.works)
+        done_rows = resumed.still_done(done_rows)
     # Suppressions are read before admission: a broken file stops the run with nothing held or sent.
     tracker = tracker_for(
         config.manifest,
@@ -269,10 +277,21 @@ def run(
     if admission.mode == Decision.REFUSED or config.dry_run:
         state.ledger.end_run(run_id)
         status = RunStatus.REFUSED if admission.mode == Decision.REFUSED else RunStatus.PLANNED
+        if previous is not None and not config.dry_run:
+            state.runs.update_run(run_id, status=status)  # ended: no longer running
         totals = state.ledger.run_totals(run_id)
         return make_result(run_id, admission, status, None, {}, totals, None, the_plan)
     execution = _Execution(
-        config, state, run_id, the_plan, admission, done_rows, concurrency, tracker, pack_failures
+        config,
+        state,
+        run_id,
+        the_plan,
+        admission,
+        done_rows,
+        concurrency,
+        tracker,
+        pack_failures,
+        resumed,
     )
     try:
         if config.api == Api.BATCHES:
@@ -328,6 +347,7 @@ class _Execution:
     concurrency: int
     tracker: Tracker
     pack_failures: Mapping[RepoSpec, str]  # repos that could not be packed, and why
+    resumed: Reconciled
     report_errors: dict[str, str] = field(default_factory=dict)  # by slug: report not written
     reported: set[str] = field(default_factory=set)  # slugs whose report this attempt wrote
 
@@ -400,11 +420,13 @@ class _Execution:
         planned = [(j.id, j.slug, j.agent, j.warm) for j in self.plan.jobs[self.mode]]
         unpacked = self._unpacked_jobs()
         if self.config.resume is not None:
+            self.resumed.apply(runs, run_id, self.plan.works)
             runs.add_jobs(run_id, [*planned, *unpacked])
         else:
             runs.create_run(
                 run_id,
                 manifest=str(self.config.manifest.path),
+                manifest_sha256=manifest_sha256(self.config.manifest.path),
                 name=self.config.manifest.name,
                 requested_mode=self.config.mode,
                 out_dir=str(self.config.out_root),
@@ -420,7 +442,6 @@ class _Execution:
             status=RunStatus.RUNNING,
             mode=self.mode,
             reason=self.admission.reason,
-            pid=os.getpid(),
         )
 
     def _repo_rows(self) -> list[Mapping[str, Any]]:

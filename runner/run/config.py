@@ -13,6 +13,7 @@ from pathlib import Path
 from jobs.manifest import Manifest, load_manifest
 from ledger.modes import RequestedMode
 from runner.limiter import Limits
+from runner.run.resume import find_run
 from runner.runs import RunRow, Runs
 from statedb import StatePaths
 
@@ -101,6 +102,8 @@ def load_config(
 ) -> RunConfig:
     """Merge `manifest` (None: the manifest of the run `options.resume`) with `options`.
 
+    With both, the run resumed must be one of `manifest` (see runner.run.resume.find_run).
+
     runs.db is opened here, before any work, so that a corrupt one fails at once
     (`check_runs=False`, for `plan`, leaves it alone unless resuming).
     """
@@ -108,9 +111,9 @@ def load_config(
     previous = None
     if options.resume or check_runs:
         runs = Runs(state.runs).open()
-        previous = runs.run(options.resume) if options.resume else None
+        previous = find_run(runs, options.resume, manifest) if options.resume else None
     if previous is not None:
-        manifest = load_manifest(Path(previous.manifest))
+        manifest = manifest or load_manifest(Path(previous.manifest))
         mode = RequestedMode(previous.mode or previous.requested_mode)
         out_root = Path(previous.out_dir)
         api = previous.api or "messages"  # a run keeps its API: its batches are there

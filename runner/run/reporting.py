@@ -28,6 +28,8 @@ def repo_outcome(repo: Mapping[str, Any], mode: str, rows: Sequence[JobRow]) -> 
     statuses = {row.status for row in rows if not row.warm}
     if statuses == {JobStatus.DONE}:
         status = JobStatus.DONE
+    elif JobStatus.SKIPPED in statuses and statuses <= {JobStatus.DONE, JobStatus.SKIPPED}:
+        status = JobStatus.SKIPPED
     else:
         status = JobStatus.FAILED if JobStatus.FAILED in statuses else JobStatus.DEFERRED
     usage = {key: sum(int((row.usage or {}).get(key) or 0) for row in rows) for key in USAGE_FIELDS}

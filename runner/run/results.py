@@ -23,7 +23,13 @@ from runner.runs import JobRow
 
 __all__ = ["PlanResult", "Progress", "RunResult", "Tally", "job_counts", "make_result"]
 
-_COUNTED = (JobStatus.DONE, JobStatus.FAILED, JobStatus.DEFERRED, JobStatus.PENDING)
+_COUNTED = (
+    JobStatus.DONE,
+    JobStatus.FAILED,
+    JobStatus.DEFERRED,
+    JobStatus.PENDING,
+    JobStatus.SKIPPED,
+)
 
 
 @dataclass(frozen=True)
