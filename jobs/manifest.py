@@ -45,7 +45,7 @@ __all__ = [
 
 AGENTS = ("code_review", "architecture", "security", "multi_perspective")
 MODES = ("auto", "concurrent", "single")
-# burst_seconds: how much idle refill the limiter may spend at once (0 = strict pacing).
+# burst_seconds: a cap on the idle refill the limiter may spend at once (0 = strict pacing).
 APIS = ("messages", "batches")
 LIMIT_KEYS = ("rpm", "itpm", "otpm", "max_concurrent", "burst_seconds")
 DEFAULT_MAX_OUTPUT_TOKENS = 4096

@@ -111,7 +111,9 @@ class _Cursor:
     def lastrowid(self) -> Any:
         if self._insert and not self._id:
             first = self.fetchone()
-            self._id.append(first[0] if first is not None else None)
+            # A Row is a tuple: `in` would search its values, so ask its keys.
+            has_id = first is not None and "id" in first.keys()  # noqa: SIM118
+            self._id.append(first["id"] if has_id else None)
         return self._id[0] if self._id else None
 
     def fetchone(self) -> Any:

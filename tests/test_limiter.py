@@ -74,10 +74,10 @@ def test_estimate_above_capacity_is_an_error_naming_the_limit(tmp_path: Path) ->
     with pytest.raises(RunnerInputError) as err:
         limiter.acquire(100_000, 10)
     assert str(err.value) == (
-        "input estimate of 100000 tokens exceeds the itpm limit of 30000 per minute "
-        "(from config); it could never be granted"
+        "input estimate of 100,000 tokens exceeds the itpm limit of 30,000 per minute "
+        "(configured in [limits] or on the command line); it could never be granted"
     )
-    with pytest.raises(RunnerInputError, match="output estimate of 9000 tokens exceeds the otpm"):
+    with pytest.raises(RunnerInputError, match="output estimate of 9,000 tokens exceeds the otpm"):
         limiter.acquire(10, 9_000)
     with pytest.raises(RunnerInputError, match="input_tokens must be a non-negative integer"):
         limiter.acquire(-1, 10)

@@ -24,7 +24,7 @@ from statedb.dialect import translate, translate_ddl
             "INSERT OR IGNORE INTO limits (name, source) VALUES (?, 'default')",
             ("rpm",),
             "INSERT INTO limits (name, source) VALUES (%s, 'default')"
-            " ON CONFLICT DO NOTHING RETURNING id",
+            " ON CONFLICT DO NOTHING RETURNING *",
             ("rpm",),
         ),
         (
@@ -56,7 +56,7 @@ def test_an_upsert_names_the_stored_row_and_keeps_named_parameters() -> None:
     assert text == (
         "INSERT INTO runs (run_id, n) VALUES (%(run)s, %(n)s) ON CONFLICT(run_id) DO UPDATE SET"
         " n = runs.n + excluded.n, mode = COALESCE(excluded.mode, runs.mode), w = CASE %(n)s"
-        " WHEN 1 THEN runs.w * %(keep)s ELSE runs.w END RETURNING id"
+        " WHEN 1 THEN runs.w * %(keep)s ELSE runs.w END RETURNING *"
     )
     assert values == {"run": "r", "n": 1, "keep": 0.5}
 

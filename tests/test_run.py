@@ -286,7 +286,7 @@ def test_a_pack_larger_than_the_itpm_limit_exits_2_before_sending(tmp_path: Path
         result = cli("run", str(manifest), env=api_env(sim))
         assert messages(sim) == []
     assert result.returncode == 2, result.stderr
-    assert "more than the itpm limit of 2,000" in result.stderr
+    assert "exceeds the itpm limit of 2,000 per minute (configured in [limits]" in result.stderr
     assert "max_input_tokens" in result.stderr
 
 

@@ -41,19 +41,34 @@ def status(as_json: bool) -> None:
         click.echo(render_status(doc))
 
 
+def _limit_lines(block: dict[str, Any]) -> list[str]:
+    lines = []
+    for name, info in block["limits"].items():
+        unit = _UNITS.get(name, "requests in flight")
+        lines.append(f"  {name:15} {info['value']:>10,} {unit:18} (from {info['source']})")
+    lines.append("  Levels (refilled since the last grant / capacity):")
+    for name, info in block["levels"].items():
+        lines.append(f"    {name:13} {info['level']:>12,.1f} / {info['capacity']:,.0f}")
+    return lines
+
+
 def _ms(seconds: float | None) -> str:
     return "-" if seconds is None else f"{seconds * 1000:.0f} ms"
 
 
 def render_status(doc: dict[str, Any]) -> str:
     """The human rendering of a status document."""
-    lines = ["Limits:"]
-    for name, info in doc["limits"].items():
-        unit = _UNITS.get(name, "requests in flight")
-        lines.append(f"  {name:15} {info['value']:>10,} {unit:18} (from {info['source']})")
-    lines.append("Levels (refilled since the last grant / capacity):")
-    for name, info in doc["levels"].items():
-        lines.append(f"  {name:15} {info['level']:>12,.1f} / {info['capacity']:,.0f}")
+    lines = []
+    # One block per account and model class (they have separate limits and buckets); the
+    # unscoped block only when nothing was ever scoped.
+    blocks = doc.get("scopes") or {"": doc}
+    for scope, block in blocks.items():
+        title = f"Limits of {scope} ({block['pacing']} pacing):" if scope else "Limits:"
+        lines.append(title)
+        lines += _limit_lines(block)
+    for account, info in doc.get("accounts", {}).items():
+        if info["pacing"] == "strict":
+            lines.append(f"{account}: strict pacing since {info['switched_at']} ({info['reason']})")
     lines.append(f"In flight: {len(doc['in_flight'])}")
     for lease in doc["in_flight"]:
         lines.append(

@@ -66,7 +66,8 @@ def _limit_options(func: Any) -> Any:
     func = click.option(
         "--burst-seconds",
         type=click.IntRange(min=0),
-        help="Seconds of idle refill the limiter may spend at once (default 0: strict pacing).",
+        help="Cap on the seconds of refill spent at once (default: the account's pacing mode;"
+        " 0: strict pacing).",
     )(func)
     for name in ("max-concurrent", "otpm", "itpm", "rpm"):
         func = click.option(

@@ -12,6 +12,7 @@ from runner.limiter.limiter import (
     Lease,
     Limiter,
     Limits,
+    TooLarge,
 )
 
 __all__ = [
@@ -23,4 +24,5 @@ __all__ = [
     "Lease",
     "Limiter",
     "Limits",
+    "TooLarge",
 ]

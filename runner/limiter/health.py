@@ -58,7 +58,8 @@ def _samples(conn: Any, now: float, window: float) -> tuple[int, int, list[float
 
 
 def _cooldown_left(conn: Any, now: float) -> float:
-    (until_at,) = conn.execute("SELECT until_at FROM cooldowns WHERE id = 1").fetchone()
+    row = conn.execute("SELECT until_at FROM cooldowns WHERE id = 1").fetchone()
+    until_at = row[0] if row else None  # no row: a database only a read-only limiter opened
     return max(0.0, parse_iso(until_at) - now) if until_at else 0.0
 
 
@@ -70,14 +71,18 @@ def _utilisation(buckets: dict[str, list[float]]) -> dict[str, float]:
     }
 
 
-def compute_health(conn: Any, now: float, buckets: dict[str, list[float]]) -> Health:
-    """Health from the samples of the last HEALTH_WINDOW seconds and the buckets' usage rates."""
-    n429, n529, latencies = _samples(conn, now, HEALTH_WINDOW)
+def compute_health(conn: Any | None, now: float, buckets: dict[str, list[float]]) -> Health:
+    """Health from the samples of the last HEALTH_WINDOW seconds and the buckets' usage rates.
+
+    `conn` None: no database yet (a read-only look at a fresh state directory).
+    """
+    n429, n529, latencies = (0, 0, []) if conn is None else _samples(conn, now, HEALTH_WINDOW)
     utilisation = _utilisation(buckets)
     p50, p95 = _percentile(latencies, 0.5), _percentile(latencies, 0.95)
     minutes = int(HEALTH_WINDOW // 60)
-    cooldown = _cooldown_left(conn, now)
-    busiest = max(utilisation, key=lambda name: utilisation[name])
+    cooldown = 0.0 if conn is None else _cooldown_left(conn, now)
+    # Ties go to the first name in order, whatever order the database returned the rows in.
+    busiest = max(sorted(utilisation), key=lambda name: utilisation[name])
     errors = n429 + n529
     if cooldown > 0:
         ok, reason = False, f"a rate-limit cooldown is active for another {cooldown:.1f} s"
@@ -147,7 +152,7 @@ def status_document(conn: Any, now: float, buckets: dict[str, list[float]]) -> d
     waiters = _requests(conn, now, "waiters", "ticket", "created_at")
     until_at, limit_name = conn.execute(
         "SELECT until_at, limit_name FROM cooldowns WHERE id = 1"
-    ).fetchone()
+    ).fetchone() or (None, None)
     active = until_at is not None and parse_iso(until_at) > now
     n429, n529, latencies = _samples(conn, now, STATUS_WINDOW)
     health = compute_health(conn, now, buckets)

@@ -5,14 +5,35 @@ at limit/60 per second, capacity the per-minute limit) plus a cap on requests in
 every process through limiter.db. See "Limiter" in DESIGN.md.
 
 Pacing rules worth knowing:
-- A fresh database starts with empty buckets, and refill that piles up while nobody asks is
-  kept only up to what the next request to be served needs (plus `burst` seconds of refill,
-  0 by default). The platform may enforce a minute's limit over shorter intervals, so a
-  minute's worth is never spent as one burst: grants are spaced exactly limit/60 per second
-  apart, no window of W seconds sees more than W * rpm / 60 requests, and token windows exceed
-  W * limit / 60 by at most the one request whose need was waiting at the window's start.
+- Scopes: buckets and learned limits are kept per API base URL and model class (see
+  runner/modelclass.py), so that models with separate limits are paced separately. The scope ''
+  is the unscoped limiter (no model given). The in-flight cap and the cooldown are shared.
+- Two pacing modes per account (API base URL), remembered in limiter.db. "burst" (the start):
+  idle refill piles up to the bucket's capacity (or `burst` seconds of refill when that cap is
+  given), and a server `-remaining` above our level raises it, as the platform's own buckets
+  allow. "strict": refill piles up only to what the next request to be served needs, and the
+  server's `-remaining` only ever lowers a level; grants are then spaced exactly limit/60 per
+  second apart, as a minute's limit enforced over shorter intervals requires. The first 429 that
+  arrives while the last `-remaining` headers (refilled to when the request was granted) said
+  there was room switches the account to strict for good (`limits status` shows it). A `burst`
+  of 0 is strict whatever the mode. In both modes a server `-remaining` below our level lowers it
+  (another client of the same key spends from the same buckets).
 - Limits: explicit configuration and the last `-limit` headers are both kept; the smaller one
-  applies (never above what the server says, never above what the user asked for).
+  applies (never above what the server says, never above what the user asked for). A built-in
+  default is a pacing assumption only: a request larger than a default bucket is granted alone,
+  once the bucket is full and nothing else of its scope is in flight, so that its response
+  headers teach the real limit; only a configured or learned limit makes acquire() refuse.
+  The first request of a scope never seen before is also sent alone, for the same reason.
+- A response's `-remaining` was counted when its request arrived: observe(lease=...) brings it
+  forward by the refill since and past the grants made after it. Each bucket keeps the share
+  of its nominal refill that is ours (another client of the key spends the rest): lowered by a
+  429 that does not switch the pacing and by a server view behind ours beyond its rounding,
+  creeping back with each response that agrees. Strict pacing debits a little slack per
+  request (STRICT_SLACK, STRICT_SLACK_S) so that jitter at the edge of a short-interval server
+  draws no 429s. A grant needs only one token of output room (the platform counts output as
+  it is generated); the output estimate is still debited up front and settled later.
+- A run without configured limits (`Limits()`) leaves the configuration of another live
+  process in place: it never lowers what a running nightly set.
 - settle() and release() of a lease that was already reclaimed change nothing: its holder was
   judged dead (or the lease older than `lease_max_age`), so the estimate stays charged.
 - Across hosts (one PostgreSQL database), a pid is only checked on its own host: a process
@@ -27,13 +48,19 @@ import math
 import os
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from runner.errors import RunnerError, RunnerInputError
 from runner.limiter.health import Health, compute_health, status_document
+from runner.limiter.scopes import (
+    account_of,
+    account_of_scope,
+    class_of_scope,
+    scope_of,
+)
 from runner.limiter.store import LimiterStore, host_name, iso, me, parse_iso
 from statedb import process_alive
 
@@ -46,6 +73,7 @@ __all__ = [
     "Lease",
     "Limiter",
     "Limits",
+    "TooLarge",
 ]
 
 log = logging.getLogger(__name__)
@@ -65,29 +93,13 @@ SLOT_POLL = 0.02  # a freed in-flight slot has no predictable time, so poll for 
 WAITER_STALE = 30.0  # a live waiter heartbeats every MAX_SLEEP; silence this long means gone
 AGE_SWEEP = 0.1  # seconds between one process's sweeps for leases past lease_max_age
 ALIVE_TTL = 0.5  # how long one process trusts "process P is alive" before asking the kernel again
+STRICT_SLACK = 0.02  # strict pacing debits 2% more per request and input (see _with_slack)
+STRICT_SLACK_S = 0.02  # ... and 20 ms of refill
+SHARE_AFTER_429 = 0.9  # a 429 under strict pacing that the headers did not foresee: refill less
+SHARE_RECOVERY = 0.0005  # per response that agrees with us, so that a quiet key is used again
+MIN_SHARE = 0.2  # the least of a bucket's refill assumed ours however busy the key's other clients
 HEARTBEAT_TIMEOUT = 60.0  # another host's lease silent this long is reclaimed
 USAGE_TAU = 60.0  # time constant of the per-bucket usage rate behind health utilisation
-
-_HOLDERS_SQL = (
-    "SELECT pid, COALESCE(pid_start, '') FROM leases WHERE host = ? OR host IS NULL"
-    " UNION SELECT pid, COALESCE(pid_start, '') FROM waiters"
-    " WHERE host = ? OR host IS NULL"
-)
-_ACCOUNT_SQL = (
-    "SELECT (SELECT count(*) FROM leases), (SELECT until_at FROM cooldowns WHERE id = 1),"
-    " (SELECT effective FROM limits WHERE name = 'max_concurrent'), w.id,"
-    " w.input_tokens, w.output_estimate FROM (SELECT 1) AS one LEFT JOIN"
-    " (SELECT id, input_tokens, output_estimate FROM waiters ORDER BY id LIMIT 1) AS w"
-    " ON 1 = 1"
-)
-_BUCKETS_SQL = "SELECT name, capacity, level, updated_at, usage_rate FROM buckets"
-
-
-def _per_bucket(values: Mapping[str, float]) -> tuple[str, list[Any]]:
-    """`CASE name WHEN ? THEN ? ... END` and its parameters: one UPDATE writes every bucket
-    (on PostgreSQL each statement costs client time even when no round trip waits on it)."""
-    args: list[Any] = [item for pair in values.items() for item in pair]
-    return "CASE name" + " WHEN ? THEN ?" * len(values) + " END", args
 
 
 @dataclass(frozen=True)
@@ -123,6 +135,9 @@ class Lease:
     input_tokens: int
     output_estimate: int
     granted_at: float
+    scope: str = ""  # whose buckets it drew on (see runner/limiter/scopes.py)
+    # Each bucket's running total of grants just after this one (see observe()).
+    marks: tuple[tuple[str, float], ...] = ()
 
 
 class AcquireCancelled(RunnerError):
@@ -133,12 +148,28 @@ class AcquireTimeout(RunnerError):
     """acquire() could not be granted within its timeout."""
 
 
+class TooLarge(RunnerInputError):
+    """A request larger than a configured or learned limit: it could never be granted."""
+
+
+STRICT = "strict"
+BURST = "burst"
+_WHAT = {"requests": "requests", "input_tokens": "input", "output_tokens": "output"}
+
+
 def _effective(config: int | None, header: int | None, default: int) -> tuple[int, str]:
     if config is not None and (header is None or config <= header):
         return config, "config"
     if header is not None:
         return header, "headers"
     return default, "default"
+
+
+def _origin(source: str, scope: str) -> str:
+    if source == "config":
+        return "configured in [limits] or on the command line"
+    where = f" for {class_of_scope(scope)} at {account_of_scope(scope)}" if scope else ""
+    return f"learned from the API's rate-limit headers{where}"
 
 
 class Limiter:
@@ -150,39 +181,49 @@ class Limiter:
         limits: Limits | None = None,
         *,
         lease_max_age: float = 900.0,
-        burst: float = 0.0,
+        burst: float | None = 0.0,
         heartbeat_timeout: float = HEARTBEAT_TIMEOUT,
+        base_url: str | None = None,
+        readonly: bool = False,
     ) -> None:
         """Open (creating if needed) the limiter state in `state_dir`.
 
-        `limits`, when given, replaces the persisted configuration (None fields clear it).
-        `burst` is how many seconds of refill may pile up while idle beyond what the next
-        request needs: 0 paces strictly, 60 behaves like the platform's full bucket.
+        `limits`, when given, replaces the persisted configuration; `Limits()` (nothing set)
+        clears it only if no other live process configured it. `burst` caps how many seconds of
+        refill may be spent at once: 0 paces strictly, None leaves it to the account's pacing
+        mode (a full bucket while the account tolerates bursts). `base_url` names the account
+        of scoped calls (None: ANTHROPIC_BASE_URL or the platform). `readonly` writes nothing,
+        not even a new file: for `plan`.
         """
         if lease_max_age <= 0:
             raise RunnerInputError(f"lease_max_age must be positive, got {lease_max_age}")
-        if burst < 0:
+        if burst is not None and burst < 0:
             raise RunnerInputError(f"burst must be zero or positive, got {burst}")
         if heartbeat_timeout <= 0:
             raise RunnerInputError(f"heartbeat_timeout must be positive, got {heartbeat_timeout}")
         self.heartbeat_timeout = float(heartbeat_timeout)
         self._host = host_name()
         self._beating = -1  # the pid whose heartbeat thread runs
-        self.burst = float(burst)
+        self.burst = None if burst is None else float(burst)
         self.state_dir = Path(state_dir)
         self.limits = limits
         self.lease_max_age = float(lease_max_age)
+        self.account = account_of(base_url)
+        self.readonly = readonly
         self._store = LimiterStore(self.state_dir)
         self._alive_cache: dict[tuple[int, str], float] = {}
         self._next_age_sweep = 0.0
-        with self._store.write() as (conn, now):
-            self._init_rows(conn, now, limits)
+        self._ensured: set[str] = set()
+        if not readonly:
+            with self._store.write() as (conn, now):
+                self._init_rows(conn, now, limits)
 
     def __getstate__(self) -> dict[str, Any]:
         return {
             "state_dir": self.state_dir,
             "lease_max_age": self.lease_max_age,
             "burst": self.burst,
+            "account": self.account,
             "heartbeat_timeout": self.heartbeat_timeout,
         }
 
@@ -192,12 +233,19 @@ class Limiter:
         self.limits = None
         self.lease_max_age = state["lease_max_age"]
         self.burst = state["burst"]
+        self.account = state["account"]
+        self.readonly = False
         self.heartbeat_timeout = state.get("heartbeat_timeout", HEARTBEAT_TIMEOUT)
         self._host = host_name()
         self._beating = -1
         self._store = LimiterStore(self.state_dir)
         self._alive_cache = {}
         self._next_age_sweep = 0.0
+        self._ensured = set()
+
+    def scope(self, model: str | None) -> str:
+        """The scope of `model`'s requests through this limiter ('' for None)."""
+        return scope_of(self.account, model)
 
     # -- limits -------------------------------------------------------------------------------
 
@@ -209,94 +257,194 @@ class Limiter:
                 "INSERT OR IGNORE INTO limits (name, effective, source) VALUES (?, ?, 'default')",
                 (name, default),
             )
-            if limits is not None:
-                conn.execute(
-                    "UPDATE limits SET config_value = ?, config_at = ? WHERE name = ?",
-                    (getattr(limits, name), stamp, name),
-                )
-        # A new bucket behaves as one left idle for a minute: the first request goes at once
-        # (its need is refilled), and strict pacing holds from there on.
-        idle_since = iso(now - 60.0)
-        for bucket in BUCKETS:
-            conn.execute(
-                "INSERT OR IGNORE INTO buckets (name, capacity, level, updated_at)"
-                " VALUES (?, 1, 0, ?)",
-                (bucket, idle_since),
-            )
+        if limits is not None:
+            self._configure(conn, stamp, limits)
+        self._ensure(conn, now, "")
         conn.execute("INSERT OR IGNORE INTO cooldowns (id) VALUES (1)")
         self._recompute_limits(conn, now)
 
+    def _configure(self, conn: Any, stamp: str, limits: Limits) -> None:
+        """Store `limits` as the configuration, owned by this process; see __init__."""
+        values = [getattr(limits, name) for name in _LIMIT_NAMES]
+        mine = me()
+        if all(v is None for v in values):
+            owner = conn.execute(
+                "SELECT config_pid, config_start, config_host FROM limits"
+                " WHERE config_value IS NOT NULL AND config_pid IS NOT NULL LIMIT 1"
+            ).fetchone()
+            if owner is not None and tuple(owner) != tuple(mine) and process_alive(*owner):
+                return  # another live run configured these: never lower them under it
+        conn.executemany(
+            "UPDATE limits SET config_value = ?, config_at = ?, config_pid = ?, config_start = ?,"
+            " config_host = ? WHERE name = ?",
+            [
+                (value, stamp, mine.pid, mine.start, mine.host, name)
+                for name, value in zip(_LIMIT_NAMES, values, strict=True)
+            ],
+        )
+
+    def _ensure(self, conn: Any, now: float, scope: str) -> None:
+        """Create `scope`'s buckets (and its row) the first time it is used."""
+        if scope in self._ensured:
+            return
+        # A new bucket behaves as one left idle for a minute: it refills to what the pacing
+        # mode allows (a full bucket while bursts are tolerated, one request's need if strict).
+        idle_since = iso(now - 60.0)
+        conn.executemany(
+            "INSERT OR IGNORE INTO buckets (scope, name, capacity, level, updated_at)"
+            " VALUES (?, ?, ?, 0, ?)",
+            [
+                (scope, bucket, float(value), idle_since)
+                for bucket, (value, _source) in (
+                    (b, self._scope_limits(conn, scope)[limit]) for b, limit in BUCKETS.items()
+                )
+            ],
+        )
+        if scope:
+            conn.execute(
+                "INSERT OR IGNORE INTO scopes (scope, account, model_class, first_seen)"
+                " VALUES (?, ?, ?, ?)",
+                (scope, account_of_scope(scope), class_of_scope(scope), iso(now)),
+            )
+        self._ensured.add(scope)
+
+    def _config(self, conn: Any) -> dict[str, int | None]:
+        return {
+            name: value for name, value in conn.execute("SELECT name, config_value FROM limits")
+        }
+
+    def _scope_limits(
+        self, conn: Any, scope: str, config: Mapping[str, int | None] | None = None
+    ) -> dict[str, tuple[int, str]]:
+        """name -> (value, source) of each limit in force for `scope`."""
+        if config is None:
+            config = self._config(conn)
+        learned = dict(conn.execute("SELECT name, value FROM learned WHERE scope = ?", (scope,)))
+        return {
+            name: _effective(config.get(name), learned.get(name), getattr(DEFAULT_LIMITS, name))
+            for name in _LIMIT_NAMES
+        }
+
     def _recompute_limits(self, conn: Any, now: float) -> None:
-        rows = conn.execute("SELECT name, config_value, header_value FROM limits").fetchall()
-        eff = {}
-        for name, config, header in rows:
-            value, source = _effective(config, header, getattr(DEFAULT_LIMITS, name))
-            eff[name] = value
+        config = self._config(conn)
+        for name, (value, source) in self._scope_limits(conn, "", config).items():
             conn.execute(
                 "UPDATE limits SET effective = ?, source = ? WHERE name = ?", (value, source, name)
             )
+        scopes = [row[0] for row in conn.execute("SELECT DISTINCT scope FROM buckets")]
+        rows = []
+        for scope in scopes:
+            eff = self._scope_limits(conn, scope, config)
+            rows += [(float(eff[limit][0]), scope, b) for b, limit in BUCKETS.items()]
         # No refill here: a new limit must not turn idle time into a burst.
         conn.executemany(
-            "UPDATE buckets SET capacity = ?1, level = min(level, ?1) WHERE name = ?2",
-            [(float(eff[limit]), bucket) for bucket, limit in BUCKETS.items()],
+            "UPDATE buckets SET capacity = ?1, level = min(level, ?1) WHERE scope = ?2 AND name = ?3",
+            rows,
         )
+
+    def _strict(self, conn: Any, scope: str) -> bool:
+        if self.burst == 0.0:
+            return True
+        row = conn.execute(
+            "SELECT pacing FROM accounts WHERE account = ?", (account_of_scope(scope),)
+        ).fetchone()
+        return row is not None and row[0] == STRICT
 
     # -- buckets ------------------------------------------------------------------------------
 
-    def _buckets(
-        self, conn: Any, now: float, need: Mapping[str, float] | None, rows: Any = None
-    ) -> dict[str, list[float]]:
-        """bucket -> [capacity, level now, usage rate now], refilled lazily to `now` (from
-        `rows` of _BUCKETS_SQL when the caller read them already).
+    def _ceiling(self, capacity: float, need: float | None, strict: bool) -> float:
+        """How far idle refill may pile up, given the next request's `need` (None: unknown)."""
+        if strict:
+            return capacity if need is None else min(capacity, need)
+        if self.burst is None:
+            return capacity
+        allowance = self.burst * capacity / 60.0
+        return min(capacity, allowance if need is None else max(need, allowance))
 
-        Refill stops at what the next request to be served (`need`) uses, plus the burst
-        allowance (see module doc); `need=None` shows the credit up to capacity.
+    def _buckets(
+        self,
+        conn: Any,
+        now: float,
+        need: Mapping[str, float] | None,
+        scope: str = "",
+        strict: bool | None = None,
+    ) -> dict[str, list[float]]:
+        """bucket -> [capacity, level now, usage rate now] of `scope`, refilled lazily to `now`.
+
+        Refill stops where the pacing mode says (see module doc and _ceiling); `need=None`
+        shows the credit up to capacity.
         """
+        if strict is None:
+            strict = self._strict(conn, scope)
         out = {}
-        if rows is None:
-            rows = conn.execute(_BUCKETS_SQL).fetchall()
-        for name, capacity, level, updated_at, rate in rows:
+        for name, capacity, level, updated_at, rate, share in conn.execute(
+            "SELECT name, capacity, level, updated_at, usage_rate, share FROM buckets"
+            " WHERE scope = ?",
+            (scope,),
+        ):
             elapsed = max(0.0, now - parse_iso(updated_at))
             ceiling = capacity
             if need is not None:
-                ceiling = min(capacity, max(need[name], self.burst * capacity / 60.0))
+                ceiling = self._ceiling(capacity, need[name], strict)
             if level < ceiling:
-                level = min(ceiling, level + elapsed * capacity / 60.0)
+                level = min(ceiling, level + elapsed * share * capacity / 60.0)
             out[name] = [capacity, level, rate * math.exp(-elapsed / USAGE_TAU)]
         return out
 
+    def _adjust(self, conn: Any, scope: str, debit: Mapping[str, float]) -> None:
+        """Add a correction or refund to the stored levels without moving their refill clock."""
+        conn.executemany(
+            "UPDATE buckets SET level = min(capacity, level - ?1),"
+            " usage_rate = max(0, usage_rate + ?2) WHERE scope = ?3 AND name = ?4",
+            [(amount, amount / USAGE_TAU, scope, name) for name, amount in debit.items()],
+        )
+
     def _write_buckets(
-        self, conn: Any, now: float, state: dict[str, list[float]], debit: Mapping[str, float]
+        self,
+        conn: Any,
+        now: float,
+        scope: str,
+        state: dict[str, list[float]],
+        debit: Mapping[str, float],
     ) -> None:
         stamp = iso(now)
-        levels, rates = {}, {}
+        rows = []
         for name, (capacity, level, rate) in state.items():
             amount = debit.get(name, 0.0)
-            levels[name] = min(capacity, level - amount)
-            rates[name] = max(0.0, rate + amount / USAGE_TAU)
-        level_sql, level_args = _per_bucket(levels)
-        rate_sql, rate_args = _per_bucket(rates)
-        conn.execute(
-            f"UPDATE buckets SET level = {level_sql}, updated_at = ?, usage_rate = {rate_sql}"
-            f" WHERE name IN ({', '.join('?' * len(levels))})",
-            (*level_args, stamp, *rate_args, *levels),
+            rows.append(
+                (
+                    min(capacity, level - amount),
+                    stamp,
+                    max(0.0, rate + amount / USAGE_TAU),
+                    amount,
+                    scope,
+                    name,
+                )
+            )
+        conn.executemany(
+            "UPDATE buckets SET level = ?, updated_at = ?, usage_rate = ?, debited = debited + ?"
+            " WHERE scope = ? AND name = ?",
+            rows,
         )
 
     # -- reclaim ------------------------------------------------------------------------------
 
-    def _reclaim(self, conn: Any, now: float, holders: Any) -> bool:
-        """Drop the leases and tickets of dead processes, and rows past their age limits;
-        True when anything may have gone.
+    def _reclaim(self, conn: Any, now: float) -> None:
+        """Drop the leases and tickets of dead processes, and rows past their age limits.
 
-        `holders` are the rows of _HOLDERS_SQL. A holder of this host is its pid + start time
-        (a recycled pid is another process), asked of statedb's one liveness check; rows from
-        before the start time was recorded have ''. Another host's lease is judged by its
-        heartbeat.
+        A holder of this host is its pid + start time (a recycled pid is another process),
+        asked of statedb's one liveness check; rows from before the start time was recorded
+        have ''. Another host's lease is judged by its heartbeat.
         """
         mine, mono = me(), time.monotonic()
         myself = (mine.pid, mine.start or "")
         dead = []
-        for pid, start in holders:
+        for pid, start in conn.execute(
+            "SELECT pid, COALESCE(pid_start, '') FROM leases WHERE host = ? OR host IS NULL"
+            " UNION SELECT pid, COALESCE(pid_start, '') FROM waiters"
+            " WHERE host = ? OR host IS NULL",
+            (self._host, self._host),
+        ):
             owner = (pid, start)
             if owner == myself or self._alive_cache.get(owner, 0.0) > mono:
                 continue
@@ -330,8 +478,6 @@ class Limiter:
                 "DELETE FROM leases WHERE host != ? AND beat_at < ?",
                 (self._host, iso(now - self.heartbeat_timeout)),
             )
-            return True
-        return bool(dead)
 
     # -- acquire ------------------------------------------------------------------------------
 
@@ -341,14 +487,16 @@ class Limiter:
         output_estimate: int,
         timeout: float | None = None,
         *,
+        model: str | None = None,
         cancelled: Callable[[], bool] | None = None,
     ) -> Lease:
         """Debit one request, its input tokens, its output estimate and an in-flight slot, or wait.
 
-        All or nothing, in arrival order across processes. Raises RunnerInputError when the
-        request exceeds a bucket's capacity (it could never be granted), AcquireTimeout
-        when `timeout` seconds pass first, and AcquireCancelled when `cancelled()` turns true
-        while waiting (checked on every wake-up, so a stopping run does not wait for a grant).
+        All or nothing, in arrival order across processes, on the buckets of `model`'s scope.
+        Raises TooLarge when the request exceeds a configured or learned limit (it could never
+        be granted), AcquireTimeout when `timeout` seconds pass first, and AcquireCancelled when
+        `cancelled()` turns true while waiting (checked on every wake-up, so a stopping run does
+        not wait for a grant).
         """
         for label, value in (("input_tokens", input_tokens), ("output_estimate", output_estimate)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
@@ -356,24 +504,17 @@ class Limiter:
         if timeout is not None and timeout < 0:
             raise RunnerInputError(f"timeout must be non-negative, got {timeout}")
         need = {"requests": 1.0, "input_tokens": input_tokens, "output_tokens": output_estimate}
+        scope = self.scope(model)
         deadline = None if timeout is None else time.monotonic() + timeout
         ticket: int | None = None
         try:
             while True:
-                with self._store.locked() as conn:
-                    reads = self._reads(conn, ticket)
-                    now = self._store.clock(conn)  # one round trip on PG: lock, clock, reads
-                    grant, ticket, wait = self._attempt(conn, now, need, ticket, reads)
-                if grant is not None:
+                with self._store.write() as (conn, now):
+                    lease, ticket, wait = self._attempt(conn, now, need, ticket, scope)
+                if lease is not None:
                     ticket = None
                     self._start_heartbeat()
-                    cursor, granted_at = grant  # the lease's id, read once committed
-                    return Lease(
-                        cursor.lastrowid,
-                        int(need["input_tokens"]),
-                        int(need["output_tokens"]),
-                        granted_at,
-                    )
+                    return lease
                 if cancelled is not None and cancelled():
                     raise AcquireCancelled("stopped while waiting for the limiter")
                 if deadline is not None:
@@ -390,47 +531,59 @@ class Limiter:
                 with self._store.write() as (conn, _now):
                     conn.execute("DELETE FROM waiters WHERE id = ?", (ticket,))
 
-    def _reads(self, conn: Any, ticket: int | None) -> list[Any]:
-        """Issue what an attempt reads (holders, account, buckets, the ticket) before using
-        any of it: on PostgreSQL they travel together, in the lock's round trip."""
-        return [
-            conn.execute(_HOLDERS_SQL, (self._host, self._host)),
-            *self._account_reads(conn, ticket),
-        ]
-
-    def _account_reads(self, conn: Any, ticket: int | None) -> list[Any]:
-        reads = [conn.execute(_ACCOUNT_SQL), conn.execute(_BUCKETS_SQL)]
-        if ticket is not None:
-            reads.append(conn.execute("SELECT 1 FROM waiters WHERE id = ?", (ticket,)))
-        return reads
-
     def _attempt(
-        self, conn: Any, now: float, need: dict[str, float], ticket: int | None, reads: list[Any]
-    ) -> tuple[tuple[Any, float] | None, int | None, float]:
-        """One locked look at the account: grant (the lease's INSERT cursor and its time), or
-        enqueue and say how long to sleep."""
-        rows = [read.fetchall() for read in reads]  # every statement done before any write
-        if self._reclaim(conn, now, rows[0]):
-            # Something may have been deleted: read the account again, after the deletes.
-            rows[1:] = [read.fetchall() for read in self._account_reads(conn, ticket)]
-        in_flight, until_at, max_concurrent, *oldest = rows[1][0]
+        self, conn: Any, now: float, need: dict[str, float], ticket: int | None, scope: str
+    ) -> tuple[Lease | None, int | None, float]:
+        """One locked look at the account: grant, or enqueue and say how long to sleep."""
+        self._ensure(conn, now, scope)
+        self._reclaim(conn, now)
+        in_flight, mine, until_at, max_concurrent, headers, *oldest = conn.execute(
+            "SELECT (SELECT count(*) FROM leases), (SELECT count(*) FROM leases WHERE scope = ?1),"
+            " (SELECT until_at FROM cooldowns WHERE id = 1),"
+            " (SELECT effective FROM limits WHERE name = 'max_concurrent'),"
+            " (SELECT headers FROM scopes WHERE scope = ?1), w.id,"
+            " w.input_tokens, w.output_estimate FROM (SELECT 1) AS one LEFT JOIN"
+            " (SELECT id, input_tokens, output_estimate FROM waiters WHERE scope = ?1"
+            " ORDER BY id LIMIT 1) AS w ON 1 = 1",
+            (scope,),
+        ).fetchone()
         head = None if oldest[0] is None else tuple(oldest)
+        # Idle refill piles up to the whole debit of the request served next (see _ceiling); a
+        # grant needs only what _gate() says.
         served = need if head is None else dict(zip(need, (1.0, head[1], head[2]), strict=True))
-        state = self._buckets(conn, now, served, rows[2])
+        strict = self._strict(conn, scope)
+        if strict:
+            served = _with_slack(served, conn, scope)
+        state = self._buckets(conn, now, served, scope, strict)
+        # Alone: a request larger than a default bucket, or the first of a scope never seen,
+        # goes with nothing else of its scope in flight, so that its headers teach the limits.
+        alone = bool(scope) and headers is None
         for bucket, amount in need.items():
             capacity = state[bucket][0]
             if amount > capacity:
-                raise RunnerInputError(self._too_big(conn, bucket, int(amount), capacity))
-        if ticket is not None and not rows[3]:
+                value, source = self._scope_limits(conn, scope)[BUCKETS[bucket]]
+                if source != "default":
+                    raise TooLarge(self._too_big(bucket, int(amount), value, source, scope))
+                alone = True
+        if (
+            ticket is not None
+            and not conn.execute("SELECT 1 FROM waiters WHERE id = ?", (ticket,)).fetchone()
+        ):
             ticket = None  # dropped as stale (this process was suspended): queue again
         first = (head is None and ticket is None) or (head is not None and head[0] == ticket)
         cooldown = parse_iso(until_at) - now if until_at else 0.0
-        deficit = max((need[b] - state[b][1]) * 60.0 / state[b][0] for b in need)
-        if first and cooldown <= 0 and deficit <= 0 and in_flight < max_concurrent:
-            self._write_buckets(conn, now, state, need)
-            inserted = conn.execute(
+        charge = _with_slack(need, conn, scope) if strict else need
+        gate = _gate(charge)
+        shares = dict(conn.execute("SELECT name, share FROM buckets WHERE scope = ?", (scope,)))
+        rate = {b: state[b][0] * shares[b] / 60.0 for b in need}  # what refills for us
+        deficit = max((min(gate[b], state[b][0]) - state[b][1]) / rate[b] for b in need)
+        free = in_flight < max_concurrent and (not alone or mine == 0)
+        if first and cooldown <= 0 and deficit <= 0 and free:
+            self._write_buckets(conn, now, scope, state, charge)
+            granted_at = now
+            lease_id = conn.execute(
                 "INSERT INTO leases (pid, pid_start, host, input_tokens, output_estimate,"
-                " granted_at, beat_at, granted_mono) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                " granted_at, beat_at, granted_mono, scope) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     os.getpid(),
                     me().start,
@@ -440,16 +593,30 @@ class Limiter:
                     iso(now),
                     iso(now),
                     time.monotonic(),
+                    scope,
                 ),
-            )
+            ).lastrowid
             if ticket is not None:
                 conn.execute("DELETE FROM waiters WHERE id = ?", (ticket,))
-            return (inserted, now), None, 0.0
+            marks = tuple(
+                conn.execute(
+                    "SELECT name, debited FROM buckets WHERE scope = ? ORDER BY name", (scope,)
+                )
+            )
+            lease = Lease(
+                lease_id,
+                int(need["input_tokens"]),
+                int(need["output_tokens"]),
+                granted_at,
+                scope,
+                marks,
+            )
+            return lease, None, 0.0
         stamp = iso(now)
         if ticket is None:
             ticket = conn.execute(
                 "INSERT INTO waiters (pid, pid_start, host, input_tokens, output_estimate,"
-                " created_at, seen_at, seen_mono) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                " created_at, seen_at, seen_mono, scope) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     os.getpid(),
                     me().start,
@@ -459,6 +626,7 @@ class Limiter:
                     stamp,
                     stamp,
                     time.monotonic(),
+                    scope,
                 ),
             ).lastrowid
             if head is None:
@@ -473,14 +641,14 @@ class Limiter:
             # Sleep until everything queued up to and including this ticket has refilled.
             ahead = conn.execute(
                 "SELECT count(*), sum(input_tokens), sum(output_estimate) FROM waiters"
-                " WHERE id <= ?",
-                (ticket,),
+                " WHERE scope = ? AND id <= ?",
+                (scope, ticket),
             ).fetchone()
             position = ahead[0]
-            total = dict(zip(need, ahead, strict=True))
-            deficit = max((total[b] - state[b][1]) * 60.0 / state[b][0] for b in need)
+            total = _gate(ahead)
+            deficit = max((total[b] - state[b][1]) / rate[b] for b in need)
         wait = max(cooldown, deficit, 0.0)
-        if wait <= 0 and (in_flight >= max_concurrent or not first):
+        if wait <= 0 and (not free or not first):
             # Only a settle frees a slot and its time is unknown; later waiters check less often.
             wait = SLOT_POLL * position
         return None, ticket, wait
@@ -505,14 +673,23 @@ class Limiter:
             except RunnerError as exc:  # the next beat tries again; a lost one costs nothing
                 log.warning("limiter heartbeat failed: %s", exc)
 
-    def _too_big(self, conn: Any, bucket: str, amount: int, capacity: float) -> str:
-        limit = BUCKETS[bucket]
-        source = conn.execute("SELECT source FROM limits WHERE name = ?", (limit,)).fetchone()[0]
-        what = {"requests": "requests", "input_tokens": "input", "output_tokens": "output"}[bucket]
+    @staticmethod
+    def _too_big(bucket: str, amount: int, value: int, source: str, scope: str) -> str:
         return (
-            f"{what} estimate of {amount} tokens exceeds the {limit} limit of {int(capacity)} per "
-            f"minute (from {source}); it could never be granted"
+            f"{_WHAT[bucket]} estimate of {amount:,} tokens exceeds the {BUCKETS[bucket]} limit "
+            f"of {value:,} per minute ({_origin(source, scope)}); it could never be granted"
         )
+
+    def refusal(self, model: str | None, input_tokens: int, output_estimate: int) -> str | None:
+        """Why a request of this size would be refused by a configured or learned limit, if it
+        would (a built-in default never refuses). Reads only."""
+        need = {"requests": 1, "input_tokens": input_tokens, "output_tokens": output_estimate}
+        limits = self.limits_with_sources(model)
+        for bucket, amount in need.items():
+            value, source = limits[BUCKETS[bucket]]
+            if source != "default" and amount > value:
+                return self._too_big(bucket, amount, value, source, self.scope(model))
+        return None
 
     # -- settle, release, penalize, observe ----------------------------------------------------
 
@@ -542,27 +719,23 @@ class Limiter:
         self._finish(lease, refund)
 
     def _finish(self, lease: Lease, debit: Mapping[str, float]) -> None:
-        # No result is read, so on PostgreSQL the whole transaction is one round trip: the
-        # adjustment applies only while the lease is still there, and then the lease goes.
-        held = (lease.id, iso(lease.granted_at))
-        with self._store.locked(maintenance=True) as conn:
-            amount_sql, amount_args = _per_bucket(debit)
-            rate_sql, rate_args = _per_bucket({n: a / USAGE_TAU for n, a in debit.items()})
-            conn.execute(
-                f"UPDATE buckets SET level = min(capacity, level - {amount_sql}),"
-                f" usage_rate = max(0, usage_rate + {rate_sql})"
-                f" WHERE name IN ({', '.join('?' * len(debit))})"
-                " AND EXISTS (SELECT 1 FROM leases WHERE id = ? AND granted_at = ?)",
-                (*amount_args, *rate_args, *debit, *held),
-            )
-            conn.execute("DELETE FROM leases WHERE id = ? AND granted_at = ?", held)
+        with self._store.write(maintenance=True) as (conn, _now):
+            gone = conn.execute(
+                "DELETE FROM leases WHERE id = ? AND granted_at = ?",
+                (lease.id, iso(lease.granted_at)),
+            ).rowcount
+            if gone:
+                self._adjust(conn, lease.scope, debit)
 
-    def penalize(self, retry_after: float, limit: str | None = None) -> None:
+    def penalize(
+        self, retry_after: float, limit: str | None = None, *, model: str | None = None
+    ) -> None:
         """After a 429: pause admission for every process until now + retry_after, and empty
         the bucket that was exceeded ("requests", "input_tokens", "output_tokens" or None)."""
         if limit is not None and limit not in BUCKETS:
             raise RunnerInputError(f"unknown limit {limit!r}; expected one of {', '.join(BUCKETS)}")
         retry_after = max(0.0, float(retry_after))
+        scope = self.scope(model)
         with self._store.write() as (conn, now):
             until = now + retry_after
             (current,) = conn.execute("SELECT until_at FROM cooldowns WHERE id = 1").fetchone()
@@ -573,13 +746,76 @@ class Limiter:
                 )
             if limit is not None:
                 conn.execute(
-                    "UPDATE buckets SET level = min(level, 0), updated_at = ? WHERE name = ?",
-                    (iso(now), limit),
+                    "UPDATE buckets SET level = min(level, 0), updated_at = ?"
+                    " WHERE scope = ? AND name = ?",
+                    (iso(now), scope, limit),
                 )
 
-    def observe(self, headers: Mapping[str, str]) -> None:
-        """Learn limits from `anthropic-ratelimit-*-limit` headers and clamp local levels down
-        to the server's `-remaining` (another client may share the account)."""
+    def rate_limited(
+        self, lease: Lease, limit: str | None, headers: Mapping[str, str] | None = None
+    ) -> bool:
+        """Note a 429 on `lease`'s request, before its own headers are observed.
+
+        If the server's last `-remaining` (refilled at the limit's rate to when the lease was
+        granted), or no headers at all, said there was room, the account does not tolerate our
+        bursts: switch it to strict pacing, for good. Returns whether this call switched it.
+        """
+        needs = {
+            "requests": 1.0,
+            "input_tokens": float(lease.input_tokens),
+            "output_tokens": float(lease.output_estimate),
+        }
+        bucket = limit if limit in BUCKETS else _short_bucket(headers or {}, needs)
+        amount = needs[bucket]
+        account = account_of_scope(lease.scope)
+        with self._store.write() as (conn, now):
+            row = conn.execute(
+                "SELECT capacity, server_remaining, server_at FROM buckets"
+                " WHERE scope = ? AND name = ?",
+                (lease.scope, bucket),
+            ).fetchone()
+            room = True
+            if row is not None and row[1] is not None:
+                capacity, remaining, seen_at = row
+                since = max(0.0, lease.granted_at - parse_iso(seen_at))
+                room = min(capacity, remaining + since * capacity / 60.0) >= min(capacity, amount)
+            if not room or self._strict(conn, lease.scope):
+                # Our refill ran ahead of the server's: another client of the key spends from
+                # it, so assume less of it is ours.
+                conn.execute(
+                    "UPDATE buckets SET share = max(?, share * ?) WHERE scope = ? AND name = ?",
+                    (MIN_SHARE, SHARE_AFTER_429, lease.scope, bucket),
+                )
+                return False
+            reason = (
+                f"a 429 on {bucket} at {iso(now)} while the server's headers said there was room"
+            )
+            conn.execute(
+                "INSERT INTO accounts (account, pacing, switched_at, reason) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT (account) DO UPDATE SET pacing = excluded.pacing,"
+                " switched_at = excluded.switched_at, reason = excluded.reason",
+                (account, STRICT, iso(now), reason),
+            )
+            log.warning("%s: switching to strict pacing (%s)", account or "limiter", reason)
+            return True
+
+    def observe(
+        self,
+        headers: Mapping[str, str],
+        *,
+        model: str | None = None,
+        lease: Lease | None = None,
+    ) -> bool:
+        """Learn limits from `anthropic-ratelimit-*-limit` headers and follow the server's
+        `-remaining`: always down to it, up to it only while the account tolerates bursts.
+
+        `lease` is the request these headers answer (observe before settle): the server counted
+        `-remaining` when that request arrived, so the view is brought forward to now by the
+        refill since its grant, less what was granted after it (and, for output, less its own
+        output, generated after the count). Without a lease the headers are taken as of now.
+        Returns whether the response carried any rate-limit header; a scope whose responses
+        carry none is marked so (see headerless_note).
+        """
         lower = {str(k).lower(): v for k, v in headers.items()}
         limits: dict[str, int] = {}
         remaining: dict[str, int] = {}
@@ -592,27 +828,69 @@ class Limiter:
                     value = None
                 if value is not None and (value > 0 or suffix == "remaining") and value >= 0:
                     into[bucket] = value
+        scope = self.scope(model)
         if not limits and not remaining:
-            return
+            if scope:
+                with self._store.write() as (conn, now):
+                    self._ensure(conn, now, scope)
+                    conn.execute(
+                        "UPDATE scopes SET headers = 'none' WHERE scope = ? AND headers IS NULL",
+                        (scope,),
+                    )
+            return False
         with self._store.write() as (conn, now):
+            self._ensure(conn, now, scope)
+            stamp = iso(now)
+            conn.execute("UPDATE scopes SET headers = 'yes' WHERE scope = ?", (scope,))
             changed = False
             for bucket, value in limits.items():
                 changed |= bool(
                     conn.execute(
-                        "UPDATE limits SET header_value = ?, header_at = ?"
-                        " WHERE name = ? AND header_value IS NOT ?",
-                        (value, iso(now), BUCKETS[bucket], value),
+                        "INSERT INTO learned (scope, name, value, learned_at) VALUES (?, ?, ?, ?)"
+                        " ON CONFLICT (scope, name) DO UPDATE SET value = excluded.value,"
+                        " learned_at = excluded.learned_at WHERE learned.value <> excluded.value",
+                        (scope, BUCKETS[bucket], value, stamp),
                     ).rowcount
                 )
+                if not scope:  # the unscoped rows keep showing the last headers, as before
+                    conn.execute(
+                        "UPDATE limits SET header_value = ?, header_at = ? WHERE name = ?",
+                        (value, stamp, BUCKETS[bucket]),
+                    )
             if changed:
                 self._recompute_limits(conn, now)
-            state = self._buckets(conn, now, None)
+            strict = self._strict(conn, scope)
+            state = self._buckets(conn, now, None, scope, strict)
+            totals = dict(
+                conn.execute("SELECT name, debited FROM buckets WHERE scope = ?", (scope,))
+            )
+            marks = dict(lease.marks) if lease is not None and lease.scope == scope else {}
+            shares = dict(conn.execute("SELECT name, share FROM buckets WHERE scope = ?", (scope,)))
             for bucket, value in remaining.items():
-                if state[bucket][1] > value:
-                    conn.execute(
-                        "UPDATE buckets SET level = ?, updated_at = ? WHERE name = ?",
-                        (float(value), iso(now), bucket),
-                    )
+                capacity, level, _rate = state[bucket]
+                share = shares[bucket]
+                server = float(value)
+                if bucket in marks:
+                    since = max(0.0, now - lease.granted_at) if lease else 0.0
+                    server = min(capacity, server + since * share * capacity / 60.0)
+                    server -= max(0.0, totals.get(bucket, 0.0) - marks[bucket])
+                    if bucket == "output_tokens" and lease is not None:
+                        server -= lease.output_estimate
+                share = _learn_share(share, level - server, bucket, value)
+                target = level
+                if level > server:
+                    target = server  # the server has less: someone else spends too
+                elif not strict:
+                    target = max(level, min(server, self._ceiling(capacity, None, False)))
+                conn.execute(
+                    "UPDATE buckets SET server_remaining = ?, server_at = ?, share = ?"
+                    + (", level = ?, updated_at = ?" if target != level else "")
+                    + " WHERE scope = ? AND name = ?",
+                    (server, stamp, share)
+                    + ((target, stamp) if target != level else ())
+                    + (scope, bucket),
+                )
+            return True
 
     # -- health and status ---------------------------------------------------------------------
 
@@ -625,25 +903,187 @@ class Limiter:
             )
             conn.execute("DELETE FROM samples WHERE at < ?", (iso(now - 3600.0),))
 
-    def health(self) -> Health:
+    def _readable(self) -> bool:
+        """False for a read-only limiter whose database does not exist yet (nothing to read)."""
+        return not self.readonly or self._store.path.exists()
+
+    def health(self, model: str | None = None) -> Health:
         """Whether more concurrency can help now: recent 429s/529s, utilisation, latency."""
+        if not self._readable():
+            return compute_health(None, time.time(), _default_buckets())
         with self._store.read() as (conn, now):
-            return compute_health(conn, now, self._buckets(conn, now, None))
+            state = self._buckets(conn, now, None, self.scope(model)) or _default_buckets()
+            return compute_health(conn, now, state)
 
-    def limits_in_force(self) -> dict[str, int]:
-        """Each limit's value now (rpm, itpm, otpm, max_concurrent), whatever its source."""
+    def limits_with_sources(self, model: str | None = None) -> dict[str, tuple[int, str]]:
+        """Each limit in force for `model`'s scope as (value, source): config, headers, default.
+
+        A read-only limiter reports what a run with its `limits` would use.
+        """
+        if not self._readable():
+            return self._scope_limits_offline()
         with self._store.read() as (conn, _):
-            return {
-                name: int(value)
-                for name, value in conn.execute("SELECT name, effective FROM limits")
-            }
+            config: dict[str, int | None] | None = None
+            if self.readonly and self.limits is not None:
+                config = self._config_preview(conn)
+            return self._scope_limits(conn, self.scope(model), config)
 
-    def status(self) -> dict[str, Any]:
-        """The `limits status --json` document (see runner/limiter/health.status_document)."""
+    def _config_preview(self, conn: Any) -> dict[str, int | None]:
+        """The configuration a run with `self.limits` would leave in force (see _configure)."""
+        assert self.limits is not None
+        values = {name: getattr(self.limits, name) for name in _LIMIT_NAMES}
+        if any(v is not None for v in values.values()):
+            return values
+        stored = self._config(conn)
+        owner = conn.execute(
+            "SELECT config_pid, config_start, config_host FROM limits"
+            " WHERE config_value IS NOT NULL AND config_pid IS NOT NULL LIMIT 1"
+        ).fetchone()
+        if owner is not None and process_alive(*owner):
+            return stored
+        return values
+
+    def _scope_limits_offline(self) -> dict[str, tuple[int, str]]:
+        config = {name: getattr(self.limits or Limits(), name) for name in _LIMIT_NAMES}
+        return {
+            name: _effective(config[name], None, getattr(DEFAULT_LIMITS, name))
+            for name in _LIMIT_NAMES
+        }
+
+    def limits_in_force(self, model: str | None = None) -> dict[str, int]:
+        """Each limit's value now (rpm, itpm, otpm, max_concurrent), whatever its source."""
+        return {name: value for name, (value, _) in self.limits_with_sources(model).items()}
+
+    def headerless_note(self, model: str | None) -> str | None:
+        """One line for a scope whose responses carry no rate-limit headers (a gateway, a proxy)."""
+        scope = self.scope(model)
+        with self._store.read() as (conn, _):
+            row = conn.execute("SELECT headers FROM scopes WHERE scope = ?", (scope,)).fetchone()
+        if row is None or row[0] != "none":
+            return None
+        d = DEFAULT_LIMITS
+        return (
+            f"{account_of_scope(scope)} sends no rate-limit headers: the limits of "
+            f"{class_of_scope(scope)} are unknown, so pacing is at the built-in defaults "
+            f"(rpm {d.rpm}, itpm {d.itpm:,}, otpm {d.otpm:,}) without refusing any request; "
+            "a 429 slows it down"
+        )
+
+    def status(self, model: str | None = None) -> dict[str, Any]:
+        """The `limits status --json` document (see runner/limiter/health.status_document):
+        the top-level limits and levels are of `model`'s scope, else of the scope used last;
+        `scopes` lists every scope and `accounts` each account's pacing mode."""
         with self._store.read() as (conn, now):
-            return status_document(conn, now, self._buckets(conn, now, None))
+            scope = self.scope(model)
+            if model is None:
+                last = conn.execute(
+                    "SELECT scope FROM buckets WHERE scope <> '' ORDER BY updated_at DESC LIMIT 1"
+                ).fetchone()
+                scope = last[0] if last else ""
+            scopes = [row[0] for row in conn.execute("SELECT DISTINCT scope FROM buckets")]
+            docs = {s: self._scope_doc(conn, now, s) for s in scopes if s}
+            top = self._scope_doc(conn, now, scope)
+            state = self._buckets(conn, now, None, scope) or _default_buckets()
+            doc = status_document(conn, now, state)
+            doc["limits"] = top["limits"]
+            doc["scope"] = scope
+            doc["pacing"] = top["pacing"]
+            doc["scopes"] = docs
+            doc["accounts"] = {
+                account: {"pacing": pacing, "switched_at": at, "reason": reason}
+                for account, pacing, at, reason in conn.execute(
+                    "SELECT account, pacing, switched_at, reason FROM accounts ORDER BY account"
+                )
+            }
+            return doc
+
+    def _scope_doc(self, conn: Any, now: float, scope: str) -> dict[str, Any]:
+        config = self._config(conn)
+        learned = dict(conn.execute("SELECT name, value FROM learned WHERE scope = ?", (scope,)))
+        limits = {
+            name: {
+                "value": value,
+                "source": source,
+                "config": config.get(name),
+                "headers": learned.get(name),
+            }
+            for name, (value, source) in self._scope_limits(conn, scope, config).items()
+        }
+        row = conn.execute("SELECT headers FROM scopes WHERE scope = ?", (scope,)).fetchone()
+        strict = self._strict(conn, scope)
+        return {
+            "account": account_of_scope(scope),
+            "model_class": class_of_scope(scope),
+            "headers": None if row is None else row[0],
+            "pacing": STRICT if strict else BURST,
+            "limits": limits,
+            "levels": {
+                name: {"level": round(level, 3), "capacity": capacity}
+                for name, (capacity, level, _rate) in self._buckets(
+                    conn, now, None, scope, strict
+                ).items()
+            },
+        }
 
     def close(self) -> None:
         """Close this process's database connection; the Limiter reopens it if used again."""
         self._beating = -1
         self._store.close()
+
+
+def _short_bucket(headers: Mapping[str, str], needs: Mapping[str, float]) -> str:
+    """The bucket a 429 most likely ran out of: the one whose `-remaining` in its headers held
+    the least of what the request needed ("requests" when the headers do not say)."""
+    lower = {str(k).lower(): v for k, v in headers.items()}
+    best, least = "requests", math.inf
+    for bucket, prefix in _HEADER_PREFIX.items():
+        try:
+            left = float(str(lower[prefix + "remaining"]).strip())
+        except (KeyError, ValueError):
+            continue
+        ratio = left / max(1.0, needs[bucket])
+        if ratio < least:
+            best, least = bucket, ratio
+    return best
+
+
+def _learn_share(share: float, gap: float, bucket: str, remaining: int) -> float:
+    """The share of the nominal refill that is ours, after one look at the server's bucket.
+
+    `gap` is our level less the server's (brought forward to now). The server rounds token
+    counts down to the thousand, so only a gap beyond that rounding says something: ours ahead
+    means another client spends too (refill less for us). A server ahead says nothing (strict
+    pacing keeps our level below what the server holds), so the share only creeps back up, a
+    little per response, for a key whose other clients have gone quiet.
+    """
+    grain = 1000.0 if bucket != "requests" and remaining % 1000 == 0 else 1.0
+    if gap > grain:
+        return max(MIN_SHARE, share * 0.95)
+    return min(1.0, share + SHARE_RECOVERY)
+
+
+def _with_slack(need: Mapping[str, float], conn: Any, scope: str) -> dict[str, float]:
+    """Strict pacing's debit: each request and its input plus a little slack (STRICT_SLACK of
+    it and STRICT_SLACK_S seconds of refill), kept when the lease settles. Without it, grants
+    spaced at exactly the refill time meet a server that enforces over short intervals right at
+    its edge, where a few milliseconds of network jitter draw a 429."""
+    capacity = dict(conn.execute("SELECT name, capacity FROM buckets WHERE scope = ?", (scope,)))
+    out = dict(need)
+    for bucket in ("requests", "input_tokens"):
+        rate = capacity.get(bucket, 0.0) / 60.0
+        out[bucket] = need[bucket] * (1.0 + STRICT_SLACK) + STRICT_SLACK_S * rate
+    return out
+
+
+def _gate(need: Mapping[str, float] | Sequence[float]) -> dict[str, float]:
+    """What must be in each bucket before a grant: the whole debit of requests and input, but
+    only a token of output. The platform counts output as it is generated and admits while its
+    output bucket is not empty; the limiter debits the estimate up front (so later grants wait
+    for it), and settle() refunds what was not used."""
+    values = list(need.values()) if isinstance(need, Mapping) else list(need)
+    requests, input_tokens, output = (float(v or 0) for v in values)
+    return {"requests": requests, "input_tokens": input_tokens, "output_tokens": min(output, 1.0)}
+
+
+def _default_buckets() -> dict[str, list[float]]:
+    return {b: [float(getattr(DEFAULT_LIMITS, lim)), 0.0, 0.0] for b, lim in BUCKETS.items()}

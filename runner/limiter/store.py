@@ -93,7 +93,82 @@ def m002_lease_hosts(db: sqlite_utils.Database) -> None:
 
 
 @MIGRATIONS()
-def m003_owner_identity(db: sqlite_utils.Database) -> None:
+def m003_scopes_and_pacing(db: sqlite_utils.Database) -> None:
+    """Limits learned and buckets kept per scope (API base URL + model class), the pacing mode
+    each account has shown it tolerates, and the owner of the configured limits.
+
+    The scope '' is the unscoped limiter of earlier versions (and of direct library use).
+    """
+    db.execute(
+        """CREATE TABLE scoped_buckets (
+            id INTEGER PRIMARY KEY,
+            scope TEXT NOT NULL,
+            name TEXT NOT NULL,
+            capacity REAL NOT NULL,
+            level REAL NOT NULL,
+            updated_at TEXT NOT NULL,
+            usage_rate REAL NOT NULL DEFAULT 0,
+            server_remaining REAL,
+            server_at TEXT,
+            UNIQUE (scope, name))"""
+    )
+    db.execute(
+        "INSERT INTO scoped_buckets (scope, name, capacity, level, updated_at, usage_rate)"
+        " SELECT '', name, capacity, level, updated_at, usage_rate FROM buckets"
+    )
+    db.execute("DROP TABLE buckets")
+    db.execute("ALTER TABLE scoped_buckets RENAME TO buckets")
+    db.execute(
+        """CREATE TABLE learned (
+            id INTEGER PRIMARY KEY,
+            scope TEXT NOT NULL,
+            name TEXT NOT NULL,
+            value INTEGER NOT NULL,
+            learned_at TEXT NOT NULL,
+            UNIQUE (scope, name))"""
+    )
+    db.execute(
+        "INSERT INTO learned (scope, name, value, learned_at) SELECT '', name, header_value,"
+        " header_at FROM limits WHERE header_value IS NOT NULL AND header_at IS NOT NULL"
+    )
+    db.execute(
+        """CREATE TABLE scopes (
+            scope TEXT PRIMARY KEY,
+            account TEXT NOT NULL,
+            model_class TEXT NOT NULL,
+            headers TEXT,
+            first_seen TEXT NOT NULL)"""
+    )
+    db.execute(
+        """CREATE TABLE accounts (
+            account TEXT PRIMARY KEY,
+            pacing TEXT NOT NULL,
+            switched_at TEXT,
+            reason TEXT)"""
+    )
+    for column in ("config_pid INTEGER", "config_start TEXT", "config_host TEXT"):
+        db.execute(f"ALTER TABLE limits ADD COLUMN {column}")
+    for table in ("leases", "waiters"):
+        db.execute(f"ALTER TABLE {table} ADD COLUMN scope TEXT NOT NULL DEFAULT ''")
+
+
+@MIGRATIONS()
+def m004_bucket_debit_totals(db: sqlite_utils.Database) -> None:
+    """A running total of what each bucket granted: a lease remembers it, so that a response's
+    `-remaining` (the server's view when that request arrived) can be brought forward past the
+    grants made since."""
+    db.execute("ALTER TABLE buckets ADD COLUMN debited REAL NOT NULL DEFAULT 0")
+
+
+@MIGRATIONS()
+def m005_bucket_share(db: sqlite_utils.Database) -> None:
+    """The share of each bucket's nominal refill that is ours (other clients of the key spend
+    the rest), learned from the server's `-remaining`."""
+    db.execute("ALTER TABLE buckets ADD COLUMN share REAL NOT NULL DEFAULT 1")
+
+
+@MIGRATIONS()
+def m006_owner_identity(db: sqlite_utils.Database) -> None:
     """Leases and waiters name their process as ledger reservations do (pid + start + host),
     so a recycled pid is not taken for their holder; each also keeps the monotonic clock of
     its grant (of its last heartbeat, for a waiter), for its age on its own host."""

@@ -66,12 +66,18 @@ class State:
     runs: Runs
 
 
-def open_state(config: RunConfig) -> State:
-    """Open the limiter (storing the configured limits), the ledger and runs.db."""
+def open_state(config: RunConfig, *, readonly: bool = False) -> State:
+    """Open the limiter (storing the configured limits unless `readonly`), the ledger and runs.db."""
     paths = config.state
     return State(
         paths=paths,
-        limiter=Limiter(paths.root, config.limits.limiter(), burst=config.limits.burst_seconds),
+        limiter=Limiter(
+            paths.root,
+            config.limits.limiter(),
+            burst=config.limits.burst_seconds,
+            base_url=config.base_url,
+            readonly=readonly,
+        ),
         ledger=Ledger(paths.ledger, price_override=paths.prices),
         runs=Runs(paths.runs),
     )
@@ -138,8 +144,8 @@ def _make_plan(
         manifest,
         works,
         state.ledger,
-        limits=state.limiter.limits_in_force(),
-        health=state.limiter.health(),
+        limits=state.limiter.limits_in_force(manifest.model),
+        health=state.limiter.health(manifest.model),
         concurrency=concurrency,
         prefixes=prefixes,
     )
@@ -148,9 +154,9 @@ def _make_plan(
 def plan(config: RunConfig, *, on_message: Callable[[str], None] = lambda _: None) -> PlanResult:
     """Pack and project both modes of `config.manifest` and say what admission would decide.
 
-    Sends nothing (local estimates only) and holds nothing.
+    Sends nothing (local estimates only), holds nothing and writes nothing.
     """
-    state = open_state(config)
+    state = open_state(config, readonly=True)
     the_plan = _make_plan(
         "plan",
         config.manifest,
@@ -251,7 +257,7 @@ def run(
     )
     messages_plan, the_plan = _on_api(the_plan, config, state)
     if config.api == Api.MESSAGES:  # batch traffic does not use the per-minute limits
-        _check_limits(the_plan)
+        _check_limits(the_plan, state.limiter)
     resumed = Reconciled()
     if previous is not None:
         resumed = reconcile(state.runs, run_id, gone, the_plan.works)
@@ -317,14 +323,14 @@ def _check_out_dir(out: Path) -> None:
         ) from exc
 
 
-def _check_limits(the_plan: Plan) -> None:
-    """Refuse, before anything is sent, a request no ITPM bucket could ever hold."""
-    itpm = the_plan.limits.get("itpm")
+def _check_limits(the_plan: Plan, limiter: Limiter) -> None:
+    """Refuse, before anything is sent, a request that a configured or learned limit could never
+    hold (a built-in default never refuses: the request goes alone and its headers teach)."""
     for job in (j for jobs in the_plan.jobs.values() for j in jobs):
-        if itpm and job.rate_tokens > itpm:
+        why = limiter.refusal(job.model, job.rate_tokens, job.output_estimate)
+        if why:
             raise RunnerInputError(
-                f"repo {job.slug}: one request needs {job.rate_tokens:,} input tokens, more than "
-                f"the itpm limit of {itpm:,} per minute; lower max_input_tokens in the manifest"
+                f"repo {job.slug}: one request's {why}; lower max_input_tokens in the manifest"
             )
 
 
@@ -367,7 +373,13 @@ class _Execution:
         runs = self.state.runs
         stop_errors: dict[StopReason, str] = {}
 
+        unknown_limits: set[str] = set()  # models whose API sends no rate-limit headers, said once
+
         def on_outcome(outcome: JobOutcome, in_flight: int) -> None:
+            model = outcome.job.model
+            if model not in unknown_limits and (note := self.state.limiter.headerless_note(model)):
+                unknown_limits.add(model)
+                on_progress(tally.progress(in_flight, message=note))
             if outcome.stop and outcome.error:
                 stop_errors.setdefault(outcome.stop, outcome.error)
             if outcome.status != JobStatus.DONE:

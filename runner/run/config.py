@@ -30,7 +30,9 @@ class LimitsConfig:
     itpm: int | None = None
     otpm: int | None = None
     max_concurrent: int | None = None
-    burst_seconds: float = 0.0  # idle refill the limiter may spend at once (0: strict pacing)
+    # A cap on the idle refill the limiter may spend at once (0: strict pacing); None leaves it
+    # to the account's pacing mode (see runner/limiter/limiter.py).
+    burst_seconds: float | None = None
 
     @classmethod
     def merged(
@@ -38,9 +40,10 @@ class LimitsConfig:
     ) -> LimitsConfig:
         """The manifest's [limits] with every override that is set on top."""
         values = {**manifest, **{k: v for k, v in overrides.items() if v is not None}}
+        burst = values.get("burst_seconds")
         return cls(
             **{k: values[k] for k in _LIMIT_KEYS if values.get(k) is not None},
-            burst_seconds=float(values.get("burst_seconds") or 0),
+            burst_seconds=None if burst is None else float(burst),
         )
 
     def limiter(self) -> Limits:

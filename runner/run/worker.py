@@ -30,7 +30,7 @@ from ledger.errors import BudgetExceeded
 from ledger.ledger import Ledger, Reservation
 from runner.client import CONNECT_TIMEOUT_S, READ_TIMEOUT_S, ApiClient, CallError, Reply
 from runner.kinds import Billed, ErrorKind, JobStatus, StopReason
-from runner.limiter import AcquireCancelled, AcquireTimeout, Lease, Limiter
+from runner.limiter import AcquireCancelled, AcquireTimeout, Lease, Limiter, TooLarge
 from runner.reachability import UNREACHABLE_AFTER, Breaker
 from runner.run.job import Job, JobOutcome
 from runner.run.plan import TOOL_TOKENS, RepoWork, repo_prompts
@@ -65,7 +65,7 @@ class WorkerConfig:
 
     state_dir: Path
     base_url: str | None
-    burst: float = 0.0
+    burst: float | None = None  # see LimitsConfig.burst_seconds
     api_key: str | None = None  # only ever the simulator's dummy key
     max_attempts: int = 5
     backoff_base: float = 0.5
@@ -152,7 +152,7 @@ def init_worker(config: WorkerConfig, repos: Mapping[str, RepoWork], stop: Any =
     _CTX = _Context(
         config=config,
         # limits None: the main process stored the configuration; workers share it.
-        limiter=Limiter(config.state_dir, None, burst=config.burst),
+        limiter=Limiter(config.state_dir, None, burst=config.burst, base_url=config.base_url),
         ledger=Ledger(paths.ledger, price_override=paths.prices),
         runs=Runs(paths.runs),
         client=client,
@@ -238,11 +238,12 @@ def run_job(job: Job) -> JobOutcome:
                 job.rate_tokens,
                 job.output_estimate,
                 timeout=ctx.config.acquire_timeout,
+                model=job.model,
                 cancelled=ctx.stopping,
             )
         except AcquireCancelled:
             return unsent
-        except AcquireTimeout as exc:
+        except (AcquireTimeout, TooLarge) as exc:  # TooLarge: a limit learned since the plan
             return JobOutcome(job, JobStatus.FAILED, error=str(exc), attempts=tries.sent)
         try:
             reservation = ctx.ledger.reserve(
@@ -304,7 +305,7 @@ def _after_failure(
         tries.rate_limited += 1
         ctx.ledger.record_event("rate_limited", run_id=job.run_id)
         # The shared cooldown makes every process wait, this one included.
-        ctx.limiter.penalize(err.retry_after or 1.0, err.limit)
+        ctx.limiter.penalize(err.retry_after or 1.0, err.limit, model=job.model)
         if tries.rate_limited <= MAX_RATE_LIMITED:
             tries.sent -= 1
             return None, job
@@ -385,8 +386,10 @@ def _request(work: RepoWork, job: Job) -> tuple[str, list[dict[str, Any]]]:
 def _account_failure(
     ctx: _Context, err: CallError, lease: Lease, reservation: Reservation, job: Job
 ) -> None:
+    if err.kind == ErrorKind.RATE_LIMITED:  # before its headers: did the last ones say room?
+        ctx.limiter.rate_limited(lease, err.limit, err.headers)
     if err.headers:
-        ctx.limiter.observe(err.headers)
+        ctx.limiter.observe(err.headers, model=job.model, lease=lease)
     if err.status is not None:
         ctx.limiter.record(status=err.status, latency=err.latency)
     if err.billed == Billed.UNKNOWN:
@@ -410,7 +413,7 @@ def _account_success(
     lease, reservation = held
     if ctx.breaker:
         ctx.breaker.success()
-    ctx.limiter.observe(reply.headers)
+    ctx.limiter.observe(reply.headers, model=job.model, lease=lease)
     ctx.limiter.settle(lease, reply.usage)
     ctx.limiter.record(status=200, latency=reply.latency)
     result = None
