@@ -24,6 +24,8 @@ __all__ = [
     "input_ratio",
     "insert_reservation",
     "normalise_usage",
+    "read_entry",
+    "reserve_reads",
     "transition",
 ]
 
@@ -44,14 +46,34 @@ class Committed:
     own_held_tokens: int
 
 
-def effective_budget(conn: sqlite3.Connection, month: str) -> tuple[int | None, int | None]:
-    """(USD micros, tokens) for `month`: each field from its override, else the standing budget."""
-    rows = {
-        row[0]: row[1:]
-        for row in conn.execute(
-            "SELECT month, usd_micros, tokens FROM budgets WHERE month IN ('*', ?)", (month,)
-        )
-    }
+_BUDGETS_SQL = "SELECT month, usd_micros, tokens FROM budgets WHERE month IN ('*', ?)"
+_TOTALS_SQL = (
+    "SELECT spent_micros, reserved_micros, input_tokens + output_tokens"
+    " + cache_creation_input_tokens + cache_read_input_tokens + unknown_tokens,"
+    " reserved_tokens FROM month_totals WHERE month = ?"
+)
+# A hold shrinks by what its run has charged and reserved since admission.
+_HOLDS_SQL = (
+    "SELECT run_id, MAX(0, hold_micros - charged_micros - reserved_micros),"
+    " MAX(0, hold_tokens - charged_tokens - reserved_tokens)"
+    " FROM runs WHERE active = 1 AND month = ?"
+)
+_RATIO_SQL = (
+    "SELECT SUM(input_actual_sum) / SUM(input_estimate_sum) FROM calibrations"
+    " WHERE model = ? AND input_estimate_sum > 0"
+)
+
+
+def effective_budget(
+    conn: sqlite3.Connection, month: str, issued: Any = None
+) -> tuple[int | None, int | None]:
+    """(USD micros, tokens) for `month`: each field from its override, else the standing budget.
+
+    `issued`: the cursor of this query when the caller issued it already (see reserve_reads).
+    """
+    if issued is None:
+        issued = conn.execute(_BUDGETS_SQL, (month,))
+    rows = {row[0]: row[1:] for row in issued.fetchall()}
     standing = rows.get("*", (None, None))
     override = rows.get(month, (None, None))
     usd = override[0] if override[0] is not None else standing[0]
@@ -59,22 +81,19 @@ def effective_budget(conn: sqlite3.Connection, month: str) -> tuple[int | None, 
     return usd, tokens
 
 
-def committed(conn: sqlite3.Connection, month: str, run_id: str | None) -> Committed:
-    """Spent, reserved and held for `month`; holds split into `run_id`'s own and the others'."""
-    row = conn.execute(
-        "SELECT spent_micros, reserved_micros, input_tokens + output_tokens"
-        " + cache_creation_input_tokens + cache_read_input_tokens + unknown_tokens,"
-        " reserved_tokens FROM month_totals WHERE month = ?",
-        (month,),
-    ).fetchone() or (0, 0, 0, 0)
+def committed(
+    conn: sqlite3.Connection, month: str, run_id: str | None, issued: Any = None
+) -> Committed:
+    """Spent, reserved and held for `month`; holds split into `run_id`'s own and the others'.
+
+    `issued`: the (totals, holds) cursors when the caller issued them already.
+    """
+    if issued is None:
+        issued = (conn.execute(_TOTALS_SQL, (month,)), conn.execute(_HOLDS_SQL, (month,)))
+    totals, holds = (cursor.fetchall() for cursor in issued)
+    row = totals[0] if totals else (0, 0, 0, 0)
     held = {"own": [0, 0], "others": [0, 0]}
-    # A hold shrinks by what its run has charged and reserved since admission.
-    for rid, hold_m, hold_t in conn.execute(
-        "SELECT run_id, MAX(0, hold_micros - charged_micros - reserved_micros),"
-        " MAX(0, hold_tokens - charged_tokens - reserved_tokens)"
-        " FROM runs WHERE active = 1 AND month = ?",
-        (month,),
-    ):
+    for rid, hold_m, hold_t in holds:
         side = held["own" if rid == run_id else "others"]
         side[0] += hold_m
         side[1] += hold_t
@@ -90,35 +109,58 @@ def committed(conn: sqlite3.Connection, month: str, run_id: str | None) -> Commi
     )
 
 
-def input_ratio(conn: sqlite3.Connection, model: str) -> float | None:
+def input_ratio(conn: sqlite3.Connection, model: str, issued: Any = None) -> float | None:
     """The weighted ratio of actual to locally estimated input for `model`, None without history."""
-    row = conn.execute(
-        "SELECT SUM(input_actual_sum) / SUM(input_estimate_sum) FROM calibrations"
-        " WHERE model = ? AND input_estimate_sum > 0",
-        (model,),
-    ).fetchone()
-    return None if row is None else row[0]
+    if issued is None:
+        issued = conn.execute(_RATIO_SQL, (model,))
+    rows = issued.fetchall()
+    return rows[0][0] if rows else None
 
 
-def _ensure_month(conn: sqlite3.Connection, month: str) -> None:
-    conn.execute(
-        "INSERT INTO month_totals (month) VALUES (?) ON CONFLICT(month) DO NOTHING", (month,)
+def reserve_reads(
+    conn: sqlite3.Connection, model: str, month: str, run_id: str, counted: bool
+) -> tuple[float | None, tuple[int | None, int | None], Committed]:
+    """(input ratio, budget, committed): what reserve() checks, every statement issued before
+    any result is used, so that on PostgreSQL they travel with the store's lock in one round
+    trip. The ratio is None for a `counted` input (an exact count needs no history)."""
+    ratio = None if counted else conn.execute(_RATIO_SQL, (model,))
+    budgets = conn.execute(_BUDGETS_SQL, (month,))
+    issued = (conn.execute(_TOTALS_SQL, (month,)), conn.execute(_HOLDS_SQL, (month,)))
+    return (
+        None if ratio is None else input_ratio(conn, model, ratio),
+        effective_budget(conn, month, budgets),
+        committed(conn, month, run_id, issued),
     )
 
 
-def insert_reservation(conn: sqlite3.Connection, row: Mapping[str, Any]) -> int:
-    """Insert a reserved entry and count it in the month, run and review; returns its id."""
+def read_entry(conn: sqlite3.Connection, entry_id: int) -> sqlite3.Row:
+    """Entry `entry_id`, readable by column name; LedgerError if there is none."""
+    conn.row_factory = sqlite3.Row
+    try:
+        entry = conn.execute("SELECT * FROM entries WHERE id = ?", (entry_id,)).fetchone()
+    finally:
+        conn.row_factory = None
+    if entry is None:
+        raise LedgerError(f"no reservation {entry_id} in the ledger")
+    return entry
+
+
+def insert_reservation(conn: sqlite3.Connection, row: Mapping[str, Any]) -> Any:
+    """Insert a reserved entry and count it in the month, run and review; returns the INSERT's
+    cursor, whose `lastrowid` is the entry's id (read once committed: on PostgreSQL the id then
+    comes back with the COMMIT instead of in a round trip of its own)."""
     columns = ", ".join(row)
     marks = ", ".join("?" for _ in row)
-    entry_id = conn.execute(
+    inserted = conn.execute(
         f"INSERT INTO entries ({columns}, state) VALUES ({marks}, 'reserved')", tuple(row.values())
-    ).lastrowid
+    )
     worst, worst_t, month = row["worst_micros"], row["worst_tokens"], row["month"]
-    _ensure_month(conn, month)
     conn.execute(
-        "UPDATE month_totals SET reserved_micros = reserved_micros + ?,"
-        " reserved_tokens = reserved_tokens + ?, entries = entries + 1 WHERE month = ?",
-        (worst, worst_t, month),
+        "INSERT INTO month_totals (month, reserved_micros, reserved_tokens, entries)"
+        " VALUES (?, ?, ?, 1) ON CONFLICT(month) DO UPDATE SET"
+        " reserved_micros = reserved_micros + excluded.reserved_micros,"
+        " reserved_tokens = reserved_tokens + excluded.reserved_tokens, entries = entries + 1",
+        (month, worst, worst_t),
     )
     conn.execute(
         "INSERT INTO runs (run_id, month, started_at, reserved_micros, reserved_tokens, requests)"
@@ -135,8 +177,7 @@ def insert_reservation(conn: sqlite3.Connection, row: Mapping[str, Any]) -> int:
             " last_at = excluded.last_at",
             (row["review"], row["run_id"], row.get("mode"), month, row["reserved_at"]),
         )
-    assert entry_id is not None
-    return entry_id
+    return inserted
 
 
 def normalise_usage(usage: Mapping[str, Any] | Any) -> dict[str, Any]:
@@ -211,33 +252,34 @@ def transition(
     request_id: str | None = None,
     service_tier: str | None = None,
     batch: bool = False,
+    entry: sqlite3.Row | None = None,
 ) -> sqlite3.Row:
     """Move entry `entry_id` to `new_state`, undoing its old contribution to every aggregate.
 
     From 'reserved' any outcome is allowed; from 'unknown' only settled or released (what
     reconcile does); a settled or released entry raises AlreadyFinal, so nothing is counted
-    twice. Returns the entry as it was before.
+    twice. `entry`: the entry as read_entry() gave it in this transaction, when the caller has
+    it already. Returns the entry as it was before.
     """
-    conn.row_factory = sqlite3.Row
-    try:
-        entry = conn.execute("SELECT * FROM entries WHERE id = ?", (entry_id,)).fetchone()
-    finally:
-        conn.row_factory = None
     if entry is None:
-        raise LedgerError(f"no reservation {entry_id} in the ledger")
+        entry = read_entry(conn, entry_id)
     old = entry["state"]
     if old in FINAL_STATES or (old == "unknown" and new_state == "unknown"):
         raise AlreadyFinal(f"reservation {entry_id} is already {old}; nothing was changed")
     worst = entry["worst_micros"]
+    # reserved -> settled (every answered request) takes the reservation out in the same
+    # statements that add the cost: fewer statements while the store's lock is held.
+    folded = old == "reserved" and new_state == "settled"
     # Take the old state out of the aggregates...
     if old == "reserved":
-        _unreserve(conn, entry)
+        if not folded:
+            _unreserve(conn, entry)
     else:  # unknown: charged at the worst case until now
         _unknown(conn, entry, -1)
     # ...and put the new one in.
     usage = usage or dict.fromkeys(USAGE_FIELDS, 0)
     if new_state == "settled":
-        _add_settled(conn, entry, usage, cost, now)
+        _add_settled(conn, entry, usage, cost, now, unreserve=folded)
     elif new_state == "released":
         conn.execute(
             "UPDATE month_totals SET released = released + 1 WHERE month = ?",
@@ -287,33 +329,44 @@ def _unreserve(conn: sqlite3.Connection, entry: sqlite3.Row) -> None:
 
 
 def _add_settled(
-    conn: sqlite3.Connection, entry: sqlite3.Row, usage: dict[str, Any], cost: int, now: str
+    conn: sqlite3.Connection,
+    entry: sqlite3.Row,
+    usage: dict[str, Any],
+    cost: int,
+    now: str,
+    *,
+    unreserve: bool = False,
 ) -> None:
-    """Add a settled entry's cost and usage to every aggregate, and teach calibration."""
+    """Add a settled entry's cost and usage to every aggregate, and teach calibration;
+    `unreserve` also takes its reservation out (what _unreserve does), in the same statements."""
     month, run_id, review = entry["month"], entry["run_id"], entry["review"]
     tokens = sum(usage[field] for field in USAGE_FIELDS)
+    held = (entry["worst_micros"], entry["worst_tokens"]) if unreserve else (0, 0)
     conn.execute(
         "UPDATE month_totals SET spent_micros = spent_micros + ?,"
         " input_tokens = input_tokens + ?, output_tokens = output_tokens + ?,"
         " cache_creation_input_tokens = cache_creation_input_tokens + ?,"
-        " cache_read_input_tokens = cache_read_input_tokens + ?, settled = settled + 1"
+        " cache_read_input_tokens = cache_read_input_tokens + ?, settled = settled + 1,"
+        " reserved_micros = reserved_micros - ?, reserved_tokens = reserved_tokens - ?"
         " WHERE month = ?",
-        (cost, *(usage[f] for f in USAGE_FIELDS), month),
+        (cost, *(usage[f] for f in USAGE_FIELDS), *held, month),
     )
     conn.execute(
         "UPDATE runs SET charged_micros = charged_micros + ?, charged_tokens = charged_tokens + ?,"
         " cost_micros = cost_micros + ?, input_tokens = input_tokens + ?,"
         " output_tokens = output_tokens + ?,"
         " cache_creation_input_tokens = cache_creation_input_tokens + ?,"
-        " cache_read_input_tokens = cache_read_input_tokens + ? WHERE run_id = ?",
-        (cost, tokens, cost, *(usage[f] for f in USAGE_FIELDS), run_id),
+        " cache_read_input_tokens = cache_read_input_tokens + ?,"
+        " reserved_micros = reserved_micros - ?, reserved_tokens = reserved_tokens - ?"
+        " WHERE run_id = ?",
+        (cost, tokens, cost, *(usage[f] for f in USAGE_FIELDS), *held, run_id),
     )
     _bump_day(conn, entry["day"], month, cost, tokens)
     if review:
         conn.execute(
             "UPDATE reviews SET tokens = tokens + ?, cost_micros = cost_micros + ?,"
-            " settled = settled + 1, last_at = ? WHERE review = ?",
-            (tokens, cost, now, review),
+            " settled = settled + 1, last_at = ?, outstanding = outstanding - ? WHERE review = ?",
+            (tokens, cost, now, int(unreserve), review),
         )
     _calibrate(conn, entry, usage, now)
 

@@ -20,7 +20,7 @@ from typing import Any
 
 from ledger import entries as ops
 from ledger.admission import Admission, decide_for_month
-from ledger.errors import LedgerError, LedgerInputError
+from ledger.errors import LedgerInputError
 from ledger.heartbeat import BEAT_TIMEOUT, Heartbeat, dead_owners
 from ledger.months import Clock, iso, month_of, parse_month, utc_now
 from ledger.prices import (
@@ -318,20 +318,17 @@ class Ledger:
         pid, start, host = self._me
         self._heartbeat.start()  # other hosts judge this process by it (once per process)
         with self._store.write() as conn:
+            ratio, (usd_budget, token_budget), seen = ops.reserve_reads(
+                conn, model, month, run_id, counted
+            )
             # An exact count is held as it is; a local estimate with its safety margin (or the
             # model's learned actual/estimate ratio when history says estimates run lower).
-            worst_in = (
-                input_estimate
-                if counted
-                else worst_input(input_estimate, ops.input_ratio(conn, model))
-            )
+            worst_in = input_estimate if counted else worst_input(input_estimate, ratio)
             worst = worst_case_micros(price, worst_in, max_output, cache_ttl=cache_ttl, batch=batch)
             worst_t = worst_in + max_output
-            usd_budget, token_budget = ops.effective_budget(conn, month)
             if usd_budget is not None or token_budget is not None:
-                seen = ops.committed(conn, month, run_id)
                 ops.check_fits(seen, usd_budget, token_budget, worst, worst_t, month, job_id)
-            entry_id = ops.insert_reservation(
+            inserted = ops.insert_reservation(
                 conn,
                 {
                     "month": month,
@@ -354,7 +351,7 @@ class Ledger:
                     "reserved_at": iso(now),
                 },
             )
-        return Reservation(id=entry_id, month=month, worst_micros=worst)
+        return Reservation(id=inserted.lastrowid, month=month, worst_micros=worst)
 
     def settle(
         self,
@@ -372,12 +369,8 @@ class Ledger:
         """
         clean = ops.normalise_usage(usage)
         with self._store.write() as conn:
-            row = conn.execute(
-                "SELECT model FROM entries WHERE id = ?", (reservation.id,)
-            ).fetchone()
-            if row is None:
-                raise LedgerError(f"no reservation {reservation.id} in the ledger")
-            cost = cost_micros(price_for(self.prices, row[0]), clean, batch=batch)
+            entry = ops.read_entry(conn, reservation.id)  # read once, for the price and the move
+            cost = cost_micros(price_for(self.prices, entry["model"]), clean, batch=batch)
             ops.transition(
                 conn,
                 reservation.id,
@@ -388,6 +381,7 @@ class Ledger:
                 request_id=request_id,
                 service_tier=service_tier or clean.get("service_tier"),
                 batch=batch,
+                entry=entry,
             )
         return cost
 

@@ -11,10 +11,15 @@ translate). What it guarantees, the same as the SQLite backend:
   commit or rollback, and with the session if the process dies.
 - The clock of a transaction is the database's (`clock_timestamp()` read once the lock is
   held), never the host's: hosts whose clocks disagree still refill one set of buckets.
+- Round trips are what the lock's hold time is made of, so a write transaction is pipelined:
+  BEGIN, the lock and the clock read go out with the first statement whose result is read,
+  statements whose results are not read go out with the next one that is (or the COMMIT),
+  and statements run prepared from their first use (`prepare_threshold=0`).
 - Schema steps are the stores' append-only migrations, applied under the same lock and
   recorded per schema; a schema written by a newer review-runner raises the store's error.
-- Commits do not wait for the WAL flush (`synchronous_commit = off`, as SQLite's
-  synchronous=NORMAL): a server crash may lose the last commits, never corrupt the data.
+- Commits wait for the WAL flush (the server's `synchronous_commit`), except in a store that
+  asks otherwise (`durable=False`: the limiter, whose pacing state is re-learned after a
+  server crash); the ledger's commits are money and always durable.
 - One connection per process: one inherited across fork() is parked, never used or closed.
 """
 
@@ -128,9 +133,27 @@ class PgConnection:
 
     def __init__(self, raw: psycopg.Connection[Any]) -> None:
         self.raw = raw
-        self.now = 0.0  # the database's clock, read when the current transaction began
+        self._now = 0.0  # the database's clock, read when the current transaction began
         self.row_factory: Any = None  # accepted and ignored: rows always read both ways
         self.pipeline: psycopg.Pipeline | None = None  # set inside a write transaction
+        self.clock_cursor: psycopg.Cursor[Any] | None = None  # the lock's, until `now` is read
+
+    @property
+    def now(self) -> float:
+        """The database's clock, read when the current transaction took its lock: asking for
+        it sends what is queued (so the lock, the clock and the reads issued so far share one
+        round trip)."""
+        cursor, self.clock_cursor = self.clock_cursor, None
+        if cursor is not None:
+            if cursor.pgresult is None and self.pipeline is not None:
+                self.pipeline.sync()
+            row = cursor.fetchone()
+            self._now = float(row[0]) if row else 0.0
+        return self._now
+
+    @now.setter
+    def now(self, value: float) -> None:
+        self._now, self.clock_cursor = value, None
 
     def execute(self, sql: str, params: Any = ()) -> _Cursor:
         text, values = translate(sql, params)
@@ -139,9 +162,9 @@ class PgConnection:
         return _Cursor(cursor, self, text.lstrip()[:6].upper() == "INSERT")
 
     def executemany(self, sql: str, rows: Sequence[Any]) -> None:
-        pairs = [translate(sql, row) for row in rows]
-        if pairs:
-            self.raw.cursor().executemany(pairs[0][0], [values for _, values in pairs])
+        # One execute per row: in a write transaction each is only queued (no round trip).
+        for row in rows:
+            self.execute(sql, row)
 
     def ddl(self, sql: str, params: Any = ()) -> None:
         """A migration statement: DDL types translated, then as execute()."""
@@ -169,8 +192,10 @@ class PostgresBackend:
         *,
         label: str,
         error: type[Exception],
+        durable: bool = True,
     ) -> None:
         self.url = url
+        self.durable = durable
         self.schema = schema
         self.migrations = migrations
         self.label = label
@@ -191,7 +216,9 @@ class PostgresBackend:
         self._conn, self._pid = None, os.getpid()
         self._thread_lock = threading.RLock()
         try:
-            raw = psycopg.connect(self.url, autocommit=True, connect_timeout=CONNECT_TIMEOUT)
+            raw = psycopg.connect(
+                self.url, autocommit=True, connect_timeout=CONNECT_TIMEOUT, prepare_threshold=None
+            )
         except psycopg.Error as exc:
             raise self.error(
                 f"{redact(self.url)}: cannot reach the {self.label} ({_first_line(exc)})"
@@ -203,13 +230,20 @@ class PostgresBackend:
         except BaseException:
             raw.close()
             raise
+        # Statements run prepared from their first use from here on. Not during migrations:
+        # their DDL makes psycopg drop its prepared statements, which in pipeline mode it does
+        # only after preparing the next one ("prepared statement _pg3_N does not exist").
+        raw.prepare_threshold = 0
         self._conn = conn
         return conn
 
     def _prepare(self, conn: PgConnection) -> None:
         known = [m.name for m in self.migrations._migrations]
         try:
-            conn.raw.execute("SET synchronous_commit = off")
+            if not self.durable:
+                # This connection is this store's alone, so the session setting is the same
+                # as a SET LOCAL in each of its transactions, without the statement.
+                conn.raw.execute("SET synchronous_commit = off")
             conn.raw.execute(f'SET search_path = "{self.schema}"')
             with self._locked(conn):
                 conn.raw.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
@@ -253,11 +287,11 @@ class PostgresBackend:
             with raw.pipeline() as pipeline:
                 conn.pipeline = pipeline
                 raw.execute("BEGIN")
-                row = raw.execute(
+                # Queued, not waited for: see PgConnection.now.
+                conn.clock_cursor = raw.execute(
                     "SELECT extract(epoch FROM clock_timestamp())::float8"
                     f" FROM (SELECT pg_advisory_xact_lock({self.lock_key})) AS held"
-                ).fetchone()
-                conn.now = float(row[0]) if row else 0.0
+                )
                 yield conn
                 raw.execute("COMMIT")
         except BaseException:
@@ -266,7 +300,7 @@ class PostgresBackend:
                     raw.execute("ROLLBACK")
             raise
         finally:
-            conn.pipeline = None
+            conn.pipeline, conn.clock_cursor = None, None
 
     @contextmanager
     def transaction(self) -> Iterator[PgConnection]:
@@ -287,7 +321,8 @@ class PostgresBackend:
             try:
                 cursor = conn.raw.execute(
                     "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY;"
-                    " SELECT extract(epoch FROM clock_timestamp())::float8"
+                    " SELECT extract(epoch FROM clock_timestamp())::float8",
+                    prepare=False,  # two statements in one message cannot be prepared
                 )
                 cursor.nextset()
                 row = cursor.fetchone()

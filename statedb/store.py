@@ -57,6 +57,9 @@ class SQLiteStore:
     label: ClassVar[str] = "state database"
     #: The error raised for every failure; each owning package names its own subclass.
     error: ClassVar[type[Exception]] = StoreError
+    #: Whether a PostgreSQL commit waits for the WAL flush; False only for state that is
+    #: re-learned after a server crash (the limiter's pacing), never for money.
+    durable: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -90,7 +93,7 @@ class SQLiteStore:
 
             schema = f"review_runner_{self.path.stem}"
             self.remote = PostgresBackend(
-                url, schema, migrations, label=self.label, error=self.error
+                url, schema, migrations, label=self.label, error=self.error, durable=self.durable
             )
 
     @property

@@ -193,6 +193,12 @@ class LimiterStore(SQLiteStore):
 
     label = "limiter database"
     error = StateError
+    # On PostgreSQL, commits do not wait for the WAL flush (synchronous_commit = off): a server
+    # crash may lose the last fraction of a second of pacing commits, and the limiter re-learns
+    # that state (buckets refill by the clock, leases are re-taken by the requests that retry,
+    # the next responses' headers and 429s re-teach limits and cooldowns), as after a power
+    # cut with SQLite's synchronous=NORMAL. The ledger never does this: its commits are money.
+    durable = False
 
     def __init__(self, state_dir: Path) -> None:
         paths = StatePaths(Path(state_dir))
@@ -220,8 +226,15 @@ class LimiterStore(SQLiteStore):
         `maintenance=True` marks a caller off the request path (settle, record): the WAL
         checkpoint, with its fsync, runs there after the lock is released, never in acquire.
         """
-        with self.transaction() as conn:
+        with self.locked(maintenance) as conn:
             yield conn, self.clock(conn)  # the clock is read inside the lock (the database's on PG)
+
+    @contextmanager
+    def locked(self, maintenance: bool = False) -> Iterator[sqlite3.Connection]:
+        """write() without reading the clock: the caller reads `self.clock(conn)` when it needs
+        it, after issuing its reads, so that on PostgreSQL they share the lock's round trip."""
+        with self.transaction() as conn:
+            yield conn
         self._commits += 1
         if maintenance and self._commits >= CHECKPOINT_EVERY and self.remote is None:
             self._commits = 0
