@@ -325,8 +325,8 @@ def run(
         result = make_result(run_id, admission, status, None, {}, totals, None, the_plan)
         if admission.mode == Decision.REFUSED:
             return result
-        sent = admitted_jobs(the_plan, config.mode, admission.mode)
-        return replace(result, decisions=tuple(the_plan.decisions_json(sent)))
+        admitted = admitted_jobs(the_plan, config.mode, admission.mode)
+        return replace(result, decisions=tuple(the_plan.decisions_json(admitted)))
     execution = _Execution(
         config,
         state,
