@@ -29,8 +29,7 @@ Pacing rules worth knowing:
   of its nominal refill that is ours (another client of the key spends the rest): lowered by a
   429 that does not switch the pacing and by a server view behind ours beyond its rounding,
   creeping back with each response that agrees. Strict pacing debits a little slack per
-  request (STRICT_SLACK, STRICT_SLACK_S) so that jitter at the edge of a short-interval server
-  draws no 429s. A grant needs only one token of output room (the platform counts output as
+  request (STRICT_SLACK) so that jitter at the edge of a short-interval server draws no 429s. A grant needs only one token of output room (the platform counts output as
   it is generated); the output estimate is still debited up front and settled later.
 - A run without configured limits (`Limits()`) leaves the configuration of another live
   process in place: it never lowers what a running nightly set.
@@ -94,7 +93,6 @@ WAITER_STALE = 30.0  # a live waiter heartbeats every MAX_SLEEP; silence this lo
 AGE_SWEEP = 0.1  # seconds between one process's sweeps for leases past lease_max_age
 ALIVE_TTL = 0.5  # how long one process trusts "process P is alive" before asking the kernel again
 STRICT_SLACK = 0.02  # strict pacing debits 2% more per request and input (see _with_slack)
-STRICT_SLACK_S = 0.02  # ... and 20 ms of refill
 SHARE_AFTER_429 = 0.9  # a 429 under strict pacing that the headers did not foresee: refill less
 SHARE_RECOVERY = 0.0005  # per response that agrees with us, so that a quiet key is used again
 MIN_SHARE = 0.2  # the least of a bucket's refill assumed ours however busy the key's other clients
@@ -553,7 +551,7 @@ class Limiter:
         served = need if head is None else dict(zip(need, (1.0, head[1], head[2]), strict=True))
         strict = self._strict(conn, scope)
         if strict:
-            served = _with_slack(served, conn, scope)
+            served = _with_slack(served)
         state = self._buckets(conn, now, served, scope, strict)
         # Alone: a request larger than a default bucket, or the first of a scope never seen,
         # goes with nothing else of its scope in flight, so that its headers teach the limits.
@@ -572,7 +570,7 @@ class Limiter:
             ticket = None  # dropped as stale (this process was suspended): queue again
         first = (head is None and ticket is None) or (head is not None and head[0] == ticket)
         cooldown = parse_iso(until_at) - now if until_at else 0.0
-        charge = _with_slack(need, conn, scope) if strict else need
+        charge = _with_slack(need) if strict else need
         gate = _gate(charge)
         shares = dict(conn.execute("SELECT name, share FROM buckets WHERE scope = ?", (scope,)))
         rate = {b: state[b][0] * shares[b] / 60.0 for b in need}  # what refills for us
@@ -1062,16 +1060,15 @@ def _learn_share(share: float, gap: float, bucket: str, remaining: int) -> float
     return min(1.0, share + SHARE_RECOVERY)
 
 
-def _with_slack(need: Mapping[str, float], conn: Any, scope: str) -> dict[str, float]:
-    """Strict pacing's debit: each request and its input plus a little slack (STRICT_SLACK of
-    it and STRICT_SLACK_S seconds of refill), kept when the lease settles. Without it, grants
-    spaced at exactly the refill time meet a server that enforces over short intervals right at
-    its edge, where a few milliseconds of network jitter draw a 429."""
-    capacity = dict(conn.execute("SELECT name, capacity FROM buckets WHERE scope = ?", (scope,)))
+def _with_slack(need: Mapping[str, float]) -> dict[str, float]:
+    """Strict pacing's debit: each request and its input plus STRICT_SLACK of it, kept when the
+    lease settles. Without it, grants spaced at exactly the refill time meet a server that
+    enforces over short intervals right at its edge, where a few milliseconds of network jitter
+    draw a 429. The slack is a share, never a fixed time per request: a fixed 20 ms per grant
+    capped every account at 50 grants a second (under half of a 4,000 rpm limit)."""
     out = dict(need)
     for bucket in ("requests", "input_tokens"):
-        rate = capacity.get(bucket, 0.0) / 60.0
-        out[bucket] = need[bucket] * (1.0 + STRICT_SLACK) + STRICT_SLACK_S * rate
+        out[bucket] = need[bucket] * (1.0 + STRICT_SLACK)
     return out
 
 
