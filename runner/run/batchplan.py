@@ -105,7 +105,11 @@ def unsent_only(plan: Plan, ledger: Ledger, sent: Collection[str]) -> Plan:
         mode: _project(ledger, mode, (j for j in plan.jobs[mode] if j.id not in sent))
         for mode in Mode
     }
-    return replace(plan, projections=projections)
+    per = plan.per_repo  # each repo in its own mode: what admission is offered first
+    if per is not None:
+        unsent = (j for j in plan.per_repo_jobs if j.id not in sent)
+        per = ledger.project(per.mode, job_estimates(unsent), batch=True)
+    return replace(plan, projections=projections, per_repo=per)
 
 
 def _project(ledger: Ledger, mode: Mode, jobs: Iterable[Job]) -> Projection:
