@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -109,3 +110,14 @@ def spawn(*args: str, sim: Simulator, **popen: Any) -> subprocess.Popen[str]:
         start_new_session=True,
         **popen,
     )
+
+
+def ledger_entries(state: Path, where: str, *args: object) -> list[tuple[int, str]]:
+    """(pid, job_id) of the ledger entries matching `where`; none while the file does not exist."""
+    if not (state / "ledger.db").exists():
+        return []
+    with sqlite3.connect(state / "ledger.db") as conn:
+        try:
+            return conn.execute(f"SELECT pid, job_id FROM entries WHERE {where}", args).fetchall()
+        except sqlite3.OperationalError:  # not migrated yet
+            return []

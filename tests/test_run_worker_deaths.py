@@ -5,26 +5,14 @@ from __future__ import annotations
 import json
 import os
 import signal
-import sqlite3
 import subprocess
 import time
 from pathlib import Path
 
-from support import make_repos, messages, spawn, write_manifest
+from support import ledger_entries, make_repos, messages, spawn, write_manifest
 
 from runner.run.pool import MAX_DEATHS
 from runner.simulator import SimConfig, Simulator
-
-
-def _entries(state: Path, where: str, *args: object) -> list[tuple[int, str]]:
-    """(pid, job_id) of the ledger entries matching `where`; none while the file does not exist."""
-    if not (state / "ledger.db").exists():
-        return []
-    with sqlite3.connect(state / "ledger.db") as conn:
-        try:
-            return conn.execute(f"SELECT pid, job_id FROM entries WHERE {where}", args).fetchall()
-        except sqlite3.OperationalError:  # not migrated yet
-            return []
 
 
 def _kill_each_worker_holding(state: Path, job_suffix: str, times: int) -> list[tuple[int, str]]:
@@ -33,7 +21,7 @@ def _kill_each_worker_holding(state: Path, job_suffix: str, times: int) -> list[
     deadline = time.monotonic() + 150
     while len(killed) < times:
         assert time.monotonic() < deadline, f"timed out after killing {killed}"
-        holders = _entries(state, "state = 'reserved' AND job_id LIKE ?", f"%{job_suffix}")
+        holders = ledger_entries(state, "state = 'reserved' AND job_id LIKE ?", f"%{job_suffix}")
         for pid, job_id in holders:
             if (pid, job_id) not in killed:
                 os.kill(pid, signal.SIGKILL)
@@ -82,12 +70,12 @@ def test_a_job_whose_worker_dies_max_deaths_times_fails_alone(
     jobs = doc["jobs"]
     assert (jobs["done"], jobs["failed"], jobs["deferred"], jobs["pending"]) == (2, 1, 0, 0)
     # Every killed request is an unknown entry, charged at its worst case; none is left reserved.
-    unknown = _entries(isolated_state, "state = 'unknown'")
+    unknown = ledger_entries(isolated_state, "state = 'unknown'")
     assert sorted(unknown) == sorted(killed)
     assert doc["unknown_requests"] == MAX_DEATHS
-    assert _entries(isolated_state, "state = 'reserved'") == []
+    assert ledger_entries(isolated_state, "state = 'reserved'") == []
     # The doomed job was never settled; the others were, once each.
-    settled = [j for _, j in _entries(isolated_state, "state = 'settled'")]
+    settled = [j for _, j in ledger_entries(isolated_state, "state = 'settled'")]
     assert job_id not in settled
     assert sorted(settled) == sorted({r["job"] for r in records} - {job_id})
     run_dir = Path(doc["out_dir"])

@@ -10,20 +10,9 @@ import subprocess
 import time
 from pathlib import Path
 
-from support import make_repos, messages, spawn, write_manifest
+from support import ledger_entries, make_repos, messages, spawn, write_manifest
 
 from runner.simulator import SimConfig, Simulator
-
-
-def _entries(state: Path, where: str) -> list[tuple[int, str]]:
-    """(pid, job_id) of the ledger entries matching `where`; none while the file does not exist."""
-    if not (state / "ledger.db").exists():
-        return []
-    with sqlite3.connect(state / "ledger.db") as conn:
-        try:
-            return conn.execute(f"SELECT pid, job_id FROM entries WHERE {where}").fetchall()
-        except sqlite3.OperationalError:  # not migrated yet
-            return []
 
 
 def _wait_for(condition, timeout: float = 120) -> None:  # type: ignore[no-untyped-def]
@@ -53,8 +42,8 @@ def test_a_worker_killed_mid_request_is_replaced_and_its_job_retried(
             stderr=subprocess.PIPE,
         )
         try:
-            _wait_for(lambda: _entries(isolated_state, "state = 'reserved'"))
-            [(pid, job_id), *_] = _entries(isolated_state, "state = 'reserved'")
+            _wait_for(lambda: ledger_entries(isolated_state, "state = 'reserved'"))
+            [(pid, job_id), *_] = ledger_entries(isolated_state, "state = 'reserved'")
             os.kill(pid, signal.SIGKILL)
             out, err = proc.communicate(timeout=180)
         finally:
@@ -66,12 +55,12 @@ def test_a_worker_killed_mid_request_is_replaced_and_its_job_retried(
     doc = json.loads(out)
     assert doc["status"] == "done"
     assert doc["jobs"]["done"] == 4 and doc["jobs"]["failed"] == 0
-    unknown = _entries(isolated_state, "state = 'unknown'")
+    unknown = ledger_entries(isolated_state, "state = 'unknown'")
     assert [j for _, j in unknown] == [job_id]
     assert doc["unknown_requests"] == len(unknown) == 1
-    assert _entries(isolated_state, "state = 'reserved'") == []
+    assert ledger_entries(isolated_state, "state = 'reserved'") == []
     # The killed job was sent again and settled by another process.
-    settled = _entries(isolated_state, "state = 'settled'")
+    settled = ledger_entries(isolated_state, "state = 'settled'")
     assert sorted(j for _, j in settled) == sorted({r["job"] for r in records})
     assert job_id in {j for _, j in settled} and pid not in {p for p, _ in settled}
     run_dir = Path(doc["out_dir"])
@@ -97,12 +86,12 @@ def test_a_broken_database_met_in_a_worker_is_one_line_and_exit_2(
             stderr=subprocess.PIPE,
         )
         try:
-            _wait_for(lambda: _entries(isolated_state, "state = 'reserved'"))
+            _wait_for(lambda: ledger_entries(isolated_state, "state = 'reserved'"))
             # The processes running keep their open file; a worker started now cannot open it.
             limiter_db = isolated_state / "limiter.db"
             limiter_db.rename(tmp_path / "limiter.db.kept")
             limiter_db.mkdir()
-            [(pid, _), *_] = _entries(isolated_state, "state = 'reserved'")
+            [(pid, _), *_] = ledger_entries(isolated_state, "state = 'reserved'")
             os.kill(pid, signal.SIGKILL)
             _, err = proc.communicate(timeout=180)
         finally:
@@ -117,4 +106,4 @@ def test_a_broken_database_met_in_a_worker_is_one_line_and_exit_2(
     with sqlite3.connect(isolated_state / "runs.db") as conn:
         statuses = {s for (s,) in conn.execute("SELECT status FROM jobs")}
     assert statuses <= {"done", "pending"} and "pending" in statuses
-    assert _entries(isolated_state, "state = 'reserved'") == []
+    assert ledger_entries(isolated_state, "state = 'reserved'") == []
