@@ -34,6 +34,7 @@ from typing import Any
 
 import psycopg
 from psycopg.adapt import Loader
+from psycopg.pq import ExecStatus
 from sqlite_utils.migrations import Migrations
 
 from statedb.config import redact
@@ -43,6 +44,7 @@ __all__ = ["PgConnection", "PostgresBackend", "Row"]
 
 CONNECT_TIMEOUT = 10  # seconds before an unreachable server is reported
 MIGRATIONS_TABLE = "_migrations"
+TUPLES_OK = ExecStatus.TUPLES_OK
 
 _INHERITED: list[psycopg.Connection[Any]] = []
 
@@ -78,8 +80,18 @@ class Row(tuple[Any, ...]):
 
 
 def _rows(cursor: Any) -> Any:
-    index = {column.name: i for i, column in enumerate(cursor.description or ())}
+    # The names from the result itself: `cursor.description` builds a Column per column on
+    # every call, a cost paid while the store lock is held.
+    result = cursor.pgresult
+    count = result.nfields if result is not None else 0
+    index = {result.fname(i).decode(): i for i in range(count)}
     return lambda values: Row(values, index)
+
+
+def _has_rows(cursor: psycopg.Cursor[Any]) -> bool:
+    """`cursor.description is not None` without building the description."""
+    result = cursor.pgresult
+    return result is not None and (result.nfields > 0 or result.status == TUPLES_OK)
 
 
 class _Cursor:
@@ -118,11 +130,11 @@ class _Cursor:
 
     def fetchone(self) -> Any:
         cursor = self._ready()
-        return cursor.fetchone() if cursor.description else None
+        return cursor.fetchone() if _has_rows(cursor) else None
 
     def fetchall(self) -> list[Any]:
         cursor = self._ready()
-        return cursor.fetchall() if cursor.description else []
+        return cursor.fetchall() if _has_rows(cursor) else []
 
     def __iter__(self) -> Iterator[Any]:
         return iter(self.fetchall())
