@@ -104,6 +104,22 @@ _BUCKET_ROWS = (
 )
 
 
+# What one attempt reads, in one statement (one snapshot): each bucket of the scope, and on
+# every row the leases in flight (all, of the scope), the cooldown, the in-flight cap, whether
+# the scope's responses carry headers, the account's pacing and the scope's oldest waiter.
+_ATTEMPT_ROWS = (
+    "SELECT b.name, b.capacity, b.level, b.updated_at, b.usage_rate, b.share, b.debited,"
+    " (SELECT count(*) FROM leases), (SELECT count(*) FROM leases WHERE scope = ?1),"
+    " (SELECT until_at FROM cooldowns WHERE id = 1),"
+    " (SELECT effective FROM limits WHERE name = 'max_concurrent'),"
+    " (SELECT headers FROM scopes WHERE scope = ?1),"
+    " (SELECT pacing FROM accounts WHERE account = ?2),"
+    " w.id, w.input_tokens, w.output_estimate FROM buckets AS b LEFT JOIN"
+    " (SELECT id, input_tokens, output_estimate FROM waiters WHERE scope = ?1"
+    " ORDER BY id LIMIT 1) AS w ON 1 = 1 WHERE b.scope = ?1"
+)
+
+
 def _per_bucket(values: Mapping[str, float]) -> tuple[str, list[Any]]:
     """`CASE name WHEN ? THEN ? ... END` and its parameters: one UPDATE writes every bucket."""
     args: list[Any] = [item for pair in values.items() for item in pair]
@@ -355,11 +371,10 @@ class Limiter:
     def _strict(self, conn: Any, scope: str) -> bool:
         if self.burst == 0.0:
             return True
-        return _is_strict(
-            conn.execute(
-                "SELECT pacing FROM accounts WHERE account = ?", (account_of_scope(scope),)
-            )
-        )
+        row = conn.execute(
+            "SELECT pacing FROM accounts WHERE account = ?", (account_of_scope(scope),)
+        ).fetchone()
+        return row is not None and row[0] == STRICT
 
     # -- buckets ------------------------------------------------------------------------------
 
@@ -392,9 +407,9 @@ class Limiter:
     def _refill(
         self, rows: Any, now: float, need: Mapping[str, float] | None, strict: bool
     ) -> dict[str, list[float]]:
-        """_buckets() of rows already read (the columns of _BUCKET_ROWS)."""
+        """_buckets() of rows already read (starting with the columns of _BUCKET_ROWS)."""
         out = {}
-        for name, capacity, level, updated_at, rate, share, _debited in rows:
+        for name, capacity, level, updated_at, rate, share, *_rest in rows:
             elapsed = max(0.0, now - parse_iso(updated_at))
             ceiling = capacity
             if need is not None:
@@ -454,16 +469,19 @@ class Limiter:
         " UNION SELECT pid, COALESCE(pid_start, '') FROM waiters WHERE host = ? OR host IS NULL"
     )
 
-    def _sweep(self, conn: Any) -> None:
-        """Queue the deletes of rows past their age limits (every AGE_SWEEP seconds).
+    def _queue_reclaim(self, conn: Any) -> Any:
+        """Every AGE_SWEEP seconds: queue the deletes of rows past their age limits, and the
+        look-up of this host's holders (for _drop_dead); returns its cursor, else None.
 
-        Other hosts' rows age by the database clock last read (`_db_now`, this process's last
-        transaction): a cutoff a little in the past reclaims a little late, never early, and
-        the deletes need no result, so on PostgreSQL they share the lock's round trip.
+        Neither needs a result before the attempt's own reads, so on PostgreSQL they share the
+        lock's round trip. A dead holder is found at most AGE_SWEEP later than on every attempt
+        (a live one is trusted ALIVE_TTL anyway). Other hosts' rows age by the database clock
+        last read (`_db_now`, this process's last attempt): a cutoff a little in the past
+        reclaims a little late, never early.
         """
         mono = time.monotonic()
         if mono < self._next_age_sweep or self._db_now is None:
-            return  # ages change slowly; no need to look on every grant
+            return None  # ages change slowly; no need to look on every grant
         self._next_age_sweep = mono + AGE_SWEEP
         now = self._db_now
         # A row of this host ages by the monotonic clock (system-wide, so every process of
@@ -482,6 +500,7 @@ class Limiter:
             "DELETE FROM leases WHERE host != ? AND beat_at < ?",
             (self._host, iso(now - self.heartbeat_timeout)),
         )
+        return conn.execute(self._OWNERS, (self._host, self._host))
 
     def _drop_dead(self, conn: Any, owners: Any) -> bool:
         """Delete the leases and tickets of this host's dead holders among `owners` (rows of
@@ -573,40 +592,24 @@ class Limiter:
         if scope not in self._ensured or self._db_now is None:  # once per scope and process
             self._db_now = self._store.clock(conn)
             self._ensure(conn, self._db_now, scope)
-        self._sweep(conn)  # blind deletes, before the counts they change
-        owners = conn.execute(self._OWNERS, (self._host, self._host))
-        counts_sql = (
-            "SELECT (SELECT count(*) FROM leases), (SELECT count(*) FROM leases WHERE scope = ?1),"
-            " (SELECT until_at FROM cooldowns WHERE id = 1),"
-            " (SELECT effective FROM limits WHERE name = 'max_concurrent'),"
-            " (SELECT headers FROM scopes WHERE scope = ?1), w.id,"
-            " w.input_tokens, w.output_estimate FROM (SELECT 1) AS one LEFT JOIN"
-            " (SELECT id, input_tokens, output_estimate FROM waiters WHERE scope = ?1"
-            " ORDER BY id LIMIT 1) AS w ON 1 = 1"
-        )
-        counts = conn.execute(counts_sql, (scope,))
-        pacing = None
-        if self.burst != 0.0:
-            pacing = conn.execute(
-                "SELECT pacing FROM accounts WHERE account = ?", (account_of_scope(scope),)
-            )
-        rows = conn.execute(_BUCKET_ROWS, (scope,))
+        owners = self._queue_reclaim(conn)  # blind deletes first: they change the counts
+        looked = conn.execute(_ATTEMPT_ROWS, (scope, account_of_scope(scope)))
         queued = None
         if ticket is not None:
             queued = conn.execute("SELECT 1 FROM waiters WHERE id = ?", (ticket,))
         now = self._store.clock(conn)  # on PostgreSQL: sends everything above, one round trip
         self._db_now = now
-        if self._drop_dead(conn, owners.fetchall()):
-            counts = conn.execute(counts_sql, (scope,))  # the dead's slots are free now
-        in_flight, mine, until_at, max_concurrent, headers, *oldest = counts.fetchone()
+        if owners is not None and self._drop_dead(conn, owners.fetchall()):
+            looked = conn.execute(_ATTEMPT_ROWS, (scope, account_of_scope(scope)))  # slots freed
+        rows = looked.fetchall()
+        in_flight, mine, until_at, max_concurrent, headers, pacing, *oldest = rows[0][7:]
         head = None if oldest[0] is None else tuple(oldest)
         # Idle refill piles up to the whole debit of the request served next (see _ceiling); a
         # grant needs only what _gate() says.
         served = need if head is None else dict(zip(need, (1.0, head[1], head[2]), strict=True))
-        strict = self.burst == 0.0 or _is_strict(pacing)
+        strict = self.burst == 0.0 or pacing == STRICT
         if strict:
             served = _with_slack(served)
-        rows = rows.fetchall()
         state = self._refill(rows, now, served, strict)
         # Alone: a request larger than a default bucket, or the first of a scope never seen,
         # goes with nothing else of its scope in flight, so that its headers teach the limits.
@@ -1130,12 +1133,6 @@ def _gate(need: Mapping[str, float] | Sequence[float]) -> dict[str, float]:
     values = list(need.values()) if isinstance(need, Mapping) else list(need)
     requests, input_tokens, output = (float(v or 0) for v in values)
     return {"requests": requests, "input_tokens": input_tokens, "output_tokens": min(output, 1.0)}
-
-
-def _is_strict(pacing: Any) -> bool:
-    """Whether the result of `SELECT pacing FROM accounts ...` says strict (None: not read)."""
-    row = None if pacing is None else pacing.fetchone()
-    return row is not None and row[0] == STRICT
 
 
 def _default_buckets() -> dict[str, list[float]]:
