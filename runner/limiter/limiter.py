@@ -238,6 +238,8 @@ class Limiter:
         self._alive_cache: dict[tuple[int, str], float] = {}
         self._next_age_sweep = 0.0
         self._db_now: float | None = None  # the database clock of this process's last attempt
+        self._owners: list[Any] = []  # this host's holders, as the last attempt read them
+        self._dead: list[tuple[int, str, str]] = []  # holders found dead, for the next attempt
         self._ensured: set[str] = set()
         if not readonly:
             with self._store.write() as (conn, now):
@@ -267,6 +269,8 @@ class Limiter:
         self._alive_cache = {}
         self._next_age_sweep = 0.0
         self._db_now = None
+        self._owners = []
+        self._dead = []
         self._ensured = set()
 
     def scope(self, model: str | None) -> str:
@@ -470,15 +474,25 @@ class Limiter:
     )
 
     def _queue_reclaim(self, conn: Any) -> Any:
-        """Every AGE_SWEEP seconds: queue the deletes of rows past their age limits, and the
-        look-up of this host's holders (for _drop_dead); returns its cursor, else None.
+        """Queue the deletes of the rows of dead holders (found after the last attempt) and,
+        every AGE_SWEEP seconds, of rows past their age limits, and the look-up of this host's
+        holders (for _find_dead); returns its cursor, else None.
 
-        Neither needs a result before the attempt's own reads, so on PostgreSQL they share the
-        lock's round trip. A dead holder is found at most AGE_SWEEP later than on every attempt
-        (a live one is trusted ALIVE_TTL anyway). Other hosts' rows age by the database clock
-        last read (`_db_now`, this process's last attempt): a cutoff a little in the past
-        reclaims a little late, never early.
+        None needs a result before the attempt's own reads, so on PostgreSQL they share the
+        lock's round trip. A dead holder is found at most AGE_SWEEP, and deleted one attempt,
+        later than a look on every attempt would (a live one is trusted ALIVE_TTL anyway).
+        Other hosts' rows age by the database clock last read (`_db_now`, this process's last
+        attempt): a cutoff a little in the past reclaims a little late, never early.
         """
+        dead, self._dead = self._dead, []
+        if dead:
+            log.info("reclaiming leases and tickets of dead processes %s", [d[0] for d in dead])
+            for table in ("leases", "waiters"):
+                conn.executemany(
+                    f"DELETE FROM {table} WHERE pid = ? AND COALESCE(pid_start, '') = ?"
+                    " AND (host = ? OR host IS NULL)",
+                    dead,
+                )
         mono = time.monotonic()
         if mono < self._next_age_sweep or self._db_now is None:
             return None  # ages change slowly; no need to look on every grant
@@ -502,12 +516,11 @@ class Limiter:
         )
         return conn.execute(self._OWNERS, (self._host, self._host))
 
-    def _drop_dead(self, conn: Any, owners: Any) -> bool:
-        """Delete the leases and tickets of this host's dead holders among `owners` (rows of
-        _OWNERS); returns whether any was found."""
+    def _find_dead(self, owners: Sequence[Any]) -> None:
+        """Note this host's dead holders among `owners` (rows of _OWNERS) for the next attempt
+        to delete; run outside the store lock (a liveness check may ask the kernel)."""
         mine, mono = me(), time.monotonic()
         myself = (mine.pid, mine.start or "")
-        dead = []
         for pid, start in owners:
             owner = (pid, start)
             if owner == myself or self._alive_cache.get(owner, 0.0) > mono:
@@ -515,16 +528,7 @@ class Limiter:
             if process_alive(pid, start or None, self._host):
                 self._alive_cache[owner] = mono + ALIVE_TTL
             else:
-                dead.append((pid, start, self._host))
-        if dead:
-            log.info("reclaiming leases and tickets of dead processes %s", [d[0] for d in dead])
-            for table in ("leases", "waiters"):
-                conn.executemany(
-                    f"DELETE FROM {table} WHERE pid = ? AND COALESCE(pid_start, '') = ?"
-                    " AND (host = ? OR host IS NULL)",
-                    dead,
-                )
-        return bool(dead)
+                self._dead.append((pid, start, self._host))
 
     # -- acquire ------------------------------------------------------------------------------
 
@@ -558,6 +562,8 @@ class Limiter:
             while True:
                 with self._store.locked() as conn:
                     grant, ticket, wait = self._attempt(conn, need, ticket, scope)
+                owners, self._owners = self._owners, []
+                self._find_dead(owners)
                 if grant is not None:
                     ticket = None
                     self._start_heartbeat()
@@ -587,7 +593,7 @@ class Limiter:
         (its id comes back with the COMMIT). On PostgreSQL every result read while the store
         lock is held is a round trip that holds it, so a grant makes two: every read is issued
         before any result is used (they go out with the lock and the clock), and the writes go
-        out with the COMMIT. Only a dead holder's reclaim, a new scope and waiting add more.
+        out with the COMMIT. Only a new scope, a request above a bucket's size and waiting add more.
         """
         if scope not in self._ensured or self._db_now is None:  # once per scope and process
             self._db_now = self._store.clock(conn)
@@ -599,8 +605,8 @@ class Limiter:
             queued = conn.execute("SELECT 1 FROM waiters WHERE id = ?", (ticket,))
         now = self._store.clock(conn)  # on PostgreSQL: sends everything above, one round trip
         self._db_now = now
-        if owners is not None and self._drop_dead(conn, owners.fetchall()):
-            looked = conn.execute(_ATTEMPT_ROWS, (scope, account_of_scope(scope)))  # slots freed
+        if owners is not None:
+            self._owners = owners.fetchall()
         rows = looked.fetchall()
         in_flight, mine, until_at, max_concurrent, headers, pacing, *oldest = rows[0][7:]
         head = None if oldest[0] is None else tuple(oldest)
@@ -775,6 +781,10 @@ class Limiter:
         # No result is read and the clock is not asked: on PostgreSQL the lock, both
         # statements and the COMMIT go out together, so the store lock is held for their
         # execution on the server only, never across a round trip or this process's time.
+        # (Without the store lock, transaction(exclusive=False), a settle would have to lock
+        # its lease and its scope's bucket rows in order, and grants and observe() those rows
+        # from their reads: two statements more per settle, and more CPU per pair on the
+        # server, for a lock hold that is already this short; limiter_bench measured no gain.)
         with self._store.locked(maintenance=True) as conn:
             self._adjust(conn, lease.scope, debit, lease)
 
