@@ -83,8 +83,18 @@ class Row(tuple[Any, ...]):
 
 
 def _rows(cursor: Any) -> Any:
-    index = {column.name: i for i, column in enumerate(cursor.description or ())}
-    return lambda values: Row(values, index)
+    # psycopg makes a row maker for every result, read or not (an upsert's RETURNING is not):
+    # the column names are looked up once its first row is made, from the result itself
+    # (cursor.description would build a Column object per column, each time).
+    index: dict[str, int] = {}
+
+    def make(values: Sequence[Any]) -> Row:
+        if not index and values:
+            result = cursor.pgresult
+            index.update((result.fname(i).decode(), i) for i in range(result.nfields))
+        return Row(values, index)
+
+    return make
 
 
 class _Cursor:
@@ -121,13 +131,15 @@ class _Cursor:
             self._id.append(first["id"] if has_id else None)
         return self._id[0] if self._id else None
 
+    def _has_rows(self) -> bool:
+        result = self._ready().pgresult
+        return result is not None and result.status == psycopg.pq.ExecStatus.TUPLES_OK
+
     def fetchone(self) -> Any:
-        cursor = self._ready()
-        return cursor.fetchone() if cursor.description else None
+        return self._cursor.fetchone() if self._has_rows() else None
 
     def fetchall(self) -> list[Any]:
-        cursor = self._ready()
-        return cursor.fetchall() if cursor.description else []
+        return self._cursor.fetchall() if self._has_rows() else []
 
     def __iter__(self) -> Iterator[Any]:
         return iter(self.fetchall())
