@@ -125,6 +125,9 @@ class Store(SQLiteStore):
         super().__init__(Path(path), MIGRATIONS, busy_timeout=BUSY_TIMEOUT_MS / 1000)
         self.open()
 
-    def write(self) -> AbstractContextManager[sqlite3.Connection]:
-        """A `BEGIN IMMEDIATE` transaction: committed on success, rolled back on any error."""
-        return self.transaction()
+    def write(self, *, exclusive: bool = True) -> AbstractContextManager[sqlite3.Connection]:
+        """A `BEGIN IMMEDIATE` transaction: committed on success, rolled back on any error.
+
+        `exclusive=False`: on PostgreSQL, no store-wide lock, only row locks (for moving one
+        entry to an outcome; ledger.entries says why that is safe beside a reservation)."""
+        return self.transaction(exclusive)

@@ -12,6 +12,8 @@ transactions:
   comparison in SQLite) become IS NOT DISTINCT FROM / IS DISTINCT FROM.
 - In an upsert's `DO UPDATE SET`, a bare column on the right of `=` means the stored row in
   SQLite and is ambiguous in PostgreSQL: it is qualified with the table name.
+- `FOR_UPDATE` (a comment to SQLite, which locks the whole file for a write anyway) becomes
+  `FOR UPDATE`: the row lock a non-exclusive PostgreSQL transaction orders itself by.
 - DDL: INTEGER is BIGINT (micro-dollars pass 2^31), REAL is DOUBLE PRECISION, an
   `INTEGER PRIMARY KEY` is a BIGSERIAL, and a table keyed otherwise gets a `rowid BIGSERIAL`
   so that `ORDER BY rowid` (insertion order) means the same on both.
@@ -24,7 +26,11 @@ from collections.abc import Mapping
 from functools import lru_cache
 from typing import Any
 
-__all__ = ["translate", "translate_ddl"]
+__all__ = ["FOR_UPDATE", "translate", "translate_ddl"]
+
+#: Appended to a SELECT: lock the rows it reads until the transaction ends (PostgreSQL's
+#: `FOR UPDATE`); SQLite reads it as a comment.
+FOR_UPDATE = " /* FOR UPDATE */"
 
 _NUMBERED = re.compile(r"\?(\d+)")
 _NAMED = re.compile(r"(?<![:\w]):([A-Za-z_]\w*)")
@@ -69,6 +75,7 @@ def translate(sql: str, params: Any = ()) -> tuple[str, Any]:
 @lru_cache(maxsize=1024)
 def _translate(sql: str, named: bool) -> tuple[str, tuple[int, ...] | None]:
     text = _qualify_upsert(sql) if re.match(r"\s*INSERT\b", sql, re.I) else sql
+    text = text.replace(FOR_UPDATE, " FOR UPDATE")
     text = text.replace("%", "%%")
     order: tuple[int, ...] | None = None
     if named:

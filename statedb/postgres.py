@@ -9,6 +9,11 @@ translate). What it guarantees, the same as the SQLite backend:
   takes a transaction-scoped advisory lock on the store (the lock SQLite's `BEGIN IMMEDIATE`
   takes on the file), so a check-and-write can never be overtaken; the lock goes with the
   commit or rollback, and with the session if the process dies.
+- `transaction(exclusive=False)` takes no store lock: it runs beside the exclusive ones and
+  the other non-exclusive ones, ordered only by the row locks its statements take (READ
+  COMMITTED; `SELECT ... FOR UPDATE`, spelled portably as statedb.dialect.FOR_UPDATE, and
+  every UPDATE). For writes that read only rows they lock and change shared rows only by
+  increments; the store that uses it says why each such write is safe (ledger.entries).
 - The clock of a transaction is the database's (`clock_timestamp()` read once the lock is
   held), never the host's: hosts whose clocks disagree still refill one set of buckets.
 - Round trips are what the lock's hold time is made of, so a write transaction is pipelined:
@@ -34,6 +39,7 @@ from typing import Any
 
 import psycopg
 from psycopg.adapt import Loader
+from psycopg.pq import ExecStatus
 from sqlite_utils.migrations import Migrations
 
 from statedb.config import redact
@@ -43,6 +49,7 @@ __all__ = ["PgConnection", "PostgresBackend", "Row"]
 
 CONNECT_TIMEOUT = 10  # seconds before an unreachable server is reported
 MIGRATIONS_TABLE = "_migrations"
+TUPLES_OK = ExecStatus.TUPLES_OK
 
 _INHERITED: list[psycopg.Connection[Any]] = []
 
@@ -78,8 +85,24 @@ class Row(tuple[Any, ...]):
 
 
 def _rows(cursor: Any) -> Any:
-    index = {column.name: i for i, column in enumerate(cursor.description or ())}
-    return lambda values: Row(values, index)
+    # psycopg makes a row maker for every result, read or not (an upsert's RETURNING is not):
+    # the column names are looked up once its first row is made, from the result itself
+    # (cursor.description would build a Column object per column, each time).
+    index: dict[str, int] = {}
+
+    def make(values: Sequence[Any]) -> Row:
+        if not index and values:
+            result = cursor.pgresult
+            index.update((result.fname(i).decode(), i) for i in range(result.nfields))
+        return Row(values, index)
+
+    return make
+
+
+def _has_rows(cursor: psycopg.Cursor[Any]) -> bool:
+    """`cursor.description is not None` without building the description."""
+    result = cursor.pgresult
+    return result is not None and (result.nfields > 0 or result.status == TUPLES_OK)
 
 
 class _Cursor:
@@ -118,11 +141,11 @@ class _Cursor:
 
     def fetchone(self) -> Any:
         cursor = self._ready()
-        return cursor.fetchone() if cursor.description else None
+        return cursor.fetchone() if _has_rows(cursor) else None
 
     def fetchall(self) -> list[Any]:
         cursor = self._ready()
-        return cursor.fetchall() if cursor.description else []
+        return cursor.fetchall() if _has_rows(cursor) else []
 
     def __iter__(self) -> Iterator[Any]:
         return iter(self.fetchall())
@@ -276,22 +299,23 @@ class PostgresBackend:
             raise self._fail(exc) from exc
 
     @contextmanager
-    def _locked(self, conn: PgConnection) -> Iterator[PgConnection]:
-        """BEGIN, this store's advisory lock and the database's clock; then commit or roll back.
+    def _locked(self, conn: PgConnection, exclusive: bool = True) -> Iterator[PgConnection]:
+        """BEGIN, this store's advisory lock (unless not `exclusive`) and the database's clock;
+        then commit or roll back.
 
         The transaction runs in pipeline mode: statements whose results are not read go out
         together with the next one that is, and the COMMIT with them.
         """
         raw = conn.raw
+        clock = "SELECT extract(epoch FROM clock_timestamp())::float8"
+        if exclusive:
+            clock += f" FROM (SELECT pg_advisory_xact_lock({self.lock_key})) AS held"
         try:
             with raw.pipeline() as pipeline:
                 conn.pipeline = pipeline
                 raw.execute("BEGIN")
                 # Queued, not waited for: see PgConnection.now.
-                conn.clock_cursor = raw.execute(
-                    "SELECT extract(epoch FROM clock_timestamp())::float8"
-                    f" FROM (SELECT pg_advisory_xact_lock({self.lock_key})) AS held"
-                )
+                conn.clock_cursor = raw.execute(clock)
                 yield conn
                 raw.execute("COMMIT")
         except BaseException:
@@ -303,12 +327,17 @@ class PostgresBackend:
             conn.pipeline, conn.clock_cursor = None, None
 
     @contextmanager
-    def transaction(self) -> Iterator[PgConnection]:
-        """One write transaction holding the store's lock: committed on success, else rolled back."""
+    def transaction(self, exclusive: bool = True) -> Iterator[PgConnection]:
+        """One write transaction holding the store's lock: committed on success, else rolled back.
+
+        Not `exclusive`: no store lock, only the row locks its statements take (READ
+        COMMITTED), for writes that are safe beside any other transaction (see
+        SQLiteStore.transaction).
+        """
         conn = self.connection()
         with self._thread_lock:
             try:
-                with self._locked(conn) as locked:
+                with self._locked(conn, exclusive) as locked:
                     yield locked
             except psycopg.Error as exc:
                 raise self._fail(exc) from exc

@@ -10,7 +10,8 @@ ledger.db, limiter.db and runs.db are each one subclass of `SQLiteStore`. What i
   new file at once do not race (switching to WAL fails at once, with no busy wait, when another
   connection does it too); the second one waits and finds the work done.
 - `transaction()` is one `BEGIN IMMEDIATE` transaction: SQLite lets one writer in at a time
-  across processes, so a check-and-write can never be overtaken. A store with
+  across processes, so a check-and-write can never be overtaken (`exclusive=False` is the
+  same here; it matters on PostgreSQL only). A store with
   `lock_writes=True` also holds the file lock (flock) for it, so waiters queue in the kernel
   instead of sleep-polling on SQLite's busy handler.
 - One connection per process: a connection inherited across fork() is never used or closed by
@@ -196,10 +197,16 @@ class SQLiteStore:
     # -- transactions -----------------------------------------------------------------------
 
     @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
-        """One `BEGIN IMMEDIATE` write transaction: committed on success, rolled back on any error."""
+    def transaction(self, exclusive: bool = True) -> Iterator[sqlite3.Connection]:
+        """One `BEGIN IMMEDIATE` write transaction: committed on success, rolled back on any error.
+
+        `exclusive=False` is the same on SQLite (one writer at a time is all it has); on
+        PostgreSQL it takes no store-wide lock, only row locks (see statedb.postgres): for a
+        write that reads only rows it locks (`FOR_UPDATE`) and changes shared rows only by
+        increments, so that it is safe beside a concurrent check-and-write.
+        """
         if self.remote is not None:
-            with self.remote.transaction() as remote:
+            with self.remote.transaction(exclusive) as remote:
                 yield cast(sqlite3.Connection, remote)
             return
         conn = self.connection()

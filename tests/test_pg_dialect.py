@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from statedb.dialect import translate, translate_ddl
+from statedb.dialect import FOR_UPDATE, translate, translate_ddl
 
 
 @pytest.mark.parametrize(
@@ -33,6 +33,12 @@ from statedb.dialect import translate, translate_ddl
             "SELECT id FROM t WHERE a IS DISTINCT FROM %s AND b IS NOT DISTINCT FROM %s"
             " AND c LIKE 'x%%'",
             (1, None),
+        ),
+        (
+            "SELECT * FROM entries WHERE id = ?" + FOR_UPDATE,
+            (7,),
+            "SELECT * FROM entries WHERE id = %s FOR UPDATE",
+            (7,),
         ),
         (
             "SELECT max(a), min(x, max(y, 2)) FROM t",
