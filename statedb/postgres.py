@@ -39,6 +39,7 @@ from typing import Any
 
 import psycopg
 from psycopg.adapt import Loader
+from psycopg.pq import ExecStatus
 from sqlite_utils.migrations import Migrations
 
 from statedb.config import redact
@@ -48,6 +49,7 @@ __all__ = ["PgConnection", "PostgresBackend", "Row"]
 
 CONNECT_TIMEOUT = 10  # seconds before an unreachable server is reported
 MIGRATIONS_TABLE = "_migrations"
+TUPLES_OK = ExecStatus.TUPLES_OK
 
 _INHERITED: list[psycopg.Connection[Any]] = []
 
@@ -83,8 +85,24 @@ class Row(tuple[Any, ...]):
 
 
 def _rows(cursor: Any) -> Any:
-    index = {column.name: i for i, column in enumerate(cursor.description or ())}
-    return lambda values: Row(values, index)
+    # psycopg makes a row maker for every result, read or not (an upsert's RETURNING is not):
+    # the column names are looked up once its first row is made, from the result itself
+    # (cursor.description would build a Column object per column, each time).
+    index: dict[str, int] = {}
+
+    def make(values: Sequence[Any]) -> Row:
+        if not index and values:
+            result = cursor.pgresult
+            index.update((result.fname(i).decode(), i) for i in range(result.nfields))
+        return Row(values, index)
+
+    return make
+
+
+def _has_rows(cursor: psycopg.Cursor[Any]) -> bool:
+    """`cursor.description is not None` without building the description."""
+    result = cursor.pgresult
+    return result is not None and (result.nfields > 0 or result.status == TUPLES_OK)
 
 
 class _Cursor:
@@ -123,11 +141,11 @@ class _Cursor:
 
     def fetchone(self) -> Any:
         cursor = self._ready()
-        return cursor.fetchone() if cursor.description else None
+        return cursor.fetchone() if _has_rows(cursor) else None
 
     def fetchall(self) -> list[Any]:
         cursor = self._ready()
-        return cursor.fetchall() if cursor.description else []
+        return cursor.fetchall() if _has_rows(cursor) else []
 
     def __iter__(self) -> Iterator[Any]:
         return iter(self.fetchall())
