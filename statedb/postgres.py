@@ -40,6 +40,7 @@ from typing import Any
 
 import psycopg
 from psycopg.adapt import Loader
+from psycopg.pq import ExecStatus
 from sqlite_utils.migrations import Migrations
 
 from statedb.config import redact
@@ -50,6 +51,7 @@ __all__ = ["PgConnection", "PostgresBackend", "Row"]
 CONNECT_TIMEOUT = 10  # seconds before an unreachable server is reported
 MIGRATIONS_TABLE = "_migrations"
 CLOCK_SQL = "SELECT extract(epoch FROM clock_timestamp())::float8"
+TUPLES_OK = ExecStatus.TUPLES_OK
 
 _INHERITED: list[psycopg.Connection[Any]] = []
 
@@ -85,18 +87,18 @@ class Row(tuple[Any, ...]):
 
 
 def _rows(cursor: Any) -> Any:
-    # psycopg makes a row maker for every result, read or not (an upsert's RETURNING is not):
-    # the column names are looked up once its first row is made, from the result itself
-    # (cursor.description would build a Column object per column, each time).
-    index: dict[str, int] = {}
+    # The names from the result itself: `cursor.description` builds a Column per column on
+    # every call, a cost paid while the store lock is held.
+    result = cursor.pgresult
+    count = result.nfields if result is not None else 0
+    index = {result.fname(i).decode(): i for i in range(count)}
+    return lambda values: Row(values, index)
 
-    def make(values: Sequence[Any]) -> Row:
-        if not index and values:
-            result = cursor.pgresult
-            index.update((result.fname(i).decode(), i) for i in range(result.nfields))
-        return Row(values, index)
 
-    return make
+def _has_rows(cursor: psycopg.Cursor[Any]) -> bool:
+    """`cursor.description is not None` without building the description."""
+    result = cursor.pgresult
+    return result is not None and (result.nfields > 0 or result.status == TUPLES_OK)
 
 
 class _Cursor:
@@ -133,15 +135,13 @@ class _Cursor:
             self._id.append(first["id"] if has_id else None)
         return self._id[0] if self._id else None
 
-    def _has_rows(self) -> bool:
-        result = self._ready().pgresult
-        return result is not None and result.status == psycopg.pq.ExecStatus.TUPLES_OK
-
     def fetchone(self) -> Any:
-        return self._cursor.fetchone() if self._has_rows() else None
+        cursor = self._ready()
+        return cursor.fetchone() if _has_rows(cursor) else None
 
     def fetchall(self) -> list[Any]:
-        return self._cursor.fetchall() if self._has_rows() else []
+        cursor = self._ready()
+        return cursor.fetchall() if _has_rows(cursor) else []
 
     def __iter__(self) -> Iterator[Any]:
         return iter(self.fetchall())
