@@ -124,7 +124,7 @@ def decide_for_month(
     health_reason: str,
 ) -> tuple[str, str, Projection | None, int | None, int | None]:
     """The mode rule against what remains of `month`, not counting `run_id`'s own hold."""
-    (usd_budget, token_budget), seen = check_reads(conn, month, run_id)
+    (usd_budget, token_budget), seen, _ = check_reads(conn, month, run_id)
     remaining = remaining_t = None
     if usd_budget is not None:
         remaining = usd_budget - seen.spent_micros - seen.reserved_micros - seen.others_held_micros

@@ -79,16 +79,21 @@ class Committed:
 
 _BUDGETS_SQL = "SELECT month, usd_micros, tokens FROM budgets WHERE month IN ('*', ?)"
 # What a check reads, in one statement (one snapshot on PostgreSQL too: see the module doc),
-# each row tagged by its first column: 0 the month's totals, 1 an active run's remaining hold
-# (a hold shrinks by what its run has charged and reserved since admission), 2 a budget row.
+# each row tagged by its first column: 0 the model's input ratio (see input_ratio; first, so
+# that the last column's type is the ratio's on PostgreSQL), 1 the month's totals, 2 an active
+# run's remaining hold (a hold shrinks by what its run has charged and reserved since
+# admission), 3 a budget row.
 _CHECK_SQL = (
-    "SELECT 0, NULL, spent_micros, reserved_micros, input_tokens + output_tokens"
+    "SELECT 0, NULL, 0, 0, 0, 0, SUM(input_actual_sum) / SUM(input_estimate_sum)"
+    " FROM calibrations WHERE model = ?2 AND input_estimate_sum > 0"
+    " UNION ALL SELECT 1, NULL, spent_micros, reserved_micros, input_tokens + output_tokens"
     " + cache_creation_input_tokens + cache_read_input_tokens + unknown_tokens,"
-    " reserved_tokens FROM month_totals WHERE month = ?1"
-    " UNION ALL SELECT 1, run_id, MAX(0, hold_micros - charged_micros - reserved_micros),"
-    " MAX(0, hold_tokens - charged_tokens - reserved_tokens), 0, 0"
+    " reserved_tokens, NULL FROM month_totals WHERE month = ?1"
+    " UNION ALL SELECT 2, run_id, MAX(0, hold_micros - charged_micros - reserved_micros),"
+    " MAX(0, hold_tokens - charged_tokens - reserved_tokens), 0, 0, NULL"
     " FROM runs WHERE active = 1 AND month = ?1"
-    " UNION ALL SELECT 2, month, usd_micros, tokens, 0, 0 FROM budgets WHERE month IN ('*', ?1)"
+    " UNION ALL SELECT 3, month, usd_micros, tokens, 0, 0, NULL FROM budgets"
+    " WHERE month IN ('*', ?1)"
 )
 _RATIO_SQL = (
     "SELECT SUM(input_actual_sum) / SUM(input_estimate_sum) FROM calibrations"
@@ -111,28 +116,32 @@ def _budget(rows: list[Any], month: str) -> tuple[int | None, int | None]:
 
 
 def check_reads(
-    conn: sqlite3.Connection, month: str, run_id: str | None, issued: Any = None
-) -> tuple[tuple[int | None, int | None], Committed]:
-    """(budget, committed) for `month`: the budget as effective_budget gives it; spent,
-    reserved and held, holds split into `run_id`'s own and the others'.
+    conn: sqlite3.Connection, month: str, run_id: str | None, model: str = "", issued: Any = None
+) -> tuple[tuple[int | None, int | None], Committed, float | None]:
+    """(budget, committed, input ratio) for `month`: the budget as effective_budget gives it;
+    spent, reserved and held, holds split into `run_id`'s own and the others'; `model`'s ratio
+    as input_ratio gives it.
 
     `issued`: the cursor of this query when the caller issued it already (see reserve_reads).
     """
     if issued is None:
-        issued = conn.execute(_CHECK_SQL, (month,))
+        issued = conn.execute(_CHECK_SQL, (month, model))
     row: Any = (0, 0, 0, 0)
     held = {"own": [0, 0], "others": [0, 0]}
     budgets = []
-    for kind, key, *values in issued.fetchall():
+    ratio = None
+    for kind, key, *values, learned in issued.fetchall():
         if kind == 0:
-            row = values
+            ratio = learned
         elif kind == 1:
+            row = values
+        elif kind == 2:
             side = held["own" if key == run_id else "others"]
             side[0] += values[0]
             side[1] += values[1]
         else:
             budgets.append((key, values[0], values[1]))
-    return _budget(budgets, month), Committed(
+    seen = Committed(
         spent_micros=row[0],
         reserved_micros=row[1],
         others_held_micros=held["others"][0],
@@ -142,6 +151,7 @@ def check_reads(
         others_held_tokens=held["others"][1],
         own_held_tokens=held["own"][1],
     )
+    return _budget(budgets, month), seen, ratio
 
 
 def input_ratio(conn: sqlite3.Connection, model: str, issued: Any = None) -> float | None:
@@ -155,13 +165,11 @@ def input_ratio(conn: sqlite3.Connection, model: str, issued: Any = None) -> flo
 def reserve_reads(
     conn: sqlite3.Connection, model: str, month: str, run_id: str, counted: bool
 ) -> tuple[float | None, tuple[int | None, int | None], Committed]:
-    """(input ratio, budget, committed): what reserve() checks, every statement issued before
-    any result is used, so that on PostgreSQL they travel with the store's lock in one round
-    trip. The ratio is None for a `counted` input (an exact count needs no history)."""
-    ratio = None if counted else conn.execute(_RATIO_SQL, (model,))
-    issued = conn.execute(_CHECK_SQL, (month,))
-    budget, seen = check_reads(conn, month, run_id, issued)
-    return None if ratio is None else input_ratio(conn, model, ratio), budget, seen
+    """(input ratio, budget, committed): what reserve() checks, in one statement issued with
+    the store's lock, so that on PostgreSQL they travel together in one round trip. The ratio
+    is None for a `counted` input (an exact count needs no history)."""
+    budget, seen, ratio = check_reads(conn, month, run_id, model)
+    return None if counted else ratio, budget, seen
 
 
 def read_entry(conn: sqlite3.Connection, entry_id: int) -> sqlite3.Row:
