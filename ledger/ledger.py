@@ -412,7 +412,6 @@ class Ledger:
 
         Returns the cost charged in micro-dollars (0 when released).
         """
-        cost = 0 if cost_usd is None else usd_to_micros(cost_usd, "cost")
         with self._store.write(exclusive=False) as conn:
             try:
                 entry = ops.read_entry(conn, entry_id)  # locked: a racing move goes before or after
@@ -422,6 +421,7 @@ class Ledger:
                 raise LedgerInputError(
                     f"entry {entry_id} is {entry['state']}, not unknown; nothing changed"
                 )
+            cost = 0 if cost_usd is None else usd_to_micros(cost_usd, "cost")
             outcome = "released" if cost_usd is None else "settled"
             ops.transition(conn, entry_id, outcome, iso(self._now()), cost=cost, entry=entry)
             return cost

@@ -173,7 +173,7 @@ def plan(config: RunConfig, *, on_message: Callable[[str], None] = lambda _: Non
 
 
 def _batches_plan(messages_plan: Plan, state: State) -> Plan:
-    phase_s = phase_seconds(past_durations(state.paths.runs))
+    phase_s = phase_seconds(past_durations(state.runs))
     return to_batches(messages_plan, state.ledger, phase_s)
 
 
