@@ -3,6 +3,33 @@
 Each function runs inside the caller's `BEGIN IMMEDIATE` transaction and updates the entry
 together with month_totals, day_totals, runs, reviews and calibrations, so status reads
 aggregates instead of scanning a month of entries.
+
+Two kinds of write transaction share the ledger (on SQLite both are BEGIN IMMEDIATE, one
+writer at a time; the difference is PostgreSQL's, where `exclusive=False` takes no store lock):
+
+- Check-and-writes (reserve, admit, budgets) are exclusive: one at a time across every host,
+  so none is overtaken by another's insert.
+- Moving one entry to an outcome (settle, release, unknown, reconcile, a sweep's dead entry;
+  `transition`) is not exclusive, so that settles run beside a reservation's check. It is safe
+  because such a transaction reads only its entry, locked first (`read_entry`, FOR UPDATE), and
+  changes every shared row only by increments (`x = x + ?`, which PostgreSQL applies to the
+  newest row version). So two moves of one entry are ordered by its row lock (the second sees
+  the first's outcome: a double settle raises AlreadyFinal, a sweep never marks a settled entry
+  unknown), moves of different entries commute, and a reservation that runs beside a move
+  reads nothing the move reads and writes only increments too: the pair is equivalent to the
+  reservation first, then the move, a history the store lock allowed already. What the
+  reservation's check reads must be one snapshot for that to hold, and under READ COMMITTED each
+  statement has its own: month_totals and the runs' holds are therefore read in one statement
+  (`_COMMITTED_SQL`). Read in two, a settle committing between them would be seen in the holds
+  only: its worst case back in its run's hold but still in `reserved` (never an under-count,
+  but a refusal the serial order would not make). The budgets change only under the store
+  lock, and the input ratio only sizes the worst case that the check then counts.
+- No deadlock: every transaction takes its row locks in one order, its entry first (a move
+  has one: a sweep moves each dead entry in its own transaction), then the aggregates in the
+  order month_totals, runs, day_totals, reviews, calibrations (the order of the statements in
+  `insert_reservation`, `_unknown`, `_unreserve` and `_add_settled`, and of `transition`'s calls
+  of them). An exclusive transaction takes the store lock before any row; a non-exclusive one
+  never waits for the store lock.
 """
 
 from __future__ import annotations
@@ -15,14 +42,17 @@ from typing import Any
 from ledger.errors import AlreadyFinal, BudgetExceeded, LedgerError, LedgerInputError
 from ledger.prices import USAGE_FIELDS, money
 from ledger.projection import EMA_ALPHA
+from statedb.dialect import FOR_UPDATE
 
 __all__ = [
     "Committed",
     "check_fits",
     "committed",
     "effective_budget",
+    "end_dead_runs",
     "input_ratio",
     "insert_reservation",
+    "mark_lost",
     "normalise_usage",
     "read_entry",
     "reserve_reads",
@@ -47,16 +77,16 @@ class Committed:
 
 
 _BUDGETS_SQL = "SELECT month, usd_micros, tokens FROM budgets WHERE month IN ('*', ?)"
-_TOTALS_SQL = (
-    "SELECT spent_micros, reserved_micros, input_tokens + output_tokens"
+# The month's totals (the row whose run_id is NULL) and every active run's remaining hold, in
+# one statement: one snapshot on PostgreSQL too (see the module doc). A hold shrinks by what
+# its run has charged and reserved since admission.
+_COMMITTED_SQL = (
+    "SELECT NULL AS run_id, spent_micros, reserved_micros, input_tokens + output_tokens"
     " + cache_creation_input_tokens + cache_read_input_tokens + unknown_tokens,"
-    " reserved_tokens FROM month_totals WHERE month = ?"
-)
-# A hold shrinks by what its run has charged and reserved since admission.
-_HOLDS_SQL = (
-    "SELECT run_id, MAX(0, hold_micros - charged_micros - reserved_micros),"
-    " MAX(0, hold_tokens - charged_tokens - reserved_tokens)"
-    " FROM runs WHERE active = 1 AND month = ?"
+    " reserved_tokens FROM month_totals WHERE month = ?1"
+    " UNION ALL SELECT run_id, MAX(0, hold_micros - charged_micros - reserved_micros),"
+    " MAX(0, hold_tokens - charged_tokens - reserved_tokens), 0, 0"
+    " FROM runs WHERE active = 1 AND month = ?1"
 )
 _RATIO_SQL = (
     "SELECT SUM(input_actual_sum) / SUM(input_estimate_sum) FROM calibrations"
@@ -86,14 +116,16 @@ def committed(
 ) -> Committed:
     """Spent, reserved and held for `month`; holds split into `run_id`'s own and the others'.
 
-    `issued`: the (totals, holds) cursors when the caller issued them already.
+    `issued`: the cursor of this query when the caller issued it already.
     """
     if issued is None:
-        issued = (conn.execute(_TOTALS_SQL, (month,)), conn.execute(_HOLDS_SQL, (month,)))
-    totals, holds = (cursor.fetchall() for cursor in issued)
-    row = totals[0] if totals else (0, 0, 0, 0)
+        issued = conn.execute(_COMMITTED_SQL, (month,))
+    row: Any = (0, 0, 0, 0)
     held = {"own": [0, 0], "others": [0, 0]}
-    for rid, hold_m, hold_t in holds:
+    for rid, hold_m, hold_t, *totals in issued.fetchall():
+        if rid is None:
+            row = (hold_m, hold_t, *totals)
+            continue
         side = held["own" if rid == run_id else "others"]
         side[0] += hold_m
         side[1] += hold_t
@@ -125,7 +157,7 @@ def reserve_reads(
     trip. The ratio is None for a `counted` input (an exact count needs no history)."""
     ratio = None if counted else conn.execute(_RATIO_SQL, (model,))
     budgets = conn.execute(_BUDGETS_SQL, (month,))
-    issued = (conn.execute(_TOTALS_SQL, (month,)), conn.execute(_HOLDS_SQL, (month,)))
+    issued = conn.execute(_COMMITTED_SQL, (month,))
     return (
         None if ratio is None else input_ratio(conn, model, ratio),
         effective_budget(conn, month, budgets),
@@ -134,10 +166,13 @@ def reserve_reads(
 
 
 def read_entry(conn: sqlite3.Connection, entry_id: int) -> sqlite3.Row:
-    """Entry `entry_id`, readable by column name; LedgerError if there is none."""
+    """Entry `entry_id`, readable by column name, locked until the transaction ends (on
+    PostgreSQL: what orders two moves of one entry); LedgerError if there is none."""
     conn.row_factory = sqlite3.Row
     try:
-        entry = conn.execute("SELECT * FROM entries WHERE id = ?", (entry_id,)).fetchone()
+        entry = conn.execute(
+            "SELECT * FROM entries WHERE id = ?" + FOR_UPDATE, (entry_id,)
+        ).fetchone()
     finally:
         conn.row_factory = None
     if entry is None:
@@ -266,18 +301,23 @@ def transition(
     old = entry["state"]
     if old in FINAL_STATES or (old == "unknown" and new_state == "unknown"):
         raise AlreadyFinal(f"reservation {entry_id} is already {old}; nothing was changed")
+    if new_state not in ("settled", "released", "unknown"):
+        raise LedgerInputError(f"bad entry state {new_state!r}")
     worst = entry["worst_micros"]
     # reserved -> settled (every answered request) takes the reservation out in the same
-    # statements that add the cost: fewer statements while the store's lock is held.
+    # statements that add the cost: fewer statements per settle.
     folded = old == "reserved" and new_state == "settled"
-    # Take the old state out of the aggregates...
-    if old == "reserved":
-        if not folded:
-            _unreserve(conn, entry)
-    else:  # unknown: charged at the worst case until now
-        _unknown(conn, entry, -1)
-    # ...and put the new one in.
     usage = usage or dict.fromkeys(USAGE_FIELDS, 0)
+    # Take the old state out of the aggregates and put the new one in. Every change is an
+    # increment, so their order is free: it is the one that takes each aggregate's row lock in
+    # the ledger's one order (month_totals, runs, day_totals, reviews, calibrations; see the
+    # module doc), the unknown charge (which reaches day_totals) before the reservation.
+    if old == "unknown":  # charged at the worst case until now
+        _unknown(conn, entry, -1)
+    if new_state == "unknown":
+        _unknown(conn, entry, +1)
+    if old == "reserved" and not folded:
+        _unreserve(conn, entry)
     if new_state == "settled":
         _add_settled(conn, entry, usage, cost, now, unreserve=folded)
     elif new_state == "released":
@@ -285,10 +325,6 @@ def transition(
             "UPDATE month_totals SET released = released + 1 WHERE month = ?",
             (entry["month"],),
         )
-    elif new_state == "unknown":
-        _unknown(conn, entry, +1)
-    else:
-        raise LedgerInputError(f"bad entry state {new_state!r}")
     conn.execute(
         "UPDATE entries SET state = ?, cost_micros = ?, input_tokens = ?, output_tokens = ?,"
         " cache_creation_input_tokens = ?, cache_read_input_tokens = ?, request_id = ?,"
@@ -432,30 +468,21 @@ def _tokens(count: int) -> str:
     return f"{count:,} tokens"
 
 
-def mark_dead(
-    conn: sqlite3.Connection,
-    dead: list[tuple[int, str | None, str]],
-    dead_runs: list[str],
-    now: str,
-) -> int:
-    """Mark the reservations of `dead` processes unknown and end the holds of `dead_runs`.
+def mark_lost(conn: sqlite3.Connection, entry_id: int, now: str) -> bool:
+    """Mark one reservation of a dead process unknown, in a transaction of its own (one entry
+    per move: see the module doc); False when it had its outcome meanwhile (a late settle)."""
+    entry = read_entry(conn, entry_id)
+    if entry["state"] != "reserved":
+        return False
+    transition(conn, entry_id, "unknown", now, entry=entry)
+    return True
 
-    Returns how many entries and runs changed.
-    """
-    count = 0
-    for pid, start, host in dead:
-        ids = conn.execute(
-            "SELECT id FROM entries WHERE state = 'reserved' AND batch = 0 AND pid = ?"
-            " AND host = ? AND pid_start IS ?",
-            (pid, host, start),
-        ).fetchall()
-        for (entry_id,) in ids:
-            transition(conn, entry_id, "unknown", now)
-            count += 1
-    for run_id in dead_runs:
+
+def end_dead_runs(conn: sqlite3.Connection, dead_runs: list[str], now: str) -> None:
+    """End the holds of runs whose process died (in run_id order: the one order of row locks)."""
+    for run_id in sorted(dead_runs):
         conn.execute(
             "UPDATE runs SET active = 0, ended_at = ?, end_reason = 'process died'"
             " WHERE run_id = ? AND active = 1",
             (now, run_id),
         )
-    return count + len(dead_runs)

@@ -2,7 +2,9 @@
 
 Guarantee: every reservation is checked and inserted in one `BEGIN IMMEDIATE` transaction
 against spent + reserved + every run's remaining hold, so no number of processes can commit
-more than the month's budget. It holds while actual usage stays within the reservation
+more than the month's budget. On PostgreSQL the checks hold the store's lock and the outcomes
+(settle, release, unknown, reconcile) take only their entry's row lock, so they run beside a
+check; ledger.entries says why that keeps the guarantee. It holds while actual usage stays within the reservation
 (input estimate + max_output); if the API bills more input than estimated, the overrun is
 recorded as it is and later reservations are refused.
 """
@@ -20,7 +22,7 @@ from typing import Any
 
 from ledger import entries as ops
 from ledger.admission import Admission, decide_for_month
-from ledger.errors import LedgerInputError
+from ledger.errors import LedgerError, LedgerInputError
 from ledger.heartbeat import BEAT_TIMEOUT, Heartbeat, dead_owners
 from ledger.months import Clock, iso, month_of, parse_month, utc_now
 from ledger.prices import (
@@ -368,7 +370,7 @@ class Ledger:
         charge. A settled or released reservation raises AlreadyFinal and changes nothing.
         """
         clean = ops.normalise_usage(usage)
-        with self._store.write() as conn:
+        with self._store.write(exclusive=False) as conn:
             entry = ops.read_entry(conn, reservation.id)  # read once, for the price and the move
             cost = cost_micros(price_for(self.prices, entry["model"]), clean, batch=batch)
             ops.transition(
@@ -387,7 +389,7 @@ class Ledger:
 
     def release(self, reservation: Reservation) -> None:
         """Charge nothing: the API did not bill (4xx, 5xx). AlreadyFinal if it has an outcome."""
-        with self._store.write() as conn:
+        with self._store.write(exclusive=False) as conn:
             ops.transition(conn, reservation.id, "released", iso(self._now()))
 
     def batch_reservations(self, run_id: str) -> list[Reservation]:
@@ -402,7 +404,7 @@ class Ledger:
 
     def mark_unknown(self, reservation: Reservation) -> None:
         """Sent, no answer: stays charged at the worst case, shown as unknown until reconciled."""
-        with self._store.write() as conn:
+        with self._store.write(exclusive=False) as conn:
             ops.transition(conn, reservation.id, "unknown", iso(self._now()))
 
     def reconcile(self, entry_id: int, *, cost_usd: Decimal | str | float | None = None) -> int:
@@ -410,19 +412,18 @@ class Ledger:
 
         Returns the cost charged in micro-dollars (0 when released).
         """
-        with self._store.write() as conn:
-            row = conn.execute("SELECT state FROM entries WHERE id = ?", (entry_id,)).fetchone()
-            if row is None:
-                raise LedgerInputError(f"no entry {entry_id} in the ledger")
-            if row[0] != "unknown":
+        cost = 0 if cost_usd is None else usd_to_micros(cost_usd, "cost")
+        with self._store.write(exclusive=False) as conn:
+            try:
+                entry = ops.read_entry(conn, entry_id)  # locked: a racing move goes before or after
+            except LedgerError:
+                raise LedgerInputError(f"no entry {entry_id} in the ledger") from None
+            if entry["state"] != "unknown":
                 raise LedgerInputError(
-                    f"entry {entry_id} is {row[0]}, not unknown; nothing changed"
+                    f"entry {entry_id} is {entry['state']}, not unknown; nothing changed"
                 )
-            if cost_usd is None:
-                ops.transition(conn, entry_id, "released", iso(self._now()))
-                return 0
-            cost = usd_to_micros(cost_usd, "cost")
-            ops.transition(conn, entry_id, "settled", iso(self._now()), cost=cost)
+            outcome = "released" if cost_usd is None else "settled"
+            ops.transition(conn, entry_id, outcome, iso(self._now()), cost=cost, entry=entry)
             return cost
 
     def sweep(self) -> int:
@@ -447,8 +448,26 @@ class Ledger:
         dead_runs = [r[0] for r in runs if r[1] is not None and (r[1], r[2], r[3]) in gone]
         if not dead and not dead_runs:
             return 0
-        with self._store.write() as conn:
-            return ops.mark_dead(conn, dead, dead_runs, iso(self._now()))
+        lost: list[int] = []
+        with self._store.read() as conn:
+            for pid, start, host in dead:
+                lost += [
+                    row[0]
+                    for row in conn.execute(
+                        "SELECT id FROM entries WHERE state = 'reserved' AND batch = 0"
+                        " AND pid = ? AND host = ? AND pid_start IS ?",
+                        (pid, host, start),
+                    )
+                ]
+        count = 0
+        # One entry per transaction, locked and checked again there (see ledger.entries).
+        for entry_id in sorted(lost):
+            with self._store.write(exclusive=False) as conn:
+                count += ops.mark_lost(conn, entry_id, iso(self._now()))
+        if dead_runs:
+            with self._store.write() as conn:
+                ops.end_dead_runs(conn, dead_runs, iso(self._now()))
+        return count + len(dead_runs)
 
     # -- reporting ------------------------------------------------------------------------------
 

@@ -85,12 +85,18 @@ class Row(tuple[Any, ...]):
 
 
 def _rows(cursor: Any) -> Any:
-    # The names from the result itself: `cursor.description` builds a Column per column on
-    # every call, a cost paid while the store lock is held.
-    result = cursor.pgresult
-    count = result.nfields if result is not None else 0
-    index = {result.fname(i).decode(): i for i in range(count)}
-    return lambda values: Row(values, index)
+    # psycopg makes a row maker for every result, read or not (an upsert's RETURNING is not):
+    # the column names are looked up once its first row is made, from the result itself
+    # (cursor.description would build a Column object per column, each time).
+    index: dict[str, int] = {}
+
+    def make(values: Sequence[Any]) -> Row:
+        if not index and values:
+            result = cursor.pgresult
+            index.update((result.fname(i).decode(), i) for i in range(result.nfields))
+        return Row(values, index)
+
+    return make
 
 
 def _has_rows(cursor: psycopg.Cursor[Any]) -> bool:
