@@ -2,11 +2,11 @@
 
 Guarantee: every reservation is checked and inserted in one `BEGIN IMMEDIATE` transaction
 against spent + reserved + every run's remaining hold, so no number of processes can commit
-more than the month's budget. On PostgreSQL the checks hold the store's lock and the outcomes
-(settle, release, unknown, reconcile) take only their entry's row lock, so they run beside a
-check; ledger.entries says why that keeps the guarantee. It holds while actual usage stays within the reservation
+more than the month's budget. It holds while actual usage stays within the reservation
 (input estimate + max_output); if the API bills more input than estimated, the overrun is
-recorded as it is and later reservations are refused.
+recorded as it is and later reservations are refused. On PostgreSQL the checks hold the store's
+lock and the outcomes (settle, release, unknown, reconcile) take only their entry's row lock,
+so they run beside a check; ledger.entries says why that keeps the guarantee.
 """
 
 from __future__ import annotations
