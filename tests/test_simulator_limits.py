@@ -85,10 +85,10 @@ def test_retry_after_is_the_true_wait_for_requests() -> None:
     true_wait = (1 - 0.1 * (log[-1]["arrival"] - log[0]["arrival"])) / 0.1
     retry_after = int(err.response.headers["retry-after"])
     # Whole seconds, rounded up and at least 1 (on a loaded machine the six requests can take
-    # nearly the whole refill, so the true wait may be close to 0); +1 for the moment between
-    # the log's arrival stamp and the simulator's check.
+    # nearly the whole refill, so the true wait may be close to 0); a second either way for
+    # the moments between the log's arrival stamps and the simulator's checks.
     expected = max(1, math.ceil(true_wait))
-    assert retry_after in (expected, expected + 1)
+    assert max(1, expected - 1) <= retry_after <= expected + 1
     reset = datetime.fromisoformat(err.response.headers["anthropic-ratelimit-requests-reset"])
     assert reset.tzinfo is not None
     assert err.response.headers["request-id"] == err.body["request_id"]
