@@ -27,7 +27,7 @@ from jobs.errors import JobsInputError
 from jobs.findings import CATEGORIES, SEVERITIES
 
 if TYPE_CHECKING:
-    from jobs.pack import Pack
+    from jobs.pack_record import Pack
 
 __all__ = [
     "AGENT_NAMES",

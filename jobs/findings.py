@@ -24,7 +24,7 @@ from jobs.evidence import evidence_fingerprint, locate, packed_files
 from jobs.replyjson import extract, finding_list, salvage
 
 if TYPE_CHECKING:
-    from jobs.pack import Pack
+    from jobs.pack_record import Pack
 
 __all__ = [
     "CATEGORIES",

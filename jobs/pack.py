@@ -26,181 +26,45 @@ than what its measurements describe. Opens never follow a final symlink and neve
 An odd file fails alone: it is listed in `skipped` with its reason and its name escaped
 (`shown_name`: non-UTF-8 bytes as \\xNN), whatever went wrong with it. A repo-level failure is a
 PackError (a JobsError) naming the repo and the cause, so that the runner can fail that repo alone.
+
+Its parts: jobs.pack_record (the Pack and what it records), jobs.pack_format (the token estimate
+and the file blocks), jobs.pack_reading (reading one file); this module selects, scans and fits.
 """
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import os
-import re
-import stat
 from collections import Counter
 from collections.abc import Collection, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, NamedTuple
 
 from jobs.errors import JobsError, JobsInputError
-from jobs.secrets import redact_file
+from jobs.pack_format import (
+    MIN_TRUNCATED_LINES,
+    escape,
+    estimate_tokens,
+    file_block,
+    open_tag,
+    truncate,
+)
+from jobs.pack_reading import Skip, read_candidate, text_lines
+from jobs.pack_record import Pack, PackedFile, RedactionSite
 from jobs.select import (
     PRIORITY_NAMES,
     PackError,
     exclusion_reason,
     list_candidates,
-    parent_inside,
     priority,
     shown_name,
 )
 
-__all__ = [
-    "MIN_TRUNCATED_LINES",
-    "Pack",
-    "PackError",
-    "PackedFile",
-    "RedactionSite",
-    "estimate_tokens",
-    "pack_repo",
-    "shown_name",
-]
+__all__ = ["MAX_PACK_ATTEMPTS", "pack_repo"]
 
-MIN_TRUNCATED_LINES = 10
 # Each attempt that meets a changed file skips it and packs again; a repo rewritten faster fails.
 MAX_PACK_ATTEMPTS = 4
-_SNIFF = 8192
-_UNSAFE = re.compile("[\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029]")
-_UNSAFE_TABLE = {
-    ord(c): f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}"
-    for c in "\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"
-}
-_ATTR_TABLE = {
-    ord("&"): "&amp;",
-    ord('"'): "&quot;",
-    ord("<"): "&lt;",
-    ord(">"): "&gt;",
-    ord("\n"): "&#10;",
-    ord("\r"): "&#13;",
-}
-
-
-def _unpickle_pack(state: dict[str, Any]) -> Pack:
-    state["redactions"] = MappingProxyType(state["redactions"])
-    state["coverage"] = MappingProxyType(state["coverage"])
-    return Pack(**state)
-
-
-def estimate_tokens(text: str) -> int:
-    """Estimated tokens of `text`: ceil(UTF-8 bytes / 3.5)."""
-    n = len(text) if text.isascii() else len(text.encode("utf-8"))
-    return (2 * n + 6) // 7
-
-
-def _escape(value: str) -> str:
-    return value.translate(_ATTR_TABLE)
-
-
-class RedactionSite(NamedTuple):
-    """Where one secret was redacted: the file, the 1-based line and the kind. Never the value."""
-
-    path: str
-    line: int
-    kind: str
-
-
-@dataclass(frozen=True)
-class PackedFile:
-    """One selected file and what became of it in the pack."""
-
-    path: str
-    bytes: int
-    lines: int
-    tokens: int
-    status: str  # "included" | "truncated" | "omitted"
-    shown: tuple[int, int] | None = None
-    priority: str = "source"  # "source" | "tests" | "docs"
-
-
-@dataclass(frozen=True)
-class Pack:
-    """The packed text of one repository and the record of what it holds."""
-
-    slug: str
-    root: Path
-    text: str = field(repr=False)
-    sha256: str
-    token_estimate: int
-    files: tuple[PackedFile, ...]
-    skipped: tuple[tuple[str, str], ...]
-    redactions: MappingProxyType[str, int]
-    coverage: MappingProxyType[str, float]
-    method: str = "git"  # "git" (ls-files) or "gitignore" (plain folder)
-    max_input_tokens: int = 0
-    over_budget: bool = False  # the tree alone exceeded max_input_tokens
-    redaction_sites: tuple[RedactionSite, ...] = ()  # in every packed file, sent or not
-
-    _shown_lines: Mapping[str, int] = field(init=False, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        index = {f.path: f.lines for f in self.files if f.status != "omitted"}
-        object.__setattr__(self, "_shown_lines", MappingProxyType(index))  # frozen: set once, here
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        # Packs cross process boundaries (packing and review workers); proxies do not pickle.
-        state = {f.name: getattr(self, f.name) for f in fields(self) if f.init}
-        state["redactions"] = dict(self.redactions)
-        state["coverage"] = dict(self.coverage)
-        return (_unpickle_pack, (state,))
-
-    def sent(self, site: RedactionSite) -> bool:
-        """Whether the line of `site` is in the pack's text (its file included, or shown if truncated)."""
-        for f in self.files:
-            if f.path == site.path:
-                return f.status == "included" or (f.shown is not None and site.line <= f.shown[1])
-        return False
-
-    def line_count(self, path: str) -> int | None:
-        """Total lines of an included or truncated file; None if `path` is not shown in the pack."""
-        return self._shown_lines.get(path)
-
-    def summary(self) -> dict[str, Any]:
-        """Everything but the text, JSON-able, for reports and runs.db."""
-        counts = Counter(f.status for f in self.files)
-        return {
-            "slug": self.slug,
-            "root": shown_name(str(self.root)),
-            "method": self.method,
-            "sha256": self.sha256,
-            "token_estimate": self.token_estimate,
-            "max_input_tokens": self.max_input_tokens,
-            "over_budget": self.over_budget,
-            "counts": {
-                "selected": len(self.files),
-                "included": counts["included"],
-                "truncated": counts["truncated"],
-                "omitted": counts["omitted"],
-                "skipped": len(self.skipped),
-            },
-            "coverage": dict(self.coverage),
-            "redactions": dict(self.redactions),
-            "files": [
-                {
-                    "path": f.path,
-                    "bytes": f.bytes,
-                    "lines": f.lines,
-                    "tokens": f.tokens,
-                    "status": f.status,
-                    "shown": list(f.shown) if f.shown else None,
-                    "priority": f.priority,
-                }
-                for f in self.files
-            ],
-            "skipped": [[p, r] for p, r in self.skipped],
-        }
-
-
-class _Skip(Exception):
-    """A file that cannot be packed, with the reason shown in the report."""
 
 
 class _Changed(Exception):
@@ -223,118 +87,11 @@ class _Scanned:
     digest: bytes
 
 
-def _unreadable(exc: OSError) -> _Skip:
-    if type(exc) is OSError:  # no subclass names the cause (ENXIO: a socket, EIO, ...)
-        return _Skip(f"unreadable (OSError: {exc.strerror or exc.errno})")
-    return _Skip(f"unreadable ({type(exc).__name__})")
-
-
-def _nonblocking(path: str, flags: int) -> int:
-    # A FIFO swapped in after the lstat must not block the run; fstat below refuses it.
-    return os.open(path, flags | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
-
-
-def _read(root: str, rel: str, size_cap: int, parents: dict[str, bool]) -> bytes:
-    """The bytes of one candidate, or _Skip with the reason; symlinks are followed only inside root."""
-    if not parent_inside(root, rel, parents):
-        raise _Skip("symlink outside the repo")
-    full = os.path.join(root, rel)
-    try:
-        st = os.lstat(full)
-    except FileNotFoundError:
-        raise _Skip("missing (listed by git, not in the work tree)") from None
-    except OSError as exc:
-        raise _unreadable(exc) from None
-    if stat.S_ISLNK(st.st_mode):
-        target = os.path.realpath(full)
-        if not target.startswith(root + os.sep):
-            raise _Skip("symlink outside the repo")
-        try:
-            st = os.stat(target)
-        except OSError as exc:
-            loop = exc.errno == errno.ELOOP
-            raise _Skip("symlink loop" if loop else "broken symlink") from None
-        if stat.S_ISDIR(st.st_mode):
-            raise _Skip("symlink to a folder")
-        full = target
-    if not stat.S_ISREG(st.st_mode):
-        raise _Skip("not a regular file")
-    if st.st_size > size_cap:
-        raise _Skip(f"too large ({st.st_size} bytes > {size_cap})")
-    try:
-        with open(full, "rb", opener=_nonblocking) as fh:
-            now = os.fstat(fh.fileno())
-            if not stat.S_ISREG(now.st_mode):
-                raise _Skip("not a regular file")
-            data = fh.read(size_cap + 1)
-    except FileNotFoundError:
-        raise _Skip("missing (gone while packing)") from None
-    except OSError as exc:
-        raise _unreadable(exc) from None
-    if len(data) > size_cap:
-        raise _Skip(f"too large (over {size_cap} bytes)")
-    return data
-
-
-def _text_lines(data: bytes, rel: str, sites: list[RedactionSite] | None) -> list[str]:
-    if b"\0" in data[:_SNIFF]:
-        raise _Skip("binary (NUL byte)")
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError:
-        raise _Skip("invalid UTF-8") from None
-    if len(data) > 4096 and data.count(b"\n") * 1000 < len(data):
-        raise _Skip("minified or generated (lines average over 1000 bytes)")
-    if text.startswith("\ufeff"):
-        text = text[1:]
-    if "\r" in text:
-        text = text.replace("\r\n", "\n")
-    redaction = redact_file(text, rel)
-    text = redaction.text
-    if sites is not None:
-        sites.extend(RedactionSite(rel, hit.line, hit.kind) for hit in redaction.hits)
-    if _UNSAFE.search(text):
-        text = text.translate(_UNSAFE_TABLE)
-    lines = text.split("\n")
-    if lines[-1] == "":
-        lines.pop()
-    return lines
-
-
-def _open_tag(path: str, lines: int, shown: int | None = None) -> str:
-    trunc = f' truncated="1-{shown}"' if shown is not None else ""
-    return f'<file path="{_escape(path)}" lines="{lines}"{trunc}>\n'
-
-
-def _block(path: str, lines: list[str], shown: int | None = None) -> str:
-    body = lines if shown is None else lines[:shown]
-    numbered = "".join([f"{i}| {line}\n" for i, line in enumerate(body, 1)])
-    return f"{_open_tag(path, len(lines), shown)}{numbered}</file>\n"
-
-
-def _truncate(path: str, lines: list[str], budget: int) -> int | None:
-    """The most leading lines of `lines` whose block fits `budget` tokens, or None if too few fit."""
-    n = len(lines)
-    room = (budget * 7) // 2 - len(_open_tag(path, n, n).encode()) - len("</file>\n")
-    shown, used = 0, 0
-    for i, line in enumerate(lines, 1):
-        cost = len(f"{i}| {line}\n".encode())
-        if used + cost > room:
-            break
-        used += cost
-        shown = i
-    while shown >= MIN_TRUNCATED_LINES and estimate_tokens(_block(path, lines, shown)) > budget:
-        shown -= 1
-    if shown < min(MIN_TRUNCATED_LINES, n) or shown >= n:
-        return None
-    return shown
-
-
 def _may_truncate(item: _Scanned, budget: int) -> bool:
     """False when even the shortest possible lines could not fill MIN_TRUNCATED_LINES: no read."""
     if budget <= 0 or item.lines == 0:
         return False
-    room = (budget * 7) // 2 - len(_open_tag(item.path, item.lines, item.lines).encode()) - 8
+    room = (budget * 7) // 2 - len(open_tag(item.path, item.lines, item.lines).encode()) - 8
     need = min(MIN_TRUNCATED_LINES, item.lines)
     return room >= sum(len(str(i)) + 3 for i in range(1, need + 1))
 
@@ -348,11 +105,11 @@ class _Reader:
 
     def lines(self, item: _Scanned) -> list[str]:
         try:
-            data = _read(self.root, item.path, self.size_cap, self.parents)
+            data = read_candidate(self.root, item.path, self.size_cap, self.parents)
             if hashlib.blake2b(data, digest_size=16).digest() != item.digest:
                 raise _Changed(item.path)
-            return _text_lines(data, item.path, None)
-        except _Skip:
+            return text_lines(data, item.path, None)
+        except Skip:
             raise _Changed(item.path) from None
 
 
@@ -377,10 +134,10 @@ def _scan(
                 reason = "file name is not valid UTF-8"
         if reason is None:
             try:
-                data = _read(root, rel, size_cap, parents)
-                lines = _text_lines(data, rel, sites)
-                tokens = estimate_tokens(_block(rel, lines))
-            except _Skip as skip:
+                data = read_candidate(root, rel, size_cap, parents)
+                lines = text_lines(data, rel, sites)
+                tokens = estimate_tokens(file_block(rel, lines))
+            except Skip as skip:
                 reason = str(skip)
             except Exception as exc:  # one odd file fails alone, whatever went wrong with it
                 reason = f"could not be packed ({type(exc).__name__}: {exc})"
@@ -423,11 +180,11 @@ def _fit(
             shown = None
             if _may_truncate(item, remaining):
                 lines = reader.lines(item)
-                shown = _truncate(item.path, lines, remaining)
+                shown = truncate(item.path, lines, remaining)
             if shown is None:
                 status[item.path] = ("omitted", None, None, 0)
             else:
-                block = _block(item.path, lines, shown)
+                block = file_block(item.path, lines, shown)
                 used = min(item.size, sum(len(line.encode()) + 1 for line in lines[:shown]))
                 status[item.path] = ("truncated", shown, block, used)
                 remaining -= estimate_tokens(block)
@@ -499,8 +256,8 @@ def _pack_once(
     sites: list[RedactionSite] = []
     scanned = _scan(real_root, paths, size_cap, unstable, skipped, sites)
     reader = _Reader(real_root, size_cap)
-    tree = "".join(_escape(item.path) + "\n" for item in scanned)
-    head = f'<repository name="{_escape(slug)}">\n<tree>\n{tree}</tree>\n{preface}'
+    tree = "".join(escape(item.path) + "\n" for item in scanned)
+    head = f'<repository name="{escape(slug)}">\n<tree>\n{tree}</tree>\n{preface}'
     foot = "</repository>\n"
     remaining = max_input_tokens - estimate_tokens(head) - estimate_tokens(foot)
     status = _fit(scanned, remaining, reader, lead)
@@ -510,7 +267,7 @@ def _pack_once(
     for item in scanned:
         state, shown, block, _ = status[item.path]
         if state == "included":
-            block = _block(item.path, reader.lines(item))
+            block = file_block(item.path, reader.lines(item))
         if block is not None:
             parts.append(block)
         tokens = estimate_tokens(block) if state == "truncated" and block else item.tokens

@@ -5,7 +5,7 @@ folder, the same .gitignore rules (nested files included) through pathspec's Git
 replicates git's matching (last matching pattern wins, `!` re-includes, a deeper .gitignore overrides a
 shallower one, nothing is re-included below an ignored folder). Then the default exclusions apply to
 both: vendored and generated folders, lock files, minified files and binary extensions (by name here;
-content checks happen where the file is read, in jobs/pack.py).
+content checks happen where the file is read, in jobs/pack_reading.py).
 
 An ignore file that exists but cannot be read (a folder, a FIFO, a socket, a symlink, which git
 does not follow in a work tree, or an open that fails) is a PackError naming it: without its rules

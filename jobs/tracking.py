@@ -29,7 +29,7 @@ from jobs.findings import Finding
 from jobs.suppressions import Baseline, Suppression, Suppressions
 
 if TYPE_CHECKING:
-    from jobs.pack import Pack
+    from jobs.pack_record import Pack
 
 __all__ = ["OPEN", "Seen", "Status", "Tracked", "Tracking", "tonight_files", "track"]
 

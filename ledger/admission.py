@@ -10,7 +10,7 @@ import sqlite3
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from ledger.entries import committed, effective_budget
+from ledger.entries import check_reads
 from ledger.errors import LedgerInputError
 from ledger.modes import Decision, Mode, RequestedMode
 from ledger.prices import money
@@ -124,8 +124,7 @@ def decide_for_month(
     health_reason: str,
 ) -> tuple[str, str, Projection | None, int | None, int | None]:
     """The mode rule against what remains of `month`, not counting `run_id`'s own hold."""
-    usd_budget, token_budget = effective_budget(conn, month)
-    seen = committed(conn, month, run_id)
+    (usd_budget, token_budget), seen, _ = check_reads(conn, month, run_id)
     remaining = remaining_t = None
     if usd_budget is not None:
         remaining = usd_budget - seen.spent_micros - seen.reserved_micros - seen.others_held_micros

@@ -16,14 +16,15 @@ writer at a time; the difference is PostgreSQL's, where `exclusive=False` takes 
   newest row version). So two moves of one entry are ordered by its row lock (the second sees
   the first's outcome: a double settle raises AlreadyFinal, a sweep never marks a settled entry
   unknown), moves of different entries commute, and a reservation that runs beside a move
-  reads nothing the move reads and writes only increments too: the pair is equivalent to the
-  reservation first, then the move, a history the store lock allowed already. What the
-  reservation's check reads must be one snapshot for that to hold, and under READ COMMITTED each
-  statement has its own: month_totals and the runs' holds are therefore read in one statement
-  (`_COMMITTED_SQL`). Read in two, a settle committing between them would be seen in the holds
-  only: its worst case back in its run's hold but still in `reserved` (never an under-count,
-  but a refusal the serial order would not make). The budgets change only under the store
-  lock, and the input ratio only sizes the worst case that the check then counts.
+  writes nothing the move reads, and only increments: the pair is equivalent to one of them
+  first, then the other (the reservation first if its check did not see the move), a history
+  the store lock allowed already. That needs what the check reads to be one snapshot, and under
+  READ COMMITTED each statement has its own: month_totals and the runs' holds are therefore
+  read in one statement (`_CHECK_SQL`, with the budgets). Read in two, a settle committing
+  between them would be seen in the holds only: its worst case back in its run's hold but still
+  in `reserved` (never an under-count, but a refusal neither serial order would make). The
+  budgets change only under the store lock, and the input ratio only sizes the worst case that
+  the check then counts.
 - No deadlock: every transaction takes its row locks in one order, its entry first (a move
   has one: a sweep moves each dead entry in its own transaction), then the aggregates in the
   order month_totals, runs, day_totals, reviews, calibrations (the order of the statements in
@@ -47,7 +48,7 @@ from statedb.dialect import FOR_UPDATE
 __all__ = [
     "Committed",
     "check_fits",
-    "committed",
+    "check_reads",
     "effective_budget",
     "end_dead_runs",
     "input_ratio",
@@ -77,16 +78,22 @@ class Committed:
 
 
 _BUDGETS_SQL = "SELECT month, usd_micros, tokens FROM budgets WHERE month IN ('*', ?)"
-# The month's totals (the row whose run_id is NULL) and every active run's remaining hold, in
-# one statement: one snapshot on PostgreSQL too (see the module doc). A hold shrinks by what
-# its run has charged and reserved since admission.
-_COMMITTED_SQL = (
-    "SELECT NULL AS run_id, spent_micros, reserved_micros, input_tokens + output_tokens"
+# What a check reads, in one statement (one snapshot on PostgreSQL too: see the module doc),
+# each row tagged by its first column: 0 the model's input ratio (see input_ratio; first, so
+# that the last column's type is the ratio's on PostgreSQL), 1 the month's totals, 2 an active
+# run's remaining hold (a hold shrinks by what its run has charged and reserved since
+# admission), 3 a budget row.
+_CHECK_SQL = (
+    "SELECT 0, NULL, 0, 0, 0, 0, SUM(input_actual_sum) / SUM(input_estimate_sum)"
+    " FROM calibrations WHERE model = ?2 AND input_estimate_sum > 0"
+    " UNION ALL SELECT 1, NULL, spent_micros, reserved_micros, input_tokens + output_tokens"
     " + cache_creation_input_tokens + cache_read_input_tokens + unknown_tokens,"
-    " reserved_tokens FROM month_totals WHERE month = ?1"
-    " UNION ALL SELECT run_id, MAX(0, hold_micros - charged_micros - reserved_micros),"
-    " MAX(0, hold_tokens - charged_tokens - reserved_tokens), 0, 0"
+    " reserved_tokens, NULL FROM month_totals WHERE month = ?1"
+    " UNION ALL SELECT 2, run_id, MAX(0, hold_micros - charged_micros - reserved_micros),"
+    " MAX(0, hold_tokens - charged_tokens - reserved_tokens), 0, 0, NULL"
     " FROM runs WHERE active = 1 AND month = ?1"
+    " UNION ALL SELECT 3, month, usd_micros, tokens, 0, 0, NULL FROM budgets"
+    " WHERE month IN ('*', ?1)"
 )
 _RATIO_SQL = (
     "SELECT SUM(input_actual_sum) / SUM(input_estimate_sum) FROM calibrations"
@@ -94,42 +101,47 @@ _RATIO_SQL = (
 )
 
 
-def effective_budget(
-    conn: sqlite3.Connection, month: str, issued: Any = None
-) -> tuple[int | None, int | None]:
-    """(USD micros, tokens) for `month`: each field from its override, else the standing budget.
+def effective_budget(conn: sqlite3.Connection, month: str) -> tuple[int | None, int | None]:
+    """(USD micros, tokens) for `month`: each field from its override, else the standing budget."""
+    return _budget(conn.execute(_BUDGETS_SQL, (month,)).fetchall(), month)
 
-    `issued`: the cursor of this query when the caller issued it already (see reserve_reads).
-    """
-    if issued is None:
-        issued = conn.execute(_BUDGETS_SQL, (month,))
-    rows = {row[0]: row[1:] for row in issued.fetchall()}
-    standing = rows.get("*", (None, None))
-    override = rows.get(month, (None, None))
+
+def _budget(rows: list[Any], month: str) -> tuple[int | None, int | None]:
+    found = {row[0]: row[1:] for row in rows}
+    standing = found.get("*", (None, None))
+    override = found.get(month, (None, None))
     usd = override[0] if override[0] is not None else standing[0]
     tokens = override[1] if override[1] is not None else standing[1]
     return usd, tokens
 
 
-def committed(
-    conn: sqlite3.Connection, month: str, run_id: str | None, issued: Any = None
-) -> Committed:
-    """Spent, reserved and held for `month`; holds split into `run_id`'s own and the others'.
+def check_reads(
+    conn: sqlite3.Connection, month: str, run_id: str | None, model: str = "", issued: Any = None
+) -> tuple[tuple[int | None, int | None], Committed, float | None]:
+    """(budget, committed, input ratio) for `month`: the budget as effective_budget gives it;
+    spent, reserved and held, holds split into `run_id`'s own and the others'; `model`'s ratio
+    as input_ratio gives it.
 
-    `issued`: the cursor of this query when the caller issued it already.
+    `issued`: the cursor of this query when the caller issued it already (see reserve_reads).
     """
     if issued is None:
-        issued = conn.execute(_COMMITTED_SQL, (month,))
+        issued = conn.execute(_CHECK_SQL, (month, model))
     row: Any = (0, 0, 0, 0)
     held = {"own": [0, 0], "others": [0, 0]}
-    for rid, hold_m, hold_t, *totals in issued.fetchall():
-        if rid is None:
-            row = (hold_m, hold_t, *totals)
-            continue
-        side = held["own" if rid == run_id else "others"]
-        side[0] += hold_m
-        side[1] += hold_t
-    return Committed(
+    budgets = []
+    ratio = None
+    for kind, key, *values, learned in issued.fetchall():
+        if kind == 0:
+            ratio = learned
+        elif kind == 1:
+            row = values
+        elif kind == 2:
+            side = held["own" if key == run_id else "others"]
+            side[0] += values[0]
+            side[1] += values[1]
+        else:
+            budgets.append((key, values[0], values[1]))
+    seen = Committed(
         spent_micros=row[0],
         reserved_micros=row[1],
         others_held_micros=held["others"][0],
@@ -139,6 +151,7 @@ def committed(
         others_held_tokens=held["others"][1],
         own_held_tokens=held["own"][1],
     )
+    return _budget(budgets, month), seen, ratio
 
 
 def input_ratio(conn: sqlite3.Connection, model: str, issued: Any = None) -> float | None:
@@ -152,17 +165,11 @@ def input_ratio(conn: sqlite3.Connection, model: str, issued: Any = None) -> flo
 def reserve_reads(
     conn: sqlite3.Connection, model: str, month: str, run_id: str, counted: bool
 ) -> tuple[float | None, tuple[int | None, int | None], Committed]:
-    """(input ratio, budget, committed): what reserve() checks, every statement issued before
-    any result is used, so that on PostgreSQL they travel with the store's lock in one round
-    trip. The ratio is None for a `counted` input (an exact count needs no history)."""
-    ratio = None if counted else conn.execute(_RATIO_SQL, (model,))
-    budgets = conn.execute(_BUDGETS_SQL, (month,))
-    issued = conn.execute(_COMMITTED_SQL, (month,))
-    return (
-        None if ratio is None else input_ratio(conn, model, ratio),
-        effective_budget(conn, month, budgets),
-        committed(conn, month, run_id, issued),
-    )
+    """(input ratio, budget, committed): what reserve() checks, in one statement issued with
+    the store's lock, so that on PostgreSQL they travel together in one round trip. The ratio
+    is None for a `counted` input (an exact count needs no history)."""
+    budget, seen, ratio = check_reads(conn, month, run_id, model)
+    return None if counted else ratio, budget, seen
 
 
 def read_entry(conn: sqlite3.Connection, entry_id: int) -> sqlite3.Row:

@@ -2,11 +2,11 @@
 
 Guarantee: every reservation is checked and inserted in one `BEGIN IMMEDIATE` transaction
 against spent + reserved + every run's remaining hold, so no number of processes can commit
-more than the month's budget. On PostgreSQL the checks hold the store's lock and the outcomes
-(settle, release, unknown, reconcile) take only their entry's row lock, so they run beside a
-check; ledger.entries says why that keeps the guarantee. It holds while actual usage stays within the reservation
+more than the month's budget. It holds while actual usage stays within the reservation
 (input estimate + max_output); if the API bills more input than estimated, the overrun is
-recorded as it is and later reservations are refused.
+recorded as it is and later reservations are refused. On PostgreSQL the checks hold the store's
+lock and the outcomes (settle, release, unknown, reconcile) take only their entry's row lock,
+so they run beside a check; ledger.entries says why that keeps the guarantee.
 """
 
 from __future__ import annotations
@@ -412,7 +412,6 @@ class Ledger:
 
         Returns the cost charged in micro-dollars (0 when released).
         """
-        cost = 0 if cost_usd is None else usd_to_micros(cost_usd, "cost")
         with self._store.write(exclusive=False) as conn:
             try:
                 entry = ops.read_entry(conn, entry_id)  # locked: a racing move goes before or after
@@ -422,6 +421,7 @@ class Ledger:
                 raise LedgerInputError(
                     f"entry {entry_id} is {entry['state']}, not unknown; nothing changed"
                 )
+            cost = 0 if cost_usd is None else usd_to_micros(cost_usd, "cost")
             outcome = "released" if cost_usd is None else "settled"
             ops.transition(conn, entry_id, outcome, iso(self._now()), cost=cost, entry=entry)
             return cost

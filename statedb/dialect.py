@@ -6,8 +6,10 @@ transactions:
 
 - `?` / `?NNN` / `:name` parameters become psycopg's `%s` / `%(name)s` (`?NNN` reorders the
   values); a literal `%` is doubled.
-- `INSERT OR IGNORE` becomes `INSERT ... ON CONFLICT DO NOTHING`; every INSERT returns its row,
-  whose `id` is what `cursor.lastrowid` gives in SQLite.
+- `INSERT OR IGNORE` becomes `INSERT ... ON CONFLICT DO NOTHING`; every plain INSERT returns
+  its row, whose `id` is what `cursor.lastrowid` gives in SQLite. An upsert (ON CONFLICT)
+  returns nothing: SQLite's lastrowid after one is not its row's either, and a row nobody reads
+  still costs the server and the driver.
 - Scalar `min(a, b)` / `max(a, b)` become LEAST / GREATEST; `IS ?` / `IS NOT ?` (a NULL-safe
   comparison in SQLite) become IS NOT DISTINCT FROM / IS DISTINCT FROM.
 - In an upsert's `DO UPDATE SET`, a bare column on the right of `=` means the stored row in
@@ -93,7 +95,7 @@ def _translate(sql: str, named: bool) -> tuple[str, tuple[int, ...] | None]:
         if re.match(r"\s*INSERT\s+OR\s+IGNORE\b", text, re.I):
             text = re.sub(r"\bINSERT\s+OR\s+IGNORE\b", "INSERT", text, count=1, flags=re.I)
             text += " ON CONFLICT DO NOTHING"
-        if not re.search(r"\bRETURNING\b", text, re.I):
+        if not re.search(r"\bRETURNING\b|\bON\s+CONFLICT\b", text, re.I):
             # Not every table has an `id` (some are keyed by a name): return the row, and
             # lastrowid reads its `id` when it has one, as SQLite's rowid alias would be.
             text += " RETURNING *"

@@ -15,7 +15,8 @@ translate). What it guarantees, the same as the SQLite backend:
   every UPDATE). For writes that read only rows they lock and change shared rows only by
   increments; the store that uses it says why each such write is safe (ledger.entries).
 - The clock of a transaction is the database's (`clock_timestamp()` read once the lock is
-  held), never the host's: hosts whose clocks disagree still refill one set of buckets.
+  held; without the lock, when first asked), never the host's: hosts whose clocks disagree
+  still refill one set of buckets.
 - Round trips are what the lock's hold time is made of, so a write transaction is pipelined:
   BEGIN, the lock and the clock read go out with the first statement whose result is read,
   statements whose results are not read go out with the next one that is (or the COMMIT),
@@ -49,6 +50,7 @@ __all__ = ["PgConnection", "PostgresBackend", "Row"]
 
 CONNECT_TIMEOUT = 10  # seconds before an unreachable server is reported
 MIGRATIONS_TABLE = "_migrations"
+CLOCK_SQL = "SELECT extract(epoch FROM clock_timestamp())::float8"
 TUPLES_OK = ExecStatus.TUPLES_OK
 
 _INHERITED: list[psycopg.Connection[Any]] = []
@@ -85,8 +87,8 @@ class Row(tuple[Any, ...]):
 
 
 def _rows(cursor: Any) -> Any:
-    # psycopg makes a row maker for every result, read or not (an upsert's RETURNING is not):
-    # the column names are looked up once its first row is made, from the result itself
+    # psycopg makes a row maker for every result, read or not (an INSERT's RETURNING often is
+    # not): the column names are looked up once its first row is made, from the result itself
     # (cursor.description would build a Column object per column, each time).
     index: dict[str, int] = {}
 
@@ -160,13 +162,17 @@ class PgConnection:
         self.row_factory: Any = None  # accepted and ignored: rows always read both ways
         self.pipeline: psycopg.Pipeline | None = None  # set inside a write transaction
         self.clock_cursor: psycopg.Cursor[Any] | None = None  # the lock's, until `now` is read
+        self.clock_due = False  # a transaction without the lock reads the clock when asked
 
     @property
     def now(self) -> float:
-        """The database's clock, read when the current transaction took its lock: asking for
-        it sends what is queued (so the lock, the clock and the reads issued so far share one
-        round trip)."""
+        """The database's clock, read when the current transaction took its lock (without the
+        lock: when first asked): asking for it sends what is queued (so the lock, the clock
+        and the reads issued so far share one round trip)."""
         cursor, self.clock_cursor = self.clock_cursor, None
+        if cursor is None and self.clock_due:
+            cursor = self.raw.execute(CLOCK_SQL)
+        self.clock_due = False
         if cursor is not None:
             if cursor.pgresult is None and self.pipeline is not None:
                 self.pipeline.sync()
@@ -176,7 +182,7 @@ class PgConnection:
 
     @now.setter
     def now(self, value: float) -> None:
-        self._now, self.clock_cursor = value, None
+        self._now, self.clock_cursor, self.clock_due = value, None, False
 
     def execute(self, sql: str, params: Any = ()) -> _Cursor:
         text, values = translate(sql, params)
@@ -307,15 +313,17 @@ class PostgresBackend:
         together with the next one that is, and the COMMIT with them.
         """
         raw = conn.raw
-        clock = "SELECT extract(epoch FROM clock_timestamp())::float8"
-        if exclusive:
-            clock += f" FROM (SELECT pg_advisory_xact_lock({self.lock_key})) AS held"
         try:
             with raw.pipeline() as pipeline:
                 conn.pipeline = pipeline
                 raw.execute("BEGIN")
-                # Queued, not waited for: see PgConnection.now.
-                conn.clock_cursor = raw.execute(clock)
+                if exclusive:
+                    # Queued, not waited for: see PgConnection.now.
+                    conn.clock_cursor = raw.execute(
+                        f"{CLOCK_SQL} FROM (SELECT pg_advisory_xact_lock({self.lock_key})) AS held"
+                    )
+                else:  # a statement fewer for the writers that never ask (the ledger's)
+                    conn.clock_due = True
                 yield conn
                 raw.execute("COMMIT")
         except BaseException:
@@ -324,7 +332,7 @@ class PostgresBackend:
                     raw.execute("ROLLBACK")
             raise
         finally:
-            conn.pipeline, conn.clock_cursor = None, None
+            conn.pipeline, conn.clock_cursor, conn.clock_due = None, None, False
 
     @contextmanager
     def transaction(self, exclusive: bool = True) -> Iterator[PgConnection]:
@@ -349,8 +357,7 @@ class PostgresBackend:
         with self._thread_lock:
             try:
                 cursor = conn.raw.execute(
-                    "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY;"
-                    " SELECT extract(epoch FROM clock_timestamp())::float8",
+                    f"BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; {CLOCK_SQL}",
                     prepare=False,  # two statements in one message cannot be prepared
                 )
                 cursor.nextset()

@@ -9,7 +9,10 @@ import psycopg
 from batch_support import doc_of, resume, run_batches
 from support import cli, ledger_of, make_repos, write_manifest
 
+from runner.run.batchrecords import past_durations
+from runner.runs import Runs
 from runner.simulator import SimConfig, Simulator
+from statedb import parse_iso
 
 
 def test_a_batches_run_and_its_resume_keep_their_records_in_postgresql(
@@ -32,6 +35,10 @@ def test_a_batches_run_and_its_resume_keep_their_records_in_postgresql(
         batches = conn.execute(
             "SELECT batch_id, status FROM review_runner_runs.message_batches ORDER BY rowid"
         ).fetchall()
+        ended = conn.execute(
+            "SELECT submitted_at, ended_at FROM review_runner_runs.message_batches"
+            " ORDER BY rowid DESC"
+        ).fetchall()
         (items,) = conn.execute(
             "SELECT COUNT(*) FROM review_runner_runs.batch_items WHERE outcome = 'succeeded'"
         ).fetchone()
@@ -42,3 +49,7 @@ def test_a_batches_run_and_its_resume_keep_their_records_in_postgresql(
     )
     status = doc_of(cli("budget", "status", "--json"))
     assert status["batch_requests_processing"] == 0
+    # The next plan's expected batch time is learned from these batches, read from PostgreSQL.
+    learned = past_durations(Runs(isolated_state / "runs.db"))
+    assert learned == [parse_iso(end) - parse_iso(sent) for sent, end in ended]
+    assert len(learned) == 2 and not list(isolated_state.glob("*.db"))

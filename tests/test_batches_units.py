@@ -152,5 +152,5 @@ def test_batch_reservations_outlive_their_process_and_show_as_processing(
 def test_phase_time_is_the_median_of_past_batches_or_the_prior(isolated_state: Path) -> None:
     assert phase_seconds([]) == 3600.0
     assert phase_seconds([10.0, 30.0, 20.0]) == 20.0
-    assert past_durations(isolated_state / "runs.db") == []  # no file: nothing is created
+    assert past_durations(Runs(isolated_state / "runs.db")) == []  # no file: nothing is created
     assert not (isolated_state / "runs.db").exists()

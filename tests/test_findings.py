@@ -19,7 +19,7 @@ from jobs.findings import (
     parse,
 )
 from jobs.merging import merge
-from jobs.pack import Pack, PackedFile
+from jobs.pack_record import Pack, PackedFile
 
 SLUG = "shop"
 

@@ -21,7 +21,7 @@ import pytest
 from support import make_repos, messages, write_manifest
 
 from jobs.manifest import load_manifest
-from jobs.pack import estimate_tokens
+from jobs.pack_format import estimate_tokens
 from ledger.ledger import JobEstimate, Ledger
 from ledger.modes import Mode
 from ledger.prices import load_prices, worst_case_micros

@@ -21,7 +21,8 @@ from sarif_support import multitool_problems
 from jobs.agents import SPECIALISTS, build_prompt, findings_tool, findings_tool_choice, load_prompts
 from jobs.findings import AgentResult, parse_tool_input
 from jobs.outcome import RepoOutcome
-from jobs.pack import Pack, pack_repo
+from jobs.pack import pack_repo
+from jobs.pack_record import Pack
 from jobs.reports import write_repo_report
 from jobs.suppressions import Source, load_suppressions
 from jobs.tracking import Seen, Status, Tracked, tonight_files

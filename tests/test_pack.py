@@ -10,9 +10,11 @@ from pathlib import Path
 import pytest
 from gitsupport import git
 
-import jobs.pack as pack_module
+import jobs.pack_reading as reading_module
 from jobs.errors import JobsInputError
-from jobs.pack import Pack, estimate_tokens, pack_repo
+from jobs.pack import pack_repo
+from jobs.pack_format import estimate_tokens
+from jobs.pack_record import Pack
 
 BLOCK_START = re.compile(r'^<file path="([^"]*)" lines="(\d+)"')
 CONTENT = re.compile(r"^(\d+)\| (.*)$")
@@ -195,7 +197,7 @@ def test_unreadable_and_missing_files_are_reported(
                 raise PermissionError(13, "Permission denied", str(path))
             return real_open(path, *a, **k)
 
-        monkeypatch.setattr(pack_module, "open", guarded, raising=False)
+        monkeypatch.setattr(reading_module, "open", guarded, raising=False)
     pack = pack_repo(root, slug="r", max_input_tokens=10_000)
     assert dict(pack.skipped) == {
         "gone.py": "missing (listed by git, not in the work tree)",

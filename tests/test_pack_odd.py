@@ -19,9 +19,12 @@ import pytest
 from gitsupport import git
 
 import jobs.pack as pack_module
+import jobs.pack_reading as reading_module
 from jobs.errors import JobsError
-from jobs.pack import PackError, pack_repo
+from jobs.pack import pack_repo
+from jobs.pack_record import Pack
 from jobs.secrets import Redaction
+from jobs.select import PackError
 
 
 def write(root: Path, rel: str | bytes, content: str = "x = 1\n") -> None:
@@ -45,7 +48,7 @@ def sockets() -> Iterator[list[socket.socket]]:
         s.close()
 
 
-def _json_safe(pack: pack_module.Pack) -> None:
+def _json_safe(pack: Pack) -> None:
     """What a report writer does with a pack's record: it must not raise."""
     json.dumps(pack.summary(), ensure_ascii=False).encode("utf-8")
     assert pickle.loads(pickle.dumps(pack)).summary() == pack.summary()
@@ -88,14 +91,14 @@ def test_odd_files_fail_alone_as_root(
     os.unlink(root / "loop_a.py")
     os.symlink("loop_b.py", root / "loop_a.py")
     os.symlink("loop_a.py", root / "loop_b.py")
-    real_redact = pack_module.redact_file
+    real_redact = reading_module.redact_file
 
     def redact_file(text: str, path: str) -> Redaction:
         if path == "boom.py":
             raise RecursionError("maximum recursion depth exceeded")
         return real_redact(text, path)
 
-    monkeypatch.setattr(pack_module, "redact_file", redact_file)
+    monkeypatch.setattr(reading_module, "redact_file", redact_file)
     pack = pack_repo(root, slug="r", max_input_tokens=10_000)
     reasons = dict(pack.skipped)
     assert reasons["fifo.py"] == reasons["folder.py"] == reasons["sock.py"] == "not a regular file"
@@ -120,7 +123,7 @@ def test_open_that_fails_as_root_is_skipped(tmp_path: Path, sockets: list[socket
     with pytest.raises(OSError) as info:
         open(root / "sock", "rb")  # noqa: SIM115 - the point is that it raises
     assert info.value.strerror
-    reader_skip = pack_module._unreadable(info.value)
+    reader_skip = reading_module.unreadable(info.value)
     assert str(reader_skip) == f"unreadable (OSError: {info.value.strerror})"
 
 

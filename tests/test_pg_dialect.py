@@ -23,8 +23,7 @@ from statedb.dialect import FOR_UPDATE, translate, translate_ddl
         (
             "INSERT OR IGNORE INTO limits (name, source) VALUES (?, 'default')",
             ("rpm",),
-            "INSERT INTO limits (name, source) VALUES (%s, 'default')"
-            " ON CONFLICT DO NOTHING RETURNING *",
+            "INSERT INTO limits (name, source) VALUES (%s, 'default') ON CONFLICT DO NOTHING",
             ("rpm",),
         ),
         (
@@ -62,9 +61,13 @@ def test_an_upsert_names_the_stored_row_and_keeps_named_parameters() -> None:
     assert text == (
         "INSERT INTO runs (run_id, n) VALUES (%(run)s, %(n)s) ON CONFLICT(run_id) DO UPDATE SET"
         " n = runs.n + excluded.n, mode = COALESCE(excluded.mode, runs.mode), w = CASE %(n)s"
-        " WHEN 1 THEN runs.w * %(keep)s ELSE runs.w END RETURNING *"
+        " WHEN 1 THEN runs.w * %(keep)s ELSE runs.w END"
     )
     assert values == {"run": "r", "n": 1, "keep": 0.5}
+    # An upsert returns nothing (no one reads it); a plain INSERT returns its row (lastrowid).
+    assert translate("INSERT INTO t (a) VALUES (?)", (1,))[0] == (
+        "INSERT INTO t (a) VALUES (%s) RETURNING *"
+    )
 
 
 def test_ddl_widens_integers_and_gives_every_table_an_insertion_order() -> None:

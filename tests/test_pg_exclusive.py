@@ -47,6 +47,18 @@ def test_a_non_exclusive_write_commits_while_the_store_lock_is_held(
     other.close()
 
 
+def test_without_the_lock_the_clock_is_still_the_databases(tmp_path: Path, pg_url: str) -> None:
+    store = Store(tmp_path / "ledger.db")
+    with store.write(exclusive=False) as conn:
+        conn.execute("INSERT INTO events (kind, month, at) VALUES ('spend_cap', 'm', 'now')")
+        first = store.clock(conn)  # read when first asked, then the same for the transaction
+        assert store.clock(conn) == first
+        database = conn.execute("SELECT extract(epoch FROM now())::float8").fetchone()[0]
+    assert abs(first - database) < 3600 and first >= database
+    assert store.query("SELECT count(*) AS n FROM events") == [{"n": 1}]
+    store.close()
+
+
 def _exclusive(store: Store, order: list[str]) -> None:
     with store.write() as conn:
         conn.execute("SELECT 1").fetchone()

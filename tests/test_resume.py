@@ -13,6 +13,7 @@ from pathlib import Path
 
 from support import api_env, cli, make_repos, messages, spawn, write_manifest
 
+from runner.client import READ_TIMEOUT_S
 from runner.runs import Runs
 from runner.simulator import SimConfig, Simulator
 from statedb import host_name, iso, process_identity, process_started
@@ -23,6 +24,17 @@ AGENTS = ("code_review", "architecture", "security", "multi_perspective")
 
 def _error_lines(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if line.startswith("Error:")]
+
+
+def _shown(result: subprocess.CompletedProcess[str], out_dir: Path | None = None) -> str:
+    """Everything a failed CLI assertion needs: exit code, stdout, stderr, and failed repos."""
+    text = f"exit {result.returncode}\n--- stdout\n{result.stdout}\n--- stderr\n{result.stderr}"
+    summaries = sorted(out_dir.glob("*/summary.json")) if out_dir is not None else []
+    for path in summaries:
+        repos = json.loads(path.read_text())["repos"]
+        failed = [(r["slug"], r["status"], r["error"]) for r in repos if r["status"] != "done"]
+        text += f"\n--- {path}: repos not done: {failed}"
+    return text
 
 
 def _wait_running(state: Path, timeout: float = 120) -> str:
@@ -60,9 +72,11 @@ def test_resume_of_a_live_run_refuses_and_sends_nothing_then_resumes_once_it_is_
     tmp_path: Path, isolated_state: Path
 ) -> None:
     manifest = write_manifest(tmp_path / "m.toml", make_repos(tmp_path / "repos", 2))
-    # The first run's replies take about 20 s each, so it is alive and sending throughout.
+    # No reply reaches the first run before its read timeout, however slow the machine: it is
+    # alive with every request in flight while the resumes are refused, and when it is killed.
+    # (Replies in ~10-30 s let a loaded machine kill it at any point of recording one.)
     with (
-        Simulator(SimConfig(latency=0.2, per_token=0.05)) as slow,
+        Simulator(SimConfig(latency=READ_TIMEOUT_S + 30)) as slow,
         Simulator(SimConfig()) as second_sim,
     ):
         first = spawn(
@@ -89,8 +103,8 @@ def test_resume_of_a_live_run_refuses_and_sends_nothing_then_resumes_once_it_is_
             os.killpg(first.pid, signal.SIGKILL)
             first.wait(10)
         for result in (refused, refused_last):
-            assert result.returncode == 2, result.stderr
-            assert result.stdout == ""
+            assert result.returncode == 2, _shown(result)
+            assert result.stdout == "", _shown(result)
             [error] = _error_lines(result.stderr)
             assert error == (
                 f"Error: run {run_id} is still running: pid {first.pid} on host "
@@ -99,10 +113,11 @@ def test_resume_of_a_live_run_refuses_and_sends_nothing_then_resumes_once_it_is_
             )
         # Its owner SIGKILLed, the run resumes normally, and ends with every job done.
         resumed = cli("run", "--resume", run_id, "--json", env=api_env(second_sim))
-        assert resumed.returncode == 0, resumed.stderr
+        assert resumed.returncode == 0, _shown(resumed, tmp_path / "reports")
         doc = json.loads(resumed.stdout)
-        assert doc["run_id"] == run_id and doc["jobs"]["done"] == 8
-        assert messages(second_sim)
+        assert doc["run_id"] == run_id and doc["jobs"]["done"] == 8, _shown(resumed)
+        # The first run had no reply: the resume sent every review.
+        assert len({r["job"] for r in messages(second_sim) if r["status"] == 200}) == 8
     me = process_identity()
     row = Runs(isolated_state / "runs.db").run(run_id)
     assert row.status == "done" and row.host == me.host and row.pid != first.pid

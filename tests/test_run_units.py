@@ -20,9 +20,9 @@ from runner.kinds import JobStatus, RunStatus
 from runner.limiter import Limiter
 from runner.run import Job, RunOptions, load_config, plan, run
 from runner.run import worker as worker_module
-from runner.run.batch import open_state
 from runner.run.plan import MIN_CACHEABLE_TOKENS, build_jobs, pack_all, with_prompts
 from runner.run.pool import run_pool
+from runner.run.state import open_state
 from runner.run.worker import WorkerConfig, init_worker, run_job
 from runner.runs import Runs
 from runner.simulator import SimConfig, Simulator

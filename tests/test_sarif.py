@@ -15,7 +15,8 @@ from test_reports import four_agents, outcome
 from jobs.agents import SPECIALISTS, build_prompt, findings_tool, findings_tool_choice, load_prompts
 from jobs.findings import parse, parse_tool_input
 from jobs.outcome import RepoOutcome
-from jobs.pack import Pack, pack_repo
+from jobs.pack import pack_repo
+from jobs.pack_record import Pack
 from jobs.reports import write_repo_report
 from jobs.sarif import FINGERPRINT_KEY
 from jobs.suppressions import Baseline, Source, load_suppressions

@@ -84,8 +84,11 @@ def test_retry_after_is_the_true_wait_for_requests() -> None:
     # After 6 takes from a full bucket of 6, the level is 0.1/s * (elapsed since the first).
     true_wait = (1 - 0.1 * (log[-1]["arrival"] - log[0]["arrival"])) / 0.1
     retry_after = int(err.response.headers["retry-after"])
-    assert abs(retry_after - true_wait) <= 1
-    assert retry_after == math.ceil(true_wait) or retry_after == math.ceil(true_wait) + 1
+    # Whole seconds, rounded up and at least 1 (on a loaded machine the six requests can take
+    # nearly the whole refill, so the true wait may be close to 0); a second either way for
+    # the moments between the log's arrival stamps and the simulator's checks.
+    expected = max(1, math.ceil(true_wait))
+    assert max(1, expected - 1) <= retry_after <= expected + 1
     reset = datetime.fromisoformat(err.response.headers["anthropic-ratelimit-requests-reset"])
     assert reset.tzinfo is not None
     assert err.response.headers["request-id"] == err.body["request_id"]

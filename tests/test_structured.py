@@ -18,7 +18,8 @@ from jobs.agents import (
     load_prompts,
 )
 from jobs.findings import parse, parse_content, parse_tool_input
-from jobs.pack import Pack, pack_repo
+from jobs.pack import pack_repo
+from jobs.pack_record import Pack
 from runner.simulator import Simulator
 
 MODEL = "claude-sonnet-5-5"

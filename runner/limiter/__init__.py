@@ -1,5 +1,6 @@
-"""The cross-process limiter: token buckets and leases (limiter.py), its store (store.py) and
-what it knows of the account's health (health.py)."""
+"""The cross-process limiter: token buckets and leases (limiter.py), its store (store.py), the
+statements a grant and a settle make on its rows (bucket_rows.py), the reclaim of leases whose
+holders are gone (reclaim.py) and what it knows of the account's health (health.py)."""
 
 from __future__ import annotations
 

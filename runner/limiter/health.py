@@ -110,7 +110,7 @@ def compute_health(conn: Any | None, now: float, buckets: dict[str, list[float]]
 def _requests(conn: Any, now: float, table: str, id_key: str, since: str) -> list[dict[str, Any]]:
     """Leases (in flight) or waiters (queued) in id order, each with its age in seconds.
 
-    A lease of this host is aged by the monotonic clock it was granted on (see _reclaim).
+    A lease of this host is aged by the monotonic clock it was granted on (see runner/limiter/reclaim.py).
     """
     # `table` and `since` (its timestamp column) are literals from this module, never input.
     mono = "granted_mono" if table == "leases" else "NULL"

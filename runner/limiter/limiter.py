@@ -54,7 +54,9 @@ from pathlib import Path
 from typing import Any
 
 from runner.errors import RunnerError, RunnerInputError
+from runner.limiter.bucket_rows import ATTEMPT_ROWS, BUCKET_ROWS, USAGE_TAU, adjust, write_buckets
 from runner.limiter.health import Health, compute_health, status_document
+from runner.limiter.reclaim import Reclaim
 from runner.limiter.scopes import (
     account_of,
     account_of_scope,
@@ -90,41 +92,11 @@ _HEADER_PREFIX = {
 MAX_SLEEP = 0.25  # a waiter re-checks at least this often (freed slots, cooldowns, dead holders)
 MIN_SLEEP = 0.001
 SLOT_POLL = 0.02  # a freed in-flight slot has no predictable time, so poll for it
-WAITER_STALE = 30.0  # a live waiter heartbeats every MAX_SLEEP; silence this long means gone
-AGE_SWEEP = 0.1  # seconds between one process's sweeps for leases past lease_max_age
-ALIVE_TTL = 0.5  # how long one process trusts "process P is alive" before asking the kernel again
 STRICT_SLACK = 0.02  # strict pacing debits 2% more per request and input (see _with_slack)
 SHARE_AFTER_429 = 0.9  # a 429 under strict pacing that the headers did not foresee: refill less
 SHARE_RECOVERY = 0.0005  # per response that agrees with us, so that a quiet key is used again
 MIN_SHARE = 0.2  # the least of a bucket's refill assumed ours however busy the key's other clients
 HEARTBEAT_TIMEOUT = 60.0  # another host's lease silent this long is reclaimed
-USAGE_TAU = 60.0  # time constant of the per-bucket usage rate behind health utilisation
-_BUCKET_ROWS = (
-    "SELECT name, capacity, level, updated_at, usage_rate, share, debited FROM buckets"
-    " WHERE scope = ?"
-)
-
-
-# What one attempt reads, in one statement (one snapshot): each bucket of the scope, and on
-# every row the leases in flight (all, of the scope), the cooldown, the in-flight cap, whether
-# the scope's responses carry headers, the account's pacing and the scope's oldest waiter.
-_ATTEMPT_ROWS = (
-    "SELECT b.name, b.capacity, b.level, b.updated_at, b.usage_rate, b.share, b.debited,"
-    " (SELECT count(*) FROM leases), (SELECT count(*) FROM leases WHERE scope = ?1),"
-    " (SELECT until_at FROM cooldowns WHERE id = 1),"
-    " (SELECT effective FROM limits WHERE name = 'max_concurrent'),"
-    " (SELECT headers FROM scopes WHERE scope = ?1),"
-    " (SELECT pacing FROM accounts WHERE account = ?2),"
-    " w.id, w.input_tokens, w.output_estimate FROM buckets AS b LEFT JOIN"
-    " (SELECT id, input_tokens, output_estimate FROM waiters WHERE scope = ?1"
-    " ORDER BY id LIMIT 1) AS w ON 1 = 1 WHERE b.scope = ?1"
-)
-
-
-def _per_bucket(values: Mapping[str, float]) -> tuple[str, list[Any]]:
-    """`CASE name WHEN ? THEN ? ... END` and its parameters: one UPDATE writes every bucket."""
-    args: list[Any] = [item for pair in values.items() for item in pair]
-    return "CASE name" + " WHEN ? THEN ?" * len(values) + " END", args
 
 
 @dataclass(frozen=True)
@@ -236,11 +208,7 @@ class Limiter:
         self.account = account_of(base_url)
         self.readonly = readonly
         self._store = LimiterStore(self.state_dir)
-        self._alive_cache: dict[tuple[int, str], float] = {}
-        self._next_age_sweep = 0.0
-        self._db_now: float | None = None  # the database clock of this process's last attempt
-        self._owners: list[Any] = []  # this host's holders, as the last attempt read them
-        self._dead: list[tuple[int, str, str]] = []  # holders found dead, for the next attempt
+        self._reclaim = Reclaim(self._host, self.lease_max_age, self.heartbeat_timeout)
         self._ensured: set[str] = set()
         if not readonly:
             with self._store.write() as (conn, now):
@@ -267,11 +235,7 @@ class Limiter:
         self._host = host_name()
         self._beating = -1
         self._store = LimiterStore(self.state_dir)
-        self._alive_cache = {}
-        self._next_age_sweep = 0.0
-        self._db_now = None
-        self._owners = []
-        self._dead = []
+        self._reclaim = Reclaim(self._host, self.lease_max_age, self.heartbeat_timeout)
         self._ensured = set()
 
     def scope(self, model: str | None) -> str:
@@ -407,12 +371,12 @@ class Limiter:
         """
         if strict is None:
             strict = self._strict(conn, scope)
-        return self._refill(conn.execute(_BUCKET_ROWS, (scope,)), now, need, strict)
+        return self._refill(conn.execute(BUCKET_ROWS, (scope,)), now, need, strict)
 
     def _refill(
         self, rows: Any, now: float, need: Mapping[str, float] | None, strict: bool
     ) -> dict[str, list[float]]:
-        """_buckets() of rows already read (starting with the columns of _BUCKET_ROWS)."""
+        """_buckets() of rows already read (starting with the columns of BUCKET_ROWS)."""
         out = {}
         for name, capacity, level, updated_at, rate, share, *_rest in rows:
             elapsed = max(0.0, now - parse_iso(updated_at))
@@ -423,113 +387,6 @@ class Limiter:
                 level = min(ceiling, level + elapsed * share * capacity / 60.0)
             out[name] = [capacity, level, rate * math.exp(-elapsed / USAGE_TAU)]
         return out
-
-    def _adjust(self, conn: Any, scope: str, debit: Mapping[str, float], lease: Lease) -> None:
-        """Add a correction or refund to the stored levels without moving their refill clock,
-        if `lease` is still held, and drop the lease: two statements whose results nobody
-        reads, so on PostgreSQL they go out with the COMMIT (no round trip of their own)."""
-        held = (lease.id, iso(lease.granted_at))
-        amounts = {name: float(amount) for name, amount in debit.items()}
-        amount_sql, amount_args = _per_bucket(amounts)
-        rate_sql, rate_args = _per_bucket({n: a / USAGE_TAU for n, a in amounts.items()})
-        conn.execute(
-            f"UPDATE buckets SET level = min(capacity, level - {amount_sql}),"
-            f" usage_rate = max(0, usage_rate + {rate_sql})"
-            f" WHERE scope = ? AND name IN ({', '.join('?' * len(amounts))})"
-            " AND EXISTS (SELECT 1 FROM leases WHERE id = ? AND granted_at = ?)",
-            (*amount_args, *rate_args, scope, *amounts, *held),
-        )
-        conn.execute("DELETE FROM leases WHERE id = ? AND granted_at = ?", held)
-
-    def _write_buckets(
-        self,
-        conn: Any,
-        now: float,
-        scope: str,
-        state: dict[str, list[float]],
-        debit: Mapping[str, float],
-    ) -> None:
-        """Store each bucket's refilled level less `debit`, in one UPDATE (on PostgreSQL every
-        statement costs client time while the store lock is held, even unawaited)."""
-        levels, rates, amounts = {}, {}, {}
-        for name, (capacity, level, rate) in state.items():
-            amount = float(debit.get(name, 0.0))
-            levels[name] = float(min(capacity, level - amount))
-            rates[name] = float(max(0.0, rate + amount / USAGE_TAU))
-            amounts[name] = amount
-        level_sql, level_args = _per_bucket(levels)
-        rate_sql, rate_args = _per_bucket(rates)
-        debit_sql, debit_args = _per_bucket(amounts)
-        conn.execute(
-            f"UPDATE buckets SET level = {level_sql}, updated_at = ?, usage_rate = {rate_sql},"
-            f" debited = debited + {debit_sql}"
-            f" WHERE scope = ? AND name IN ({', '.join('?' * len(levels))})",
-            (*level_args, iso(now), *rate_args, *debit_args, scope, *levels),
-        )
-
-    # -- reclaim ------------------------------------------------------------------------------
-
-    _OWNERS = (
-        "SELECT pid, COALESCE(pid_start, '') FROM leases WHERE host = ? OR host IS NULL"
-        " UNION SELECT pid, COALESCE(pid_start, '') FROM waiters WHERE host = ? OR host IS NULL"
-    )
-
-    def _queue_reclaim(self, conn: Any) -> Any:
-        """Queue the deletes of the rows of dead holders (found after the last attempt) and,
-        every AGE_SWEEP seconds, of rows past their age limits, and the look-up of this host's
-        holders (for _find_dead); returns its cursor, else None.
-
-        None needs a result before the attempt's own reads, so on PostgreSQL they share the
-        lock's round trip. A dead holder is found at most AGE_SWEEP, and deleted one attempt,
-        later than a look on every attempt would (a live one is trusted ALIVE_TTL anyway).
-        Other hosts' rows age by the database clock last read (`_db_now`, this process's last
-        attempt): a cutoff a little in the past reclaims a little late, never early.
-        """
-        dead, self._dead = self._dead, []
-        if dead:
-            log.info("reclaiming leases and tickets of dead processes %s", [d[0] for d in dead])
-            for table in ("leases", "waiters"):
-                conn.executemany(
-                    f"DELETE FROM {table} WHERE pid = ? AND COALESCE(pid_start, '') = ?"
-                    " AND (host = ? OR host IS NULL)",
-                    dead,
-                )
-        mono = time.monotonic()
-        if mono < self._next_age_sweep or self._db_now is None:
-            return None  # ages change slowly; no need to look on every grant
-        self._next_age_sweep = mono + AGE_SWEEP
-        now = self._db_now
-        # A row of this host ages by the monotonic clock (system-wide, so every process of
-        # the host shares it; a wall-clock step neither frees nor keeps a lease); other
-        # hosts' clocks cannot be compared, so theirs (and rows without one) by wall clock.
-        for table, stem, max_age in (
-            ("leases", "granted", self.lease_max_age),
-            ("waiters", "seen", WAITER_STALE),
-        ):
-            conn.execute(
-                f"DELETE FROM {table} WHERE (host = ? AND {stem}_mono < ?) OR ((host IS NULL"
-                f" OR host <> ? OR {stem}_mono IS NULL) AND {stem}_at < ?)",
-                (self._host, mono - max_age, self._host, iso(now - max_age)),
-            )
-        conn.execute(
-            "DELETE FROM leases WHERE host != ? AND beat_at < ?",
-            (self._host, iso(now - self.heartbeat_timeout)),
-        )
-        return conn.execute(self._OWNERS, (self._host, self._host))
-
-    def _find_dead(self, owners: Sequence[Any]) -> None:
-        """Note this host's dead holders among `owners` (rows of _OWNERS) for the next attempt
-        to delete; run outside the store lock (a liveness check may ask the kernel)."""
-        mine, mono = me(), time.monotonic()
-        myself = (mine.pid, mine.start or "")
-        for pid, start in owners:
-            owner = (pid, start)
-            if owner == myself or self._alive_cache.get(owner, 0.0) > mono:
-                continue
-            if process_alive(pid, start or None, self._host):
-                self._alive_cache[owner] = mono + ALIVE_TTL
-            else:
-                self._dead.append((pid, start, self._host))
 
     # -- acquire ------------------------------------------------------------------------------
 
@@ -563,8 +420,7 @@ class Limiter:
             while True:
                 with self._store.locked() as conn:
                     grant, ticket, wait = self._attempt(conn, need, ticket, scope)
-                owners, self._owners = self._owners, []
-                self._find_dead(owners)
+                self._reclaim.find_dead()
                 if grant is not None:
                     ticket = None
                     self._start_heartbeat()
@@ -596,18 +452,19 @@ class Limiter:
         before any result is used (they go out with the lock and the clock), and the writes go
         out with the COMMIT. Only a new scope, a request above a bucket's size and waiting add more.
         """
-        if scope not in self._ensured or self._db_now is None:  # once per scope and process
-            self._db_now = self._store.clock(conn)
-            self._ensure(conn, self._db_now, scope)
-        owners = self._queue_reclaim(conn)  # blind deletes first: they change the counts
-        looked = conn.execute(_ATTEMPT_ROWS, (scope, account_of_scope(scope)))
+        reclaim = self._reclaim
+        if scope not in self._ensured or reclaim.db_now is None:  # once per scope and process
+            reclaim.db_now = self._store.clock(conn)
+            self._ensure(conn, reclaim.db_now, scope)
+        owners = reclaim.queue(conn)  # blind deletes first: they change the counts
+        looked = conn.execute(ATTEMPT_ROWS, (scope, account_of_scope(scope)))
         queued = None
         if ticket is not None:
             queued = conn.execute("SELECT 1 FROM waiters WHERE id = ?", (ticket,))
         now = self._store.clock(conn)  # on PostgreSQL: sends everything above, one round trip
-        self._db_now = now
+        reclaim.db_now = now
         if owners is not None:
-            self._owners = owners.fetchall()
+            reclaim.owners = owners.fetchall()
         rows = looked.fetchall()
         in_flight, mine, until_at, max_concurrent, headers, pacing, *oldest = rows[0][7:]
         head = None if oldest[0] is None else tuple(oldest)
@@ -639,7 +496,7 @@ class Limiter:
         deficit = max((min(gate[b], state[b][0]) - state[b][1]) / rate[b] for b in need)
         free = in_flight < max_concurrent and (not alone or mine == 0)
         if first and cooldown <= 0 and deficit <= 0 and free:
-            self._write_buckets(conn, now, scope, state, charge)
+            write_buckets(conn, now, scope, state, charge)
             inserted = conn.execute(
                 "INSERT INTO leases (pid, pid_start, host, input_tokens, output_estimate,"
                 " granted_at, beat_at, granted_mono, scope) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -785,7 +642,7 @@ class Limiter:
         # from their reads: two statements more per settle, and more CPU per pair on the
         # server, for a lock hold that is already this short; limiter_bench measured no gain.)
         with self._store.locked(maintenance=True) as conn:
-            self._adjust(conn, lease.scope, debit, lease)
+            adjust(conn, lease.scope, debit, (lease.id, iso(lease.granted_at)))
 
     def penalize(
         self, retry_after: float, limit: str | None = None, *, model: str | None = None

@@ -3,7 +3,9 @@
 config.py     RunConfig: manifest + CLI overrides merged once (load_config)
 job.py        Job (frozen, from plan to worker) and JobOutcome
 plan.py       packs, prompts built once per repo, every Job built once, both modes projected
-batch.py      run() and plan(): admission, execution, totals; RunResult, PlanResult
+batch.py      run() and plan(): admission, then the run's execution; resume
+execution.py  an admitted run on the Messages API: its jobs recorded, sent, reported, totalled
+state.py      the limiter, ledger and runs.db a run opens
 pool.py       the worker processes (each gets every repo's pack and prompts once)
 worker.py     one request start to finish: limiter, ledger, API, runs.db
 reporting.py  reports from runs.db rows

@@ -15,7 +15,6 @@ from collections.abc import Iterable, Mapping
 from contextlib import closing
 from dataclasses import dataclass
 from enum import StrEnum
-from pathlib import Path
 
 from runner.runs import Runs, utc_now
 from statedb import parse_iso
@@ -204,21 +203,28 @@ class BatchRecords:
         return {r["batch_id"] for r in rows}
 
 
-def past_durations(path: Path, limit: int = 20) -> list[float]:
-    """Seconds from submission to end of the most recent collected batches in runs.db `path`.
+def past_durations(runs: Runs, limit: int = 20) -> list[float]:
+    """Seconds from submission to end of the most recent collected batches in `runs`.
 
-    Read-only (for `plan`, which writes nothing): no file, or one without batches, gives [].
+    Read-only on SQLite (for `plan`, which writes nothing there): no file, or one without
+    batches, gives []. On PostgreSQL through the store, as every other read of runs.
     """
-    if not path.exists():
+    sql = (
+        "SELECT submitted_at, ended_at FROM message_batches WHERE status = 'collected'"
+        " AND submitted_at IS NOT NULL AND ended_at IS NOT NULL"
+        " ORDER BY rowid DESC LIMIT ?"
+    )
+    if runs.remote is not None:
+        try:
+            rows = [(r["submitted_at"], r["ended_at"]) for r in runs.query(sql, [limit])]
+        except runs.error:
+            return []
+    elif not runs.path.exists():
         return []
-    try:
-        with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as conn:
-            rows = conn.execute(
-                "SELECT submitted_at, ended_at FROM message_batches WHERE status = 'collected'"
-                " AND submitted_at IS NOT NULL AND ended_at IS NOT NULL"
-                " ORDER BY rowid DESC LIMIT ?",
-                [limit],
-            ).fetchall()
-    except sqlite3.Error:
-        return []
+    else:
+        try:
+            with closing(sqlite3.connect(f"file:{runs.path}?mode=ro", uri=True)) as conn:
+                rows = conn.execute(sql, [limit]).fetchall()
+        except sqlite3.Error:
+            return []
     return [max(0.0, parse_iso(ended) - parse_iso(sent)) for sent, ended in rows]

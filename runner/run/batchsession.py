@@ -24,16 +24,17 @@ from runner.run.job import Job, JobOutcome
 from runner.run.plan import Plan, RepoWork
 from runner.run.reporting import write_if_complete
 from runner.run.results import Progress, RunResult, Tally, job_counts
+from runner.run.state import State
 from runner.run.tracker import Tracker
 
 __all__ = ["Execution", "SessionState", "reservation_of"]
 
 
 class Execution(Protocol):
-    """What runner.run.batch hands over: an admitted run, recorded and finished as it does."""
+    """What runner.run.batch hands over: an admitted run (runner.run.execution.AdmittedRun)."""
 
     config: RunConfig
-    state: Any  # runner.run.batch.State (not imported: batch imports this module)
+    state: State
     run_id: str
     plan: Plan
     admission: Admission

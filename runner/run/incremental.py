@@ -38,7 +38,7 @@ from statedb import parse_iso
 
 __all__ = ["CHARS_PER_TOKEN", "Carried", "carried_outcome", "triage"]
 
-# The pack's own estimate (jobs.pack): ~3.5 bytes a token; the diff gets a quarter of the budget.
+# The pack's own estimate (jobs.pack_format): ~3.5 bytes a token; the diff gets a quarter of the budget.
 CHARS_PER_TOKEN = 3.5
 DIFF_SHARE = 0.25
 

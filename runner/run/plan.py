@@ -19,7 +19,10 @@ from typing import Any
 
 from jobs.agents import COMBINED, build_prompt, findings_tool, load_prompts
 from jobs.manifest import Manifest, RepoSpec, resolve_repo
-from jobs.pack import Pack, PackError, estimate_tokens, pack_repo
+from jobs.pack import pack_repo
+from jobs.pack_format import estimate_tokens
+from jobs.pack_record import Pack
+from jobs.select import PackError
 from ledger.ledger import JobEstimate, Ledger, Projection
 from ledger.modes import Mode
 from runner.limiter import Health

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from jobs.pack import shown_name
+from jobs.select import shown_name
 from ledger.ledger import Admission
 from ledger.modes import Decision
 from runner.kinds import JobStatus, RunStatus, StopReason

@@ -25,7 +25,8 @@ from typing import Any
 
 from jobs.agents import FINDINGS_TOOL_NAME, findings_tool, findings_tool_choice, load_prompts
 from jobs.findings import parse_content
-from jobs.pack import estimate_tokens, pack_repo
+from jobs.pack import pack_repo
+from jobs.pack_format import estimate_tokens
 from ledger.errors import BudgetExceeded
 from ledger.ledger import Ledger, Reservation
 from runner.client import CONNECT_TIMEOUT_S, READ_TIMEOUT_S, ApiClient, CallError, Reply
