@@ -14,8 +14,10 @@ Pacing rules worth knowing:
   allow. "strict": refill piles up only to what the next request to be served needs, and the
   server's `-remaining` only ever lowers a level; grants are then spaced exactly limit/60 per
   second apart, as a minute's limit enforced over shorter intervals requires. The first 429 that
-  arrives while the last `-remaining` headers (refilled to when the request was granted) said
-  there was room switches the account to strict for good (`limits status` shows it). A `burst`
+  arrives while the last `-remaining` headers (refilled at our share to when the request was
+  granted, less the grants made in between) said there was room, or whose own headers show the
+  bucket full again within half a minute (a bucket far smaller than its limit), switches the
+  account to strict for good (`limits status` shows it). A `burst`
   of 0 is strict whatever the mode. In both modes a server `-remaining` below our level lowers it
   (another client of the same key spends from the same buckets).
 - Limits: explicit configuration and the last `-limit` headers are both kept; the smaller one
