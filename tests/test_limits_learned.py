@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -259,3 +260,65 @@ def test_remaining_is_brought_forward_past_the_grants_made_since(
     counted = {**ROOMY, "anthropic-ratelimit-requests-remaining": "59"}
     limiter.observe(counted, model=MODEL, lease=first)
     assert _granted_at_once(limiter, MODEL) == 55  # 59 + 0.5 - 4, not the stale 59
+
+
+INPUT = "anthropic-ratelimit-input-tokens-"
+
+
+def _input_level(limiter: Limiter) -> float:
+    return float(limiter.status(MODEL)["levels"]["input_tokens"]["level"])
+
+
+def test_a_response_whose_input_was_below_its_estimate_is_counted_once(
+    tmp_path: Path, clock: _Clock
+) -> None:
+    limiter = _fresh(tmp_path, None)
+    limiter.observe({INPUT + "limit": "60000", INPUT + "remaining": "60000"}, model=MODEL)
+    lease = limiter.acquire(2000, 0, model=MODEL)
+    usage = {"input_tokens": 1200, "cache_creation_input_tokens": 300, "output_tokens": 0}
+    # The server counted the 1,500 it used; the level holds the estimate of 2,000 until settle.
+    limiter.observe({INPUT + "remaining": "10000"}, model=MODEL, lease=lease, usage=usage)
+    limiter.settle(lease, usage)
+    assert _input_level(limiter) == 10_000  # the server's view, not 10,500 (the refund twice)
+
+
+def test_a_429_after_grants_the_last_headers_did_not_cover_keeps_the_burst_mode(
+    tmp_path: Path, clock: _Clock
+) -> None:
+    limiter = _fresh(tmp_path, None)
+    limiter.observe({INPUT + "limit": "60000", INPUT + "remaining": "60000"}, model=MODEL)
+    earlier = limiter.acquire(5000, 0, model=MODEL)
+    limiter.observe({INPUT + "remaining": "1000"}, model=MODEL)  # room for one more of 800
+    limiter.release(earlier)  # its refund lifts the level above the server's view
+    clock.now += 0.001
+    limiter.acquire(800, 0, model=MODEL)
+    clock.now += 0.001
+    second = limiter.acquire(800, 0, model=MODEL)
+    # The 1,000 the headers showed went to the first: the 429 on the second was foreseen.
+    assert limiter.rate_limited(second, "input_tokens") is False
+    assert limiter.status(MODEL)["pacing"] == "burst"
+
+
+def _reset_in(clock: _Clock, seconds: float) -> str:
+    return datetime.fromtimestamp(clock.now + seconds, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@pytest.mark.parametrize(("reset_in", "switched"), [(2.0, True), (50.0, False)])
+def test_a_429_showing_a_bucket_full_again_in_seconds_switches_to_strict(
+    tmp_path: Path, clock: _Clock, reset_in: float, switched: bool
+) -> None:
+    limiter = _fresh(tmp_path, None)
+    limiter.observe({INPUT + "limit": "60000", INPUT + "remaining": "60000"}, model=MODEL)
+    earlier = limiter.acquire(5000, 0, model=MODEL)
+    limiter.observe({INPUT + "remaining": "1000"}, model=MODEL)
+    limiter.release(earlier)
+    lease = limiter.acquire(1600, 0, model=MODEL)  # more than the server's last view
+    headers = {
+        INPUT + "limit": "60000",
+        INPUT + "remaining": "0",
+        INPUT + "reset": _reset_in(clock, reset_in),
+    }
+    # Full in 2 s: the bucket holds ~2,000 of a 60,000 limit, enforced over a short interval.
+    # Full in 50 s: a minute's bucket that another client emptied; pacing stays as it was.
+    assert limiter.rate_limited(lease, "input_tokens", headers) is switched
+    assert limiter.status(MODEL)["pacing"] == ("strict" if switched else "burst")

@@ -458,6 +458,21 @@ def test_request_log_in_memory_and_jsonl(tmp_path: Path) -> None:
     assert stats["cost_usd"] == ok["cost_micros"] / 1_000_000
 
 
+def test_request_bodies_are_kept_only_when_asked(tmp_path: Path) -> None:
+    body = ask(tools=[{"name": "report", "input_schema": {"type": "object"}}])
+    with Simulator() as sim:
+        client(sim.base_url).messages.create(**ask())
+    assert "body" not in sim.log()[0]
+    path = tmp_path / "sim.jsonl"
+    with Simulator(SimConfig(keep_bodies=True, log_path=path)) as sim:
+        client(sim.base_url).messages.create(**body)
+        with pytest.raises(anthropic.BadRequestError):
+            client(sim.base_url).messages.create(**ask(max_tokens=-1))
+    ok, bad = sim.log()
+    assert ok["body"] == body and "body" not in bad
+    assert json.loads(path.read_text().splitlines()[0])["body"] == body
+
+
 def test_stop_is_idempotent_and_unknown_option_rejected() -> None:
     sim = Simulator()
     url = sim.start()

@@ -14,8 +14,10 @@ Pacing rules worth knowing:
   allow. "strict": refill piles up only to what the next request to be served needs, and the
   server's `-remaining` only ever lowers a level; grants are then spaced exactly limit/60 per
   second apart, as a minute's limit enforced over shorter intervals requires. The first 429 that
-  arrives while the last `-remaining` headers (refilled to when the request was granted) said
-  there was room switches the account to strict for good (`limits status` shows it). A `burst`
+  arrives while the last `-remaining` headers (refilled at our share to when the request was
+  granted, less the grants made in between) said there was room, or whose own headers show the
+  bucket full again within half a minute (a bucket far smaller than its limit), switches the
+  account to strict for good (`limits status` shows it). A `burst`
   of 0 is strict whatever the mode. In both modes a server `-remaining` below our level lowers it
   (another client of the same key spends from the same buckets).
 - Limits: explicit configuration and the last `-limit` headers are both kept; the smaller one
@@ -49,6 +51,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -615,9 +618,7 @@ class Limiter:
         Input counts uncached input plus cache writes (cache reads do not count toward ITPM).
         A lease already reclaimed (its holder judged dead or too old) is left as charged.
         """
-        actual_in = int(usage.get("input_tokens") or 0) + int(
-            usage.get("cache_creation_input_tokens") or 0
-        )
+        actual_in = _input_of(usage)
         actual_out = int(usage.get("output_tokens") or 0)
         correction = {
             "input_tokens": float(actual_in - lease.input_tokens),
@@ -674,9 +675,12 @@ class Limiter:
     ) -> bool:
         """Note a 429 on `lease`'s request, before its own headers are observed.
 
-        If the server's last `-remaining` (refilled at the limit's rate to when the lease was
-        granted), or no headers at all, said there was room, the account does not tolerate our
-        bursts: switch it to strict pacing, for good. Returns whether this call switched it.
+        If the server's last `-remaining` (refilled at our share of the limit's rate to when
+        the lease was granted, less the grants made in between), or no headers at all, said
+        there was room, or the 429's own headers show the bucket full again in under half a
+        minute (a bucket much smaller than its limit: a short enforcement interval), the
+        account does not tolerate our bursts: switch it to strict pacing, for good. Returns
+        whether this call switched it.
         """
         needs = {
             "requests": 1.0,
@@ -688,15 +692,19 @@ class Limiter:
         account = account_of_scope(lease.scope)
         with self._store.write() as (conn, now):
             row = conn.execute(
-                "SELECT capacity, server_remaining, server_at FROM buckets"
+                "SELECT capacity, server_remaining, server_at, share FROM buckets"
                 " WHERE scope = ? AND name = ?",
                 (lease.scope, bucket),
             ).fetchone()
             room = True
             if row is not None and row[1] is not None:
-                capacity, remaining, seen_at = row
-                since = max(0.0, lease.granted_at - parse_iso(seen_at))
-                room = min(capacity, remaining + since * capacity / 60.0) >= min(capacity, amount)
+                capacity, remaining, seen_at, share = row
+                room = _had_room(
+                    conn, lease, bucket, amount, (capacity, remaining, parse_iso(seen_at), share)
+                )
+            # A bucket that the 429's own headers show full again within a fraction of the
+            # minute holds far less than the limit: the limit is enforced over a short interval.
+            room = room or _refills_soon(headers or {}, bucket, now)
             if not room or self._strict(conn, lease.scope):
                 # Our refill ran ahead of the server's: another client of the key spends from
                 # it, so assume less of it is ours.
@@ -723,6 +731,7 @@ class Limiter:
         *,
         model: str | None = None,
         lease: Lease | None = None,
+        usage: Mapping[str, Any] | None = None,
     ) -> bool:
         """Learn limits from `anthropic-ratelimit-*-limit` headers and follow the server's
         `-remaining`: always down to it, up to it only while the account tolerates bursts.
@@ -731,6 +740,10 @@ class Limiter:
         `-remaining` when that request arrived, so the view is brought forward to now by the
         refill since its grant, less what was granted after it (and, for output, less its own
         output, generated after the count). Without a lease the headers are taken as of now.
+        `usage` is that response's usage, when it has one: the server counted the request's
+        actual input where our level still holds its estimate until settle() corrects it, so
+        the view is put in the level's terms first (else settle would count the difference a
+        second time, and the level would run ahead of the server by it, request after request).
         Returns whether the response carried any rate-limit header; a scope whose responses
         carry none is marked so (see headerless_note).
         """
@@ -794,6 +807,8 @@ class Limiter:
                     server -= max(0.0, totals.get(bucket, 0.0) - marks[bucket])
                     if bucket == "output_tokens" and lease is not None:
                         server -= lease.output_estimate
+                    if bucket == "input_tokens" and lease is not None and usage is not None:
+                        server -= lease.input_tokens - _input_of(usage)
                 share = _learn_share(share, level - server, bucket, value)
                 target = level
                 if level > server:
@@ -963,6 +978,52 @@ def _short_bucket(headers: Mapping[str, str], needs: Mapping[str, float]) -> str
         if ratio < least:
             best, least = bucket, ratio
     return best
+
+
+SHORT_BUCKET = 0.5  # a bucket that holds under this share of its limit is enforced per interval
+
+
+def _refills_soon(headers: Mapping[str, str], bucket: str, now: float) -> bool:
+    """Whether a 429's headers show `bucket`'s server bucket holding under SHORT_BUCKET of its
+    limit: what remains plus the refill until its `-reset` (when it is full again)."""
+    lower = {str(k).lower(): v for k, v in headers.items()}
+    prefix = _HEADER_PREFIX[bucket]
+    try:
+        limit = float(str(lower[prefix + "limit"]).strip())
+        remaining = float(str(lower[prefix + "remaining"]).strip())
+        reset = datetime.fromisoformat(str(lower[prefix + "reset"]).strip()).timestamp()
+    except (KeyError, ValueError):
+        return False
+    return limit > 0 and remaining + max(0.0, reset - now) * limit / 60.0 < SHORT_BUCKET * limit
+
+
+def _input_of(usage: Mapping[str, Any]) -> int:
+    """The input a response's usage counts toward ITPM: uncached input plus cache writes."""
+    return int(usage.get("input_tokens") or 0) + int(usage.get("cache_creation_input_tokens") or 0)
+
+
+def _had_room(
+    conn: Any,
+    lease: Lease,
+    bucket: str,
+    amount: float,
+    seen: tuple[float, float, float, float],
+) -> bool:
+    """Whether the server's last view of `bucket` (capacity, remaining, seen_at, share), taken
+    the way observe() takes it, left room for `lease` when it was granted: refilled by our
+    share of the refill since (not the nominal rate: another client of the key spends the
+    rest) and less what the leases granted between that view and this one took (they are
+    all still in flight, as a settled one would have brought a newer view)."""
+    capacity, remaining, seen_at, share = seen
+    since = max(0.0, lease.granted_at - seen_at)
+    column = {"requests": "1", "input_tokens": "input_tokens", "output_tokens": "output_estimate"}
+    (taken,) = conn.execute(
+        f"SELECT COALESCE(sum({column[bucket]}), 0) FROM leases"
+        " WHERE scope = ? AND id <> ? AND granted_at > ? AND granted_at < ?",
+        (lease.scope, lease.id, iso(seen_at), iso(lease.granted_at)),
+    ).fetchone()
+    view = min(capacity, remaining + since * share * capacity / 60.0) - float(taken)
+    return view >= min(capacity, amount)
 
 
 def _learn_share(share: float, gap: float, bucket: str, remaining: int) -> float:

@@ -414,7 +414,7 @@ def _account_success(
     lease, reservation = held
     if ctx.breaker:
         ctx.breaker.success()
-    ctx.limiter.observe(reply.headers, model=job.model, lease=lease)
+    ctx.limiter.observe(reply.headers, model=job.model, lease=lease, usage=reply.usage)
     ctx.limiter.settle(lease, reply.usage)
     ctx.limiter.record(status=200, latency=reply.latency)
     result = None

@@ -39,6 +39,7 @@ class SimConfig:
     min_cacheable_tokens: int = 1024
     api_key: str | None = None  # if set, only this key is accepted; else any non-empty key
     log_path: Path | None = None  # JSONL request log
+    keep_bodies: bool = False  # True: each /v1/messages log record keeps its request `body`
     batch_delay: float = 0.0  # seconds before a batch ends
     prices_path: Path | None = None  # a prices.json overriding the shipped table
     # Per finding, seeded by the request: title reworded, line cited off, evidence not in the file.

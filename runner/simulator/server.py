@@ -139,7 +139,8 @@ class Simulator(BatchSide):
         Times (`arrival`, `start`, `end`) are epoch seconds; `start` is None for a request that
         was refused. Each Message Batches request adds a record of its own when its batch ends
         (method "BATCH", `batch: True`, `batch_id`, `custom_id`, `result`), so the sum of
-        `cost_micros` is always `stats()["billed_micros"]`.
+        `cost_micros` is always `stats()["billed_micros"]`. With `SimConfig.keep_bodies`, a valid
+        /v1/messages record also has the request's parsed JSON `body`.
         """
         with self._lock:
             return [dict(r) for r in self._log]
@@ -257,6 +258,8 @@ class Simulator(BatchSide):
             else [],
             tool_choice=body.get("tool_choice"),
         )
+        if self.config.keep_bodies:  # so a benchmark can replay exactly what a client sent
+            record["body"] = body
         price = self._price(prompt.model)
         cfg = self.config
         with self._lock:
