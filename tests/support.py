@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -121,3 +123,18 @@ def ledger_entries(state: Path, where: str, *args: object) -> list[tuple[int, st
             return conn.execute(f"SELECT pid, job_id FROM entries WHERE {where}", args).fetchall()
         except sqlite3.OperationalError:  # not migrated yet
             return []
+
+
+def collect(results: Any, procs: list[Any], timeout: float = 120) -> list[Any]:
+    """One result per process from the `results` queue; fails at once (not after `timeout`)
+    if a process died without one (a deadlock error or a crash ends its process)."""
+    got: list[Any] = []
+    deadline = time.monotonic() + timeout
+    while len(got) < len(procs):
+        try:
+            got.append(results.get(timeout=0.2))
+        except queue.Empty:
+            dead = [p.exitcode for p in procs if p.exitcode not in (None, 0)]
+            assert not dead, f"a process died with exit code {dead[0]}"
+            assert time.monotonic() < deadline, "the processes did not finish in time"
+    return got

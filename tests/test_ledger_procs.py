@@ -4,19 +4,18 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
-import queue
 import random
 import signal
 import sqlite3
 import subprocess
 import sys
 import textwrap
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pytest
+from support import collect
 
 from ledger import BudgetExceeded, Ledger, Projection
 from ledger.store import MIGRATIONS
@@ -24,20 +23,6 @@ from ledger.store import MIGRATIONS
 MODEL = "claude-haiku-4-5"  # per Mtok: $1 in, $5 out, $1.25 cache write (5m), $0.10 read
 SPAWN = mp.get_context("spawn")
 TIMEOUT = 60
-
-
-def collect(results: Any, procs: list[Any]) -> list[Any]:
-    """One result per process; fails at once (not after TIMEOUT) if a process died without one."""
-    got: list[Any] = []
-    deadline = time.monotonic() + TIMEOUT
-    while len(got) < len(procs):
-        try:
-            got.append(results.get(timeout=0.2))
-        except queue.Empty:
-            dead = [p.exitcode for p in procs if p.exitcode not in (None, 0)]
-            assert not dead, f"a worker process died with exit code {dead[0]}"
-            assert time.monotonic() < deadline, "workers did not finish in time"
-    return got
 
 
 def racer(path: str, seed: int, start: Any, results: Any) -> None:
@@ -88,7 +73,7 @@ def test_racing_processes_never_overspend_and_every_entry_is_counted(
     for proc in procs:
         proc.start()
     start.set()
-    outcomes = collect(results, procs)
+    outcomes = collect(results, procs, TIMEOUT)
     for proc in procs:
         proc.join(TIMEOUT)
         assert proc.exitcode == 0
@@ -141,7 +126,7 @@ def test_two_runs_admitted_at_once_cannot_share_the_remainder(tmp_path: Path, ro
     ]
     for proc in procs:
         proc.start()
-    decided = sorted(collect(results, procs), key=lambda r: r[1])
+    decided = sorted(collect(results, procs, TIMEOUT), key=lambda r: r[1])
     for proc in procs:
         proc.join(TIMEOUT)
     modes = [mode for _, mode, _ in decided]
@@ -276,7 +261,7 @@ def test_processes_opening_a_new_ledger_at_once_migrate_it_once(tmp_path: Path) 
     for proc in procs:
         proc.start()
     start.set()
-    assert sorted(collect(results, procs)) == [0, 1, 2, 3]
+    assert sorted(collect(results, procs, TIMEOUT)) == [0, 1, 2, 3]
     for proc in procs:
         proc.join(TIMEOUT)
     conn = sqlite3.connect(path)

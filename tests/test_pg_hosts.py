@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
-import queue
 import random
 import signal
 import subprocess
@@ -17,6 +16,7 @@ from typing import Any
 import anthropic
 import psycopg
 import pytest
+from support import collect
 
 from ledger import BudgetExceeded, Ledger
 from runner.limiter import AcquireTimeout, Limiter, Limits
@@ -34,20 +34,6 @@ def hosts(root: Path, count: int) -> list[Path]:
     for path in dirs:
         path.mkdir(parents=True)
     return dirs
-
-
-def collect(results: Any, procs: list[Any]) -> list[Any]:
-    """One result per process; fails at once if a process died without one."""
-    got: list[Any] = []
-    deadline = time.monotonic() + TIMEOUT
-    while len(got) < len(procs):
-        try:
-            got.append(results.get(timeout=0.2))
-        except queue.Empty:
-            dead = [p.exitcode for p in procs if p.exitcode not in (None, 0)]
-            assert not dead, f"a worker process died with exit code {dead[0]}"
-            assert time.monotonic() < deadline, "workers did not finish in time"
-    return got
 
 
 def client_loop(state: str, url: str, requests: int, out: Any) -> None:
@@ -87,7 +73,7 @@ def test_three_hosts_share_the_account_limits_without_a_429(tmp_path: Path, pg_u
         ]
         for worker in workers:
             worker.start()
-        results = collect(out, workers)
+        results = collect(out, workers, TIMEOUT)
         for worker in workers:
             worker.join(TIMEOUT)
         stats = sim.stats()
@@ -146,7 +132,7 @@ def test_eight_processes_on_three_hosts_never_overspend_the_last_dollars(
     for proc in procs:
         proc.start()
     start.set()
-    outcomes = collect(results, procs)
+    outcomes = collect(results, procs, TIMEOUT)
     for proc in procs:
         proc.join(TIMEOUT)
         assert proc.exitcode == 0

@@ -7,16 +7,15 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
-import queue
 import random
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import psycopg
+from support import collect
 
 from ledger import AlreadyFinal, BudgetExceeded, Ledger
 from ledger.ledger import Reservation
@@ -26,24 +25,6 @@ SPAWN = mp.get_context("spawn")
 MODEL = "claude-sonnet-4-5"
 TIMEOUT = 120
 USAGE = {"input_tokens": 900, "cache_read_input_tokens": 50, "output_tokens": 120}
-
-
-def collect(results: Any, procs: list[Any]) -> list[Any]:
-    """One result per process; fails at once if a process died without one (a deadlock error
-    would end its process)."""
-    got: list[Any] = []
-    deadline = time.monotonic() + TIMEOUT
-    while len(got) < len(procs):
-        try:
-            got.append(results.get(timeout=0.2))
-        except queue.Empty:
-            dead = [p.exitcode for p in procs if p.exitcode not in (None, 0)]
-            assert not dead, f"a racing process died with exit code {dead[0]}"
-            assert time.monotonic() < deadline, "the racing processes did not finish in time"
-    for proc in procs:
-        proc.join(TIMEOUT)
-        assert proc.exitcode == 0
-    return got
 
 
 def reserve_some(led: Ledger, count: int, tag: str) -> list[int]:
@@ -175,7 +156,10 @@ def test_processes_settling_and_sweeping_the_same_reservations_count_each_once(
     for proc in procs:
         proc.start()
     start.set()
-    results = collect(out, procs)
+    results = collect(out, procs, TIMEOUT)
+    for proc in procs:
+        proc.join(TIMEOUT)
+        assert proc.exitcode == 0
     with Ledger(path) as led:
         led.sweep()  # whatever of the dead process no racer reached
     entries = recount(pg_url)
@@ -243,7 +227,10 @@ def test_racing_admitted_runs_for_the_last_dollars_never_passes_the_budget(
             status = watcher.status()
             # Costs stay within their worst cases here, so the holds count too.
             seen.append(status.spent_micros + status.reserved_micros + status.held_micros)
-    results = collect(out, procs)
+    results = collect(out, procs, TIMEOUT)
+    for proc in procs:
+        proc.join(TIMEOUT)
+        assert proc.exitcode == 0
     assert max(seen) <= 1_500_000
     entries = recount(pg_url)
     spent = sum(cost for state, cost in entries.values() if state != "reserved")

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
-import queue
 import random
 import time
 from pathlib import Path
 from typing import Any
 
 import psycopg
+from support import collect
 
 from runner.limiter import AcquireTimeout, Limiter, Limits
 from statedb import iso
@@ -25,20 +25,6 @@ CAP = 2
 GRANTS = 240  # what the requests bucket holds; it never refills during the test
 START = 10**8  # the input and output levels at the start (never binding)
 TIMEOUT = 120
-
-
-def collect(results: Any, procs: list[Any]) -> list[Any]:
-    """One result per process; fails at once if a process died without one."""
-    got: list[Any] = []
-    deadline = time.monotonic() + TIMEOUT
-    while len(got) < len(procs):
-        try:
-            got.append(results.get(timeout=0.2))
-        except queue.Empty:
-            dead = [p.exitcode for p in procs if p.exitcode not in (None, 0)]
-            assert not dead, f"a worker process died with exit code {dead[0]}"
-            assert time.monotonic() < deadline, "workers did not finish in time"
-    return got
 
 
 def pairs(state: str, host: str, seed: int, flight: Any, out: Any) -> None:
@@ -97,7 +83,7 @@ def test_processes_on_two_hosts_get_exactly_the_bucket_and_settle_every_token(
     for proc in procs:
         proc.start()
     try:
-        got = collect(results, procs)
+        got = collect(results, procs, TIMEOUT)
     finally:
         for proc in procs:
             proc.join(30)
