@@ -381,7 +381,7 @@ def test_ctrl_c_while_waiting_exits_130_and_the_batches_are_collected_later(
         _wait_for(_submitted(isolated_state, 1))
         os.kill(proc.pid, signal.SIGINT)
         out, err = proc.communicate(timeout=60)
-        assert proc.returncode == 130, err
+        assert proc.returncode == 130, f"exit {proc.returncode}\nstdout: {out}\nstderr: {err}"
         assert ": interrupted." in out
         assert "interrupted: the batches keep running; `run --resume` collects them" in err
         assert "Resume with: review-runner run --resume" in err
