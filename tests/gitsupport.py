@@ -7,6 +7,8 @@ import os
 import subprocess
 from pathlib import Path
 
+from support import make_repos
+
 from jobs.manifest import AGENTS, RepoSpec
 
 GIT_ENV = {
@@ -52,3 +54,13 @@ def make_origin(tmp_path: Path, name: str = "origin") -> tuple[Path, str]:
 
 def url_spec(url: str, ref: str | None, slug: str = "origin") -> RepoSpec:
     return RepoSpec(url, None, url, ref, slug, "m", AGENTS, 1000)
+
+
+def git_repos(root: Path, count: int) -> list[Path]:
+    """`count` small repos (support.make_repos), each a git repository with one commit."""
+    repos = make_repos(root, count)
+    for repo in repos:
+        git(repo, "init", "-q", "-b", "main")
+        git(repo, "add", "-A")
+        git(repo, "commit", "-qm", "first")
+    return repos

@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from gitsupport import git
-from support import cli, make_repos, messages, write_manifest
+from gitsupport import git, git_repos
+from support import cli, messages, write_manifest
 
 from jobs.errors import JobsInputError
 from jobs.manifest import load_manifest
@@ -30,15 +30,6 @@ SPECIALISTS = {"code_review", "architecture", "security", "multi_perspective"}
 def sim() -> Any:
     with Simulator(SimConfig(seed=3)) as simulator:
         yield simulator
-
-
-def git_repos(root: Path, count: int) -> list[Path]:
-    repos = make_repos(root, count)
-    for repo in repos:
-        git(repo, "init", "-q", "-b", "main")
-        git(repo, "add", "-A")
-        git(repo, "commit", "-qm", "first")
-    return repos
 
 
 def night(manifest: Path, state: Path, sim: Simulator, **options: Any) -> RunResult:

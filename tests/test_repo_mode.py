@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from gitsupport import git
+from gitsupport import git, git_repos
 from support import make_repos
 
 from jobs.agents import load_prompts
@@ -38,15 +38,6 @@ def manifest_for(tmp_path: Path, repos: list[Path], *, tables: str = "", extra: 
         f"{extra}repos = [{entries}{', ' if entries and tables else ''}{tables}]\n"
     )
     return path
-
-
-def git_repos(root: Path, count: int) -> list[Path]:
-    repos = make_repos(root, count)
-    for repo in repos:
-        git(repo, "init", "-q", "-b", "main")
-        git(repo, "add", "-A")
-        git(repo, "commit", "-qm", "first")
-    return repos
 
 
 class Nights:
